@@ -1,0 +1,247 @@
+"""The `reportgen` command line.
+
+Exit codes: 0 ok, 1 internal error (a bug: traceback shown), 2 user error (bad
+spec, input or checkpoint: a message naming the file, no traceback unless
+`--debug`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from reportgen import __version__
+from reportgen.errors import SpecError, UserError
+
+log = logging.getLogger("reportgen")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _spec_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", type=Path, help="the YAML spec file")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from reportgen.spec import load_spec, spec_summary
+
+    spec = load_spec(args.spec)
+    if args.json:
+        out.print_json(json.dumps({"ok": True, "summary": spec_summary(spec)}))
+    else:
+        out.print(f"ok: {spec_summary(spec)}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from reportgen.spec import json_schema
+
+    sys.stdout.write(json_schema() + "\n")
+    return 0
+
+
+def _layer_model(args: argparse.Namespace):
+    from reportgen.models.build import build_model
+
+    if args.spec:
+        from reportgen.spec import load_spec
+
+        spec = load_spec(args.spec, check_files=False)
+        m = spec.model
+        model = build_model(m.architecture, m.encoder, m.classes, m.in_channels, m.options)
+        return model, m.size, m.in_channels, spec.layers
+    if not (args.architecture and args.encoder):
+        raise UserError("give --spec SPEC, or both --architecture and --encoder")
+    size = (args.input_size, args.input_size)
+    model = build_model(args.architecture, args.encoder, args.classes, args.in_channels)
+    from reportgen.models.layers import ALIASES
+
+    return model, size, args.in_channels, list(ALIASES)
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from reportgen.models.layers import ALIASES, all_module_shapes, describe_layers, resolve_layers
+
+    model, size, in_channels, layers = _layer_model(args)
+    if args.all:
+        infos = all_module_shapes(model, size, in_channels)
+    else:
+        aliases = list(ALIASES) + [x for x in layers if x not in ALIASES]
+        infos = describe_layers(model, resolve_layers(model, aliases, size, in_channels), size,
+                                in_channels)
+    rows = [
+        {"alias": i.name if i.name in ALIASES else "", "path": i.path, "channels": i.channels,
+         "stride": i.stride, "meaning": ALIASES[i.name].meaning if i.name in ALIASES else ""}
+        for i in infos
+    ]
+    if args.json:
+        out.print_json(json.dumps(rows))
+        return 0
+    table = Table(title=f"layers of {type(model).__name__} at {size[0]}x{size[1]}")
+    for col in ("alias", "module path", "channels", "stride", "meaning"):
+        table.add_column(col)
+    for r in rows:
+        stride = f"{r['stride']:g}" if r["stride"] else "-"
+        table.add_row(r["alias"], r["path"], str(r["channels"] or "-"), stride, r["meaning"])
+    out.print(table)
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from reportgen.cam.methods import list_methods
+
+    rows = [r._asdict() for r in list_methods()]
+    if args.json:
+        out.print_json(json.dumps(rows))
+        return 0
+    table = Table(title="CAM methods")
+    for col in ("name", "family", "cost per image", "reference"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["family"], r["cost"], r["reference"])
+    out.print(table)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from reportgen.build import check_spec
+
+    rows = check_spec(args.spec, device=args.device)
+    if args.json:
+        out.print_json(json.dumps(rows))
+    else:
+        table = Table(title="layer x method check on the first image")
+        for col in ("layer", "method", "status", "seconds", "map range", "flags"):
+            table.add_column(col)
+        for r in rows:
+            status = "[green]OK[/]" if r["ok"] else f"[red]failed[/]: {r['reason']}"
+            rng = f"{r['min']:.3g} .. {r['max']:.3g}" if r.get("min") is not None else "-"
+            table.add_row(r["layer"], r["method"], status, f"{r['seconds']:.2f}", rng,
+                          ", ".join(r["flags"]))
+        out.print(table)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from reportgen.build import BuildOptions, build
+
+    options = BuildOptions(device=args.device, quiet=args.quiet, single_file=args.single_file,
+                           force=args.force)
+    result = build(args.spec, options)
+    if args.json:
+        out.print_json(json.dumps(result.summary()))
+    elif not args.quiet:
+        out.print(f"site: {result.site / 'index.html'}")
+        if result.pdf:
+            out.print(f"pdf:  {result.pdf}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import functools
+    import http.server
+
+    root = args.dir.resolve()
+    if not (root / "index.html").is_file():
+        raise UserError(f"{root}: no index.html here (build a report first)")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    # Loopback only: a report may hold patient images.
+    with http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler) as server:
+        out.print(f"serving {root} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl+C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reportgen",
+        description="Explain segmentation models with class-activation maps and write a "
+        "static report site plus an archival PDF.",
+    )
+    parser.add_argument("--version", action="version", version=f"reportgen {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    common.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str):
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        commands[name] = func
+        p.set_defaults(func=func)
+        return p
+
+    p = add("build", _cmd_build, "compute the maps and metrics and write the site and the PDF")
+    _spec_arg(p)
+    p.add_argument("--device", help="override runtime.device (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--single-file", action="store_true",
+                   help="also write one self-contained HTML file")
+    p.add_argument("--force", action="store_true",
+                   help="allow an output folder outside the spec's folder tree")
+
+    p = add("validate", _cmd_validate, "check a spec and print a one-line summary")
+    _spec_arg(p)
+
+    add("schema", _cmd_schema, "print the spec's JSON Schema (for editor autocompletion)")
+
+    p = add("layers", _cmd_layers,
+            "list layer aliases (or all modules) with paths, channels and output strides")
+    p.add_argument("--spec", type=Path, help="take the model from this spec")
+    p.add_argument("--architecture", help="smp architecture, e.g. UnetPlusPlus")
+    p.add_argument("--encoder", help="smp encoder, e.g. efficientnet-b5")
+    p.add_argument("--input-size", type=int, default=256, help="dry-run size (default 256)")
+    p.add_argument("--classes", type=int, default=1)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--all", action="store_true", help="list every module with a 4-D output")
+
+    add("methods", _cmd_methods, "list every CAM method with its family, cost and reference")
+
+    p = add("check", _cmd_check,
+            "run every requested layer x method on one image and print a status table")
+    _spec_arg(p)
+    p.add_argument("--device", help="override runtime.device")
+
+    p = add("serve", _cmd_serve, "serve a built site on 127.0.0.1 (loopback only)")
+    p.add_argument("dir", type=Path, nargs="?", default=Path("site"))
+    p.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[
+        RichHandler(console=err, show_path=False, show_time=False)], force=True)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        if args.debug:
+            raise
+        err.print(f"[red]error[/]: {len(exc.problems)} problem(s) in the spec", markup=True)
+        for problem in exc.problems:
+            err.print(f"  {problem}", markup=False)
+        return 2
+    except UserError as exc:
+        if args.debug:
+            raise
+        err.print(f"error: {exc}", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Model stage: build any smp architecture, load checkpoints, resolve layers."""
+
+from reportgen.models.build import ARCHITECTURES, build_model, encoder_names
+from reportgen.models.checkpoints import load_checkpoint
+from reportgen.models.layers import ALIASES, LayerInfo, describe_layers, resolve_layers
+
+__all__ = [
+    "ALIASES",
+    "ARCHITECTURES",
+    "LayerInfo",
+    "build_model",
+    "describe_layers",
+    "encoder_names",
+    "load_checkpoint",
+    "resolve_layers",
+]

@@ -1,0 +1,84 @@
+"""Build segmentation_models_pytorch models from a spec, never downloading weights."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch.nn as nn
+
+from reportgen.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    name: getattr(smp, name)
+    for name in (
+        "Unet",
+        "UnetPlusPlus",
+        "FPN",
+        "PSPNet",
+        "DeepLabV3",
+        "DeepLabV3Plus",
+        "Linknet",
+        "MAnet",
+        "PAN",
+        "UPerNet",
+        "Segformer",
+        "DPT",
+    )
+    if hasattr(smp, name)
+}
+
+
+def encoder_names() -> list[str]:
+    """smp's own encoder names; any `tu-<timm model>` name is accepted as well."""
+    return list(smp.encoders.get_encoder_names())
+
+
+def check_encoder_name(encoder: str) -> str | None:
+    """Return None when smp knows `encoder`, otherwise a message with a hint."""
+    if encoder.startswith("tu-") or encoder in encoder_names():
+        return None
+    close = difflib.get_close_matches(encoder, encoder_names(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "run `reportgen layers --help`"
+    return f"unknown encoder {encoder!r} ({hint}; timm encoders are written 'tu-<name>')"
+
+
+def build_model(
+    architecture: str,
+    encoder: str,
+    classes: int = 1,
+    in_channels: int = 3,
+    options: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Create an smp model with random weights (`encoder_weights=None`).
+
+    Weights come from the checkpoint afterwards; a download is never attempted.
+    """
+    if architecture not in ARCHITECTURES:
+        close = difflib.get_close_matches(architecture, list(ARCHITECTURES), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(
+            f"unknown architecture {architecture!r}: {hint}valid: {', '.join(ARCHITECTURES)}"
+        )
+    message = check_encoder_name(encoder)
+    if message:
+        raise UserError(message)
+    kwargs = dict(options or {})
+    kwargs.update(encoder_name=encoder, encoder_weights=None, in_channels=in_channels,
+                  classes=classes)
+    try:
+        model = ARCHITECTURES[architecture](**kwargs)
+    except (ValueError, KeyError, TypeError, AssertionError, RuntimeError) as exc:
+        raise UserError(
+            f"smp cannot build {architecture} with encoder {encoder!r}: {exc}"
+        ) from exc
+    model.eval()
+    return model
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,309 @@
+"""Layer aliases: the same five names on every smp architecture and encoder.
+
+Aliases are resolved by watching one small dry forward pass rather than by
+per-encoder tables: smp encoders all return a list of feature maps (index i at
+nominal stride 2**i), so the module that *produced* each returned tensor is the
+stage to explain. Each alias is one entry in `ALIASES` with its own resolver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from reportgen.errors import LayerError
+
+# Modules that hand their input through unchanged; never the answer for an alias.
+PASSTHROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout3d)
+PROBE_SIZE = 128
+
+
+@dataclass
+class Trace:
+    """What a dry forward saw: every module's output (kept alive) in execution order."""
+
+    outputs: dict[str, object]
+    inputs: dict[str, tuple]
+    order: list[str]
+    encoder_features: list[torch.Tensor]
+    decoder_output: object
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str  # alias or the dotted path the user gave
+    path: str  # dotted module path
+    channels: int | None
+    stride: float | None
+    shape: tuple[int, ...] | None
+
+
+def _trace(model: nn.Module, size: tuple[int, int], in_channels: int) -> Trace:
+    outputs: dict[str, object] = {}
+    inputs: dict[str, tuple] = {}
+    order: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(module: nn.Module, args: tuple, output: object) -> None:
+        name = names[module]
+        outputs[name] = output
+        inputs[name] = args
+        order.append(name)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        _dry_forward(model, size, in_channels)
+    finally:
+        for h in handles:
+            h.remove()
+    features = outputs.get("encoder")
+    # DPT-style encoders return (features, prefix tokens)
+    if isinstance(features, tuple) and features and isinstance(features[0], list | tuple):
+        features = features[0]
+    if not isinstance(features, list | tuple):
+        features = []
+    features = [f for f in features if isinstance(f, torch.Tensor) and f.dim() == 4]
+    if features and tuple(features[0].shape[-2:]) != tuple(size):
+        # smp lists start with the input itself (index i = stride 2**i); other encoders
+        # list only their stages, so put the input in front to keep that meaning.
+        features = [torch.zeros(1, 1, *size)] + features
+    return Trace(outputs, inputs, order, features, outputs.get("decoder"))
+
+
+def _dry_forward(model: nn.Module, size: tuple[int, int], in_channels: int) -> None:
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, *size, device=device))
+    except RuntimeError as exc:
+        raise LayerError(
+            f"a dry forward of {type(model).__name__} at {size[0]}x{size[1]} failed "
+            f"(is the input size large enough for this architecture?): "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+
+
+def _producer(trace: Trace, tensor: object, within: str) -> str | None:
+    """Outermost module under `within` (not `within` itself) whose output is `tensor`."""
+    candidates = [
+        n for n in trace.order
+        if n.startswith(within + ".") and trace.outputs[n] is tensor
+    ]
+    if not candidates:
+        return None
+    name = min(candidates, key=lambda n: n.count("."))
+    return name
+
+
+def _meaningful_producer(model: nn.Module, trace: Trace, tensor: object, within: str) -> str | None:
+    """Like `_producer` but looks through Identity/Dropout to the real source."""
+    seen = 0
+    while seen < 8:
+        name = _producer(trace, tensor, within)
+        if name is None:
+            return None
+        if not isinstance(model.get_submodule(name), PASSTHROUGH):
+            return name
+        args = trace.inputs[name]
+        if not args:
+            return None
+        tensor = args[0]
+        seen += 1
+    return None
+
+
+def _last_executed(trace: Trace, within: str, count: int = 5) -> list[str]:
+    names = [n for n in trace.order if n.startswith(within + ".")]
+    return names[-count:]
+
+
+def _encoder_feature(index: int | None, label: str):
+    """Resolver for encoder feature `index` (nominal stride 2**index); None = the deepest."""
+
+    def resolve(model: nn.Module, trace: Trace) -> str:
+        feats = trace.encoder_features
+        if len(feats) < 2:
+            raise LayerError(
+                f"{label}: the encoder returned no feature list; give a module path instead "
+                f"(last encoder modules run: {', '.join(_last_executed(trace, 'encoder'))})"
+            )
+        if index is not None and index >= len(feats):
+            raise LayerError(
+                f"{label} has no sensible meaning for {type(model).__name__}: its encoder stops "
+                f"at feature {len(feats) - 1} (depth {len(feats) - 1}), so there is no stride-"
+                f"{2 ** index} stage. Use encoder_last or a module path, e.g. one of: "
+                + ", ".join(_last_executed(trace, "encoder"))
+            )
+        wanted = len(feats) - 1 if index is None else index
+        name = _meaningful_producer(model, trace, feats[wanted], "encoder")
+        if name is None:
+            raise LayerError(
+                f"{label}: no single encoder module produces feature {wanted}; give a module "
+                f"path instead (last encoder modules run: "
+                f"{', '.join(_last_executed(trace, 'encoder'))})"
+            )
+        return name
+
+    return resolve
+
+
+def _decoder_last(model: nn.Module, trace: Trace) -> str:
+    out = trace.decoder_output
+    name = None
+    if isinstance(out, torch.Tensor):
+        name = _meaningful_producer(model, trace, out, "decoder")
+    if name is None:
+        raise LayerError(
+            f"decoder_last has no sensible meaning for {type(model).__name__}: its decoder's "
+            "output is not produced by one module. Give a module path instead, e.g. one of: "
+            + ", ".join(_last_executed(trace, "decoder"))
+        )
+    return name
+
+
+def _seg_head(model: nn.Module, trace: Trace) -> str:
+    head = getattr(model, "segmentation_head", None)
+    if head is not None:
+        convs = [n for n, m in head.named_modules() if isinstance(m, nn.Conv2d)]
+        if convs:  # the last convolution is the one that outputs the class logits
+            return f"segmentation_head.{convs[-1]}" if convs[-1] else "segmentation_head"
+    raise LayerError(
+        f"seg_head: {type(model).__name__} has no convolution in `segmentation_head`; give a "
+        "module path instead, e.g. one of: " + ", ".join(_last_executed(trace, "", 5))
+    )
+
+
+@dataclass(frozen=True)
+class Alias:
+    name: str
+    meaning: str
+    resolve: Callable[[nn.Module, Trace], str]
+
+
+ALIASES: dict[str, Alias] = {
+    a.name: a
+    for a in (
+        Alias("encoder_early", "early encoder stage, stride 4 (edges, basic shapes)",
+              _encoder_feature(2, "encoder_early")),
+        Alias("encoder_mid", "middle encoder stage, stride 16 (parts, textures)",
+              _encoder_feature(4, "encoder_mid")),
+        Alias("encoder_last", "deepest encoder features, stride 32 (semantics, coarse)",
+              _encoder_feature(None, "encoder_last")),
+        Alias("decoder_last", "final decoder block (fine, near full resolution)", _decoder_last),
+        Alias("seg_head", "segmentation head convolution (the logits)", _seg_head),
+    )
+}
+
+
+def _probe_size(input_size: tuple[int, int]) -> tuple[int, int]:
+    return (min(input_size[0], PROBE_SIZE), min(input_size[1], PROBE_SIZE))
+
+
+def _probe(model: nn.Module, input_size: tuple[int, int], in_channels: int) -> Trace:
+    """Trace at a small size (cheap); models with a fixed input size get theirs."""
+    try:
+        return _trace(model, _probe_size(input_size), in_channels)
+    except LayerError:
+        if _probe_size(input_size) == tuple(input_size):
+            raise
+        return _trace(model, input_size, in_channels)
+
+
+def _check_path(model: nn.Module, path: str) -> None:
+    try:
+        model.get_submodule(path)
+    except AttributeError as exc:
+        parent = path.rsplit(".", 1)[0] if "." in path else ""
+        try:
+            children = [n for n, _ in model.get_submodule(parent).named_children()]
+        except AttributeError:
+            children = [n for n, _ in model.named_children()]
+        raise LayerError(
+            f"layer {path!r}: no such module in {type(model).__name__}; "
+            f"children of {parent or 'the model'!r}: {', '.join(children[:20])}. "
+            "Aliases: " + ", ".join(ALIASES)
+        ) from exc
+
+
+def resolve_layers(
+    model: nn.Module,
+    layers: list[str],
+    input_size: tuple[int, int],
+    in_channels: int = 3,
+) -> dict[str, str]:
+    """Map each requested alias or dotted path to a dotted module path.
+
+    Paths may use `[i]` or `.i` for indices (`encoder._blocks[38]`). A module
+    that does not run in the forward pass is an error naming it.
+    """
+    trace: Trace | None = None
+    resolved: dict[str, str] = {}
+    for layer in layers:
+        if layer in ALIASES:
+            if trace is None:
+                trace = _probe(model, input_size, in_channels)
+            resolved[layer] = ALIASES[layer].resolve(model, trace)
+        else:
+            path = layer.replace("[", ".").replace("]", "").replace('"', "").replace("'", "")
+            _check_path(model, path)
+            resolved[layer] = path
+    if trace is None:
+        trace = _probe(model, input_size, in_channels)
+    unused = [(n, p) for n, p in resolved.items() if p not in trace.outputs]
+    if unused:
+        name, path = unused[0]
+        raise LayerError(
+            f"layer {name!r} ({path}) never runs in {type(model).__name__}'s forward pass, so "
+            "it has no activations to explain (smp's EfficientNet keeps an unused `_conv_head`, "
+            "for example); choose another layer"
+        )
+    return resolved
+
+
+def describe_layers(
+    model: nn.Module,
+    resolved: dict[str, str],
+    input_size: tuple[int, int],
+    in_channels: int = 3,
+) -> list[LayerInfo]:
+    """Channels and output stride of each layer, measured by a dry forward at `input_size`."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    wanted = set(resolved.values())
+
+    def hook_for(path: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor):
+                shapes[path] = tuple(output.shape)
+
+        return hook
+
+    handles = [model.get_submodule(p).register_forward_hook(hook_for(p)) for p in wanted]
+    try:
+        _dry_forward(model, input_size, in_channels)
+    finally:
+        for h in handles:
+            h.remove()
+    infos = []
+    for name, path in resolved.items():
+        shape = shapes.get(path)
+        channels = shape[1] if shape and len(shape) == 4 else None
+        stride = input_size[0] / shape[2] if shape and len(shape) == 4 else None
+        infos.append(LayerInfo(name, path, channels, stride, shape))
+    return infos
+
+
+def all_module_shapes(
+    model: nn.Module, input_size: tuple[int, int], in_channels: int = 3
+) -> list[LayerInfo]:
+    """Every module that outputs a 4-D tensor, in execution order (for `layers --all`)."""
+    trace = _trace(model, input_size, in_channels)
+    infos = []
+    for name in dict.fromkeys(trace.order):
+        out = trace.outputs[name]
+        if name and isinstance(out, torch.Tensor) and out.dim() == 4:
+            infos.append(LayerInfo(name, name, out.shape[1], input_size[0] / out.shape[2],
+                                   tuple(out.shape)))
+    return infos

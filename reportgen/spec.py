@@ -1,0 +1,571 @@
+"""The YAML spec: pydantic models, loading with line numbers, and path resolution.
+
+`load_spec(path)` returns a validated `Spec` whose relative paths are resolved
+against the spec file's folder, or raises `SpecError` listing every problem at
+once as ``file:line:column: field.path: message (hint)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from reportgen.errors import SpecError
+
+LAYER_ALIASES = ("encoder_early", "encoder_mid", "encoder_last", "decoder_last", "seg_head")
+METRIC_GROUPS = ("attention", "dice", "localisation", "faithfulness", "sanity")
+SEED_METHODS = ("gradcam", "gradcam++", "scorecam", "layercam")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp")
+COLORMAPS = ("viridis", "cividis", "inferno", "magma", "plasma", "turbo", "jet")
+
+
+def method_names() -> list[str]:
+    """Every CAM method name the engine knows (the engine's registry is the source)."""
+    from reportgen.cam.methods import METHODS
+
+    return list(METHODS)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Reviewer(Strict):
+    name: str
+    role: str = ""
+
+
+class ReportSection(Strict):
+    """Who the report is for and what it claims; shown on the site's index and the PDF cover."""
+
+    title: str = "Class-activation-map validation report"
+    id: str = Field("REPORT", description="Report identifier, printed in every page's header")
+    author: str = ""
+    date: str | None = Field(None, description="Report date (ISO); default: the build date")
+    description: str = Field("", description="Free text (Markdown) for the cover and index")
+    intended_use: str = ""
+    limitations: str = ""
+    reviewers: list[Reviewer] = Field(default_factory=list)
+
+
+class Normalization(Strict):
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Normalization:
+        if len(self.mean) != len(self.std):
+            raise ValueError("mean and std must have the same length")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+IMAGENET = Normalization(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+
+class ModelSection(Strict):
+    architecture: str = Field(description="smp architecture, e.g. UnetPlusPlus")
+    encoder: str = Field(description="smp encoder name, e.g. efficientnet-b5, or tu-<timm name>")
+    checkpoint: Path | None = Field(
+        None,
+        description="state_dict / full model / Lightning .ckpt / .safetensors / smp "
+        "save_pretrained folder; omitted = random weights (reported as such)",
+    )
+    classes: int = Field(1, ge=1)
+    class_names: list[str] | None = None
+    activation: Literal["sigmoid", "softmax"] | None = Field(
+        None, description="default: sigmoid for 1 class, softmax otherwise"
+    )
+    input_size: int | tuple[int, int] = Field(640, description="int or [H, W]; multiples of 32")
+    in_channels: int = Field(3, ge=1)
+    normalize: Literal["imagenet", "none"] | Normalization = "imagenet"
+    trust_pickle: bool = Field(
+        False, description="allow loading a pickled whole model (can run code: trusted files only)"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments for the smp constructor"
+    )
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_32(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        sizes = (value, value) if isinstance(value, int) else value
+        if any(s <= 0 or s % 32 for s in sizes):
+            raise ValueError(f"input_size {value} must be positive multiples of 32 (smp models "
+                             "downsample 5 times), e.g. 256, 512 or 640")
+        return value
+
+    @model_validator(mode="after")
+    def _class_names(self) -> ModelSection:
+        if self.class_names is not None and len(self.class_names) != self.classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names for "
+                             f"{self.classes} classes")
+        return self
+
+    @property
+    def size(self) -> tuple[int, int]:
+        s = self.input_size
+        return (s, s) if isinstance(s, int) else (s[0], s[1])
+
+    @property
+    def output_activation(self) -> str:
+        return self.activation or ("sigmoid" if self.classes == 1 else "softmax")
+
+    @property
+    def norm(self) -> Normalization | None:
+        if self.normalize == "imagenet":
+            return IMAGENET
+        if self.normalize == "none":
+            return None
+        return self.normalize
+
+    @property
+    def names(self) -> list[str]:
+        return self.class_names or (["foreground"] if self.classes == 1 else
+                                    [f"class {i}" for i in range(self.classes)])
+
+
+class DataSection(Strict):
+    images: str | list[str] = Field(description="glob, folder, or list of files")
+    masks: str | None = Field(None, description="ground-truth pattern with {stem}, e.g. "
+                                                "masks/{stem}.png")
+    limit: int | None = Field(None, description="keep the first N images in sorted order")
+    intensity: Literal["dtype", "minmax"] = Field(
+        "dtype", description="16-bit scaling: by the type's range (dtype) or per image (minmax)"
+    )
+
+    @field_validator("limit")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError("limit must be a positive number of images (or omitted for all)")
+        return value
+
+    @field_validator("masks")
+    @classmethod
+    def _has_stem(cls, value: str | None) -> str | None:
+        if value is not None and "{stem}" not in value:
+            raise ValueError("masks must contain {stem}, e.g. masks/{stem}.png")
+        return value
+
+
+class TargetSection(Strict):
+    class_: int | str = Field(0, alias="class", description="class index or name")
+    region: Literal["prediction", "ground_truth", "image"] = "prediction"
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class VerdictBands(Strict):
+    """Attention-ratio verdict bands: > excellent, > good, > fair, else concerning."""
+
+    excellent: float = 5.0
+    good: float = 2.0
+    fair: float = 1.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VerdictBands:
+        if not self.excellent > self.good > self.fair > 0:
+            raise ValueError("bands must satisfy excellent > good > fair > 0")
+        return self
+
+
+class AttentionOptions(Strict):
+    bands: VerdictBands = Field(default_factory=VerdictBands)
+
+
+class FaithfulnessOptions(Strict):
+    steps: int = Field(20, ge=2, le=1000)
+    baseline: Literal["blur", "zero"] = "blur"
+    layers: list[str] | None = Field(None, description="subset of layers (default: all)")
+    methods: list[str] | None = Field(None, description="subset of methods (default: all)")
+
+
+class SanityOptions(Strict):
+    threshold: float = Field(0.5, gt=0, le=1, description="pass when mean |Spearman| at full "
+                             "randomisation is below")
+    images: int = Field(4, ge=1, description="images used (the first N)")
+    levels: int = Field(4, ge=1, description="randomisation levels compared (the last is the "
+                        "fully randomised model)")
+    layers: list[str] | None = None
+    methods: list[str] | None = None
+
+
+class MetricOptions(Strict):
+    attention: AttentionOptions = Field(default_factory=AttentionOptions)
+    faithfulness: FaithfulnessOptions = Field(default_factory=FaithfulnessOptions)
+    sanity: SanityOptions = Field(default_factory=SanityOptions)
+
+
+class ScoreCamOptions(Strict):
+    max_channels: int | None = Field(
+        None, ge=1, description="keep the N highest-variance channels (approximate)"
+    )
+    chunk_size: int | None = Field(None, ge=1, description="masked inputs per forward")
+    layers: list[str] | None = Field(None, description="subset of layers (default: all)")
+
+
+class MethodOptions(Strict):
+    scorecam: ScoreCamOptions = Field(default_factory=ScoreCamOptions)
+
+
+class RenderSection(Strict):
+    colormap: str = Field("viridis", description="matplotlib colormap; " + ", ".join(COLORMAPS))
+    alpha: float = Field(0.5, ge=0, le=1, description="heatmap opacity in overlays")
+
+    @field_validator("colormap")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in COLORMAPS:
+            raise ValueError(f"unknown colormap {value!r}; valid: {', '.join(COLORMAPS)}")
+        return value
+
+
+class OutputSection(Strict):
+    site: Path = Path("site")
+    pdf: Path | None = Path("site/report.pdf")
+    single_file: bool = False
+
+
+class RuntimeSection(Strict):
+    device: str = "auto"
+    batch_size: int = Field(8, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 0
+    compile: Literal["auto", "always", "never"] = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            return value
+        raise ValueError(f"device {value!r} must be auto, cpu, cuda or cuda:N")
+
+
+def _choice(value: str, valid: Sequence[str], what: str, extra: str = "") -> str:
+    if value in valid:
+        return value
+    close = difflib.get_close_matches(value, valid, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown {what} {value!r}: {hint}valid: {', '.join(valid)}{extra}")
+
+
+def _layer_name(value: str) -> str:
+    if "." in value or "[" in value:
+        return value  # a dotted module path, checked against the model when it is built
+    return _choice(value, LAYER_ALIASES, "layer alias",
+                   " (or a dotted module path such as encoder._blocks.15)")
+
+
+LayerName = Annotated[str, AfterValidator(_layer_name)]
+MethodName = Annotated[str, AfterValidator(lambda v: _choice(v, method_names(), "method"))]
+MetricName = Annotated[str, AfterValidator(lambda v: _choice(v, METRIC_GROUPS, "metric"))]
+
+
+class Spec(Strict):
+    """A reportgen build: what model, which images, which layers and methods, what output."""
+
+    report: ReportSection = Field(default_factory=ReportSection)
+    model: ModelSection
+    data: DataSection
+    target: TargetSection = Field(default_factory=TargetSection)
+    layers: list[LayerName] = Field(default_factory=lambda: list(LAYER_ALIASES), min_length=1,
+                                    description="layer aliases or dotted module paths")
+    methods: list[MethodName] = Field(default_factory=lambda: list(SEED_METHODS), min_length=1)
+    method_options: MethodOptions = Field(default_factory=MethodOptions)
+    metrics: list[MetricName] = Field(default_factory=lambda: list(METRIC_GROUPS))
+    metric_options: MetricOptions = Field(default_factory=MetricOptions)
+    render: RenderSection = Field(default_factory=RenderSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+
+    @field_validator("layers", "methods")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        twice = sorted({x for x in value if value.count(x) > 1})
+        if twice:
+            raise ValueError(f"listed twice: {', '.join(twice)}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Spec:
+        target = self.target.class_
+        names = self.model.names
+        if isinstance(target, str) and target not in names:
+            raise ValueError(f"target.class {target!r} is not a class name; valid: "
+                             f"{', '.join(names)}")
+        if isinstance(target, int) and not 0 <= target < self.model.classes:
+            raise ValueError(f"target.class {target} is out of range for "
+                             f"{self.model.classes} classes (0..{self.model.classes - 1})")
+        if self.target.region == "ground_truth" and not self.data.masks:
+            raise ValueError("target.region is ground_truth but data.masks is not given")
+        for option, subset, full in (
+            ("method_options.scorecam.layers", self.method_options.scorecam.layers, self.layers),
+            ("metric_options.faithfulness.layers", self.metric_options.faithfulness.layers,
+             self.layers),
+            ("metric_options.faithfulness.methods", self.metric_options.faithfulness.methods,
+             self.methods),
+            ("metric_options.sanity.layers", self.metric_options.sanity.layers, self.layers),
+            ("metric_options.sanity.methods", self.metric_options.sanity.methods, self.methods),
+        ):
+            extra = [x for x in subset or [] if x not in full]
+            if extra:
+                raise ValueError(f"{option}: {', '.join(extra)} not among the spec's "
+                                 f"{option.rsplit('.', 1)[1]} ({', '.join(full)})")
+        return self
+
+    @property
+    def target_index(self) -> int:
+        c = self.target.class_
+        return self.model.names.index(c) if isinstance(c, str) else c
+
+
+# ---------------------------------------------------------------- loading
+
+
+class _Located:
+    """Line/column of every node of a YAML document, keyed by its path of keys/indices."""
+
+    def __init__(self, path: Path, text: str):
+        self.file = path
+        self.marks: dict[tuple, tuple[int, int]] = {}
+        self.key_marks: dict[tuple, tuple[int, int]] = {}
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, loc: tuple) -> None:
+        self.marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = loc + (key.value,)
+                self.key_marks[child] = (key.start_mark.line + 1, key.start_mark.column + 1)
+                self._walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, value in enumerate(node.value):
+                self._walk(value, loc + (i,))
+
+    def where(self, loc: tuple, key: bool = False) -> str:
+        probe = tuple(loc)
+        while probe:
+            table = self.key_marks if key else self.marks
+            if probe in table:
+                line, col = table[probe]
+                return f"{self.file}:{line}:{col}"
+            if probe in self.marks:
+                line, col = self.marks[probe]
+                return f"{self.file}:{line}:{col}"
+            probe = probe[:-1]
+        return f"{self.file}:1:1"
+
+
+def _model_fields(loc: tuple) -> list[str]:
+    """The valid keys at `loc` (for "did you mean")."""
+    model: type[BaseModel] | None = Spec
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None
+        )
+        if field is None:
+            return []
+        annotation = field.annotation
+        model = _inner_model(annotation)
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_errors(exc: ValidationError, located: _Located) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p)
+                    and p not in ("function-after[_same_length(), Normalization]",))
+        # pydantic reports union branches as extra path parts; keep the user's keys only
+        loc = tuple(p for p in loc if isinstance(p, int) or not p.startswith(("int", "tuple",
+                                                                                "list", "str",
+                                                                                "literal")))
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            key = loc[-1]
+            valid = _model_fields(loc[:-1])
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+            problems.append(f"{located.where(loc, key=True)}: {field}: unknown key ({hint})")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "required field is missing"
+        problems.append(f"{located.where(loc)}: {field}: {message}")
+    return list(dict.fromkeys(problems))
+
+
+def parse_spec(path: Path, check_files: bool = True) -> tuple[Spec, str]:
+    """Read and validate the YAML, reporting every problem at once.
+
+    Schema problems and file problems (missing checkpoint, images, masks) are
+    collected together. Relative paths are resolved against the spec's folder.
+    Returns the resolved spec and the spec's text.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SpecError([f"{path}: spec file not found"]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"{path}: cannot read the spec ({exc})"]) from exc
+    try:
+        data = yaml.safe_load(text)
+        located = _Located(path, text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SpecError([f"{where}: YAML syntax error: {exc.problem}"]) from exc
+    except yaml.YAMLError as exc:
+        raise SpecError([f"{path}: YAML error: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}:1:1: the spec must be a mapping with keys such as model, data"])
+    base = path.resolve().parent
+    problems = _check_files(data, base, located) if check_files else []
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(exc, located) + problems) from exc
+    if problems:
+        raise SpecError(problems)
+    return _resolve_paths(spec, base), text
+
+
+def load_spec(path: str | Path, check_files: bool = True) -> Spec:
+    """Load, validate and resolve a spec; every problem is reported at once."""
+    return parse_spec(Path(path), check_files)[0]
+
+
+def _absolute(p: str | Path, base: Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else base / p
+
+
+def _resolve_paths(spec: Spec, base: Path) -> Spec:
+    data = spec.data.model_copy(update={
+        "images": [str(_absolute(p, base)) for p in spec.data.images]
+        if isinstance(spec.data.images, list) else str(_absolute(spec.data.images, base)),
+        "masks": str(_absolute(spec.data.masks, base)) if spec.data.masks else None,
+    })
+    ckpt = spec.model.checkpoint
+    model = spec.model.model_copy(
+        update={"checkpoint": None if ckpt is None else _absolute(ckpt, base)})
+    pdf = spec.output.pdf
+    output = spec.output.model_copy(update={
+        "site": _absolute(spec.output.site, base),
+        "pdf": None if pdf is None else _absolute(pdf, base)})
+    return spec.model_copy(update={"data": data, "model": model, "output": output})
+
+
+def find_images(data: DataSection) -> list[Path]:
+    """The images named by `data.images` (glob, folder or list), sorted, limited."""
+    if isinstance(data.images, list):
+        found = [Path(p) for p in data.images]
+    else:
+        pattern = Path(data.images)
+        if pattern.is_dir():
+            found = [p for p in pattern.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        else:
+            found = [Path(p) for p in glob.glob(data.images, recursive=True)]
+            found = [p for p in found if p.is_file()]
+    found = sorted(found, key=lambda p: str(p))
+    return found[: data.limit] if data.limit else found
+
+
+def mask_for(data: DataSection, image: Path) -> Path | None:
+    if not data.masks:
+        return None
+    return Path(data.masks.replace("{stem}", image.stem))
+
+
+def _check_files(raw: dict, base: Path, located: _Located) -> list[str]:
+    """File problems, from the raw YAML so they are found even when the schema fails."""
+    problems: list[str] = []
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    ckpt = model.get("checkpoint")
+    if isinstance(ckpt, str) and not _absolute(ckpt, base).exists():
+        problems.append(f"{located.where(('model', 'checkpoint'))}: model.checkpoint: not "
+                        f"found: {_absolute(ckpt, base)}")
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    images = data.get("images")
+    limit = data.get("limit") if isinstance(data.get("limit"), int) else None
+    masks = data.get("masks") if isinstance(data.get("masks"), str) else None
+    if isinstance(images, list):
+        for i, p in enumerate(images):
+            if not isinstance(p, str) or not _absolute(p, base).is_file():
+                problems.append(f"{located.where(('data', 'images', i))}: data.images.{i}: "
+                                f"file not found: {p}")
+        images = [str(_absolute(p, base)) for p in images if isinstance(p, str)]
+    elif isinstance(images, str):
+        images = str(_absolute(images, base))
+    else:
+        return problems
+    section = DataSection.model_construct(
+        images=images, limit=limit if limit and limit > 0 else None,
+        masks=str(_absolute(masks, base)) if masks and "{stem}" in masks else None)
+    found = [p for p in find_images(section) if p.is_file()]
+    where_images = located.where(("data", "images"))
+    if not found and isinstance(images, str):
+        problems.append(f"{where_images}: data.images: no image matches {images} "
+                        f"(suffixes {', '.join(IMAGE_SUFFIXES)})")
+    stems: dict[str, Path] = {}
+    for image in found:
+        if image.stem in stems:
+            problems.append(f"{where_images}: data.images: two images share the name "
+                            f"{image.stem!r} ({stems[image.stem]} and {image}); pages and masks "
+                            "are keyed by file name, so rename one")
+        stems[image.stem] = image
+    if section.masks and found:
+        missing = [m for m in (mask_for(section, i) for i in found) if m and not m.is_file()]
+        if missing:
+            problems.append(f"{located.where(('data', 'masks'))}: data.masks: no mask for "
+                            f"{len(missing)} of {len(found)} images (first missing: "
+                            f"{missing[0]})")
+    return problems
+
+
+def spec_summary(spec: Spec) -> str:
+    n = len(find_images(spec.data))
+    ckpt = spec.model.checkpoint.name if spec.model.checkpoint else "random weights"
+    return (f"{spec.model.architecture}/{spec.model.encoder} ({ckpt}), {n} images at "
+            f"{spec.model.size[0]}x{spec.model.size[1]}, {len(spec.layers)} layers x "
+            f"{len(spec.methods)} methods, metrics: {', '.join(spec.metrics) or 'none'}")
+
+
+def json_schema() -> str:
+    schema = Spec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "reportgen spec"
+    return json.dumps(schema, indent=2, sort_keys=True)

@@ -1,0 +1,165 @@
+"""Checkpoints of every common shape load into the same model; untrusted files stay data."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+from safetensors.torch import save_file
+
+from reportgen.errors import CheckpointError
+from reportgen.models import build_model, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model("Unet", "resnet18", classes=2)
+    with torch.no_grad():  # distinct from a fresh random init
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model
+
+
+@pytest.fixture(scope="module")
+def probe() -> torch.Tensor:
+    return torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def fresh() -> torch.nn.Module:
+    return build_model("Unet", "resnet18", classes=2)
+
+
+def save_plain(model, path):
+    torch.save(model.state_dict(), path)
+
+
+def save_nested(key):
+    def save(model, path):
+        torch.save({key: model.state_dict(), "epoch": 7, "optimizer": {"lr": 1e-3}}, path)
+    return save
+
+
+def save_lightning(prefix):
+    def save(model, path):
+        state = {f"{prefix}{k}": v for k, v in model.state_dict().items()}
+        torch.save({"state_dict": state, "epoch": 3, "global_step": 10,
+                    "pytorch-lightning_version": "2.4.0"}, path)
+    return save
+
+
+def save_safetensors(model, path):
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def save_pretrained(model, path):
+    model.save_pretrained(str(path))
+
+
+def save_dataparallel(model, path):
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
+
+
+FORMATS = [
+    ("state_dict.pth", save_plain),
+    ("state_dict.pt", save_plain),
+    ("pytorch_model.bin", save_plain),
+    ("nested_state_dict.pth", save_nested("state_dict")),
+    ("nested_model_state_dict.pth", save_nested("model_state_dict")),
+    ("nested_model.pth", save_nested("model")),
+    ("lightning_model.ckpt", save_lightning("model.")),
+    ("lightning_net.ckpt", save_lightning("net.")),
+    ("dataparallel.pth", save_dataparallel),
+    ("weights.safetensors", save_safetensors),
+    ("pretrained_dir", save_pretrained),
+]
+
+
+@pytest.mark.parametrize("name,save", FORMATS, ids=[f[0] for f in FORMATS])
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, trained, probe, name, save):
+    path = tmp_path / name
+    save(trained, path)
+    model = fresh()
+    load_checkpoint(model, path)
+    with torch.no_grad():
+        assert torch.equal(model(probe), trained(probe))
+
+
+def test_fp16_safetensors_load_into_an_fp32_model(tmp_path, trained, probe):
+    path = tmp_path / "half.safetensors"
+    save_file({k: v.half().contiguous() if v.is_floating_point() else v.contiguous()
+               for k, v in trained.state_dict().items()}, str(path))
+    model = fresh()
+    load_checkpoint(model, path)
+    assert next(model.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert torch.allclose(model(probe), trained(probe), atol=1e-2)
+
+
+def test_whole_model_pickle_needs_explicit_trust(tmp_path, trained, probe):
+    path = tmp_path / "whole.pth"
+    torch.save(trained, path)
+    with pytest.raises(CheckpointError, match="trust_pickle"):
+        load_checkpoint(fresh(), path)
+    model = fresh()
+    load_checkpoint(model, path, trust_pickle=True)
+    with torch.no_grad():
+        assert torch.equal(model(probe), trained(probe))
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_carrying_code_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Payload(str(marker))}, path)
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
+        load_checkpoint(fresh(), path)
+    plain = tmp_path / "evil.pkl.pth"
+    plain.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(fresh(), plain)
+    assert not marker.exists()
+
+
+def test_truncated_and_foreign_files_are_clear_errors(tmp_path, trained):
+    good = tmp_path / "good.pth"
+    save_plain(trained, good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="truncated.pth"):
+        load_checkpoint(fresh(), truncated)
+    text = tmp_path / "notes.pth"
+    text.write_text("these are not weights")
+    with pytest.raises(CheckpointError, match="notes.pth"):
+        load_checkpoint(fresh(), text)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_checkpoint(fresh(), broken)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(fresh(), tmp_path / "absent.pth")
+
+
+def test_mismatch_names_counts_keys_and_guesses_the_encoder(tmp_path):
+    other = smp.UnetPlusPlus("efficientnet-b0", encoder_weights=None, classes=1)
+    path = tmp_path / "b0.pth"
+    torch.save(other.state_dict(), path)
+    model = build_model("UnetPlusPlus", "efficientnet-b1", classes=1)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(model, path, described_as="UnetPlusPlus / efficientnet-b1")
+    message = str(info.value)
+    assert "UnetPlusPlus / efficientnet-b1" in message
+    assert "missing (first 5): encoder._blocks." in message
+    assert "UnetPlusPlus with encoder efficientnet-b0 (1 classes)" in message

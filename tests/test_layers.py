@@ -1,0 +1,103 @@
+"""The five layer aliases resolve on every smp architecture and the listed encoder families."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reportgen.errors import LayerError, UserError
+from reportgen.models import ALIASES, build_model, describe_layers, resolve_layers
+from reportgen.models.build import ARCHITECTURES
+
+SIZE = (64, 64)
+FAMILIES = ["efficientnet-b0", "timm-efficientnet-b0", "resnet18", "mobilenet_v2", "tu-resnet18"]
+# Pairs smp itself cannot build (the test proves it below) or where an alias has no meaning.
+SMP_CANNOT_BUILD = {("DPT", e) for e in FAMILIES if not e.startswith("tu-")}  # DPT: timm only
+NO_STRIDE_16 = {"PSPNet"}  # encoder depth 3: encoder_mid (stride 16) does not exist
+NEEDS_128 = {"PAN"}  # its pyramid pooling needs a stride-32 map larger than 2x2
+
+
+def _build(arch: str, encoder: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(arch, encoder, classes=2)
+
+
+def _check(model: torch.nn.Module, aliases: list[str], size: tuple[int, int] = SIZE) -> None:
+    resolved = resolve_layers(model, aliases, size)
+    infos = {i.name: i for i in describe_layers(model, resolved, size)}
+    for name in aliases:
+        info = infos[name]
+        model.get_submodule(info.path)
+        assert info.channels and info.channels > 0, (name, info)
+    if "encoder_early" in infos:
+        assert infos["encoder_early"].stride == 4
+    if "encoder_last" in infos and "encoder_early" in infos:
+        assert infos["encoder_last"].stride >= infos["encoder_early"].stride
+    if "seg_head" in infos:
+        assert infos["seg_head"].channels == 2
+
+
+@pytest.mark.parametrize("encoder", FAMILIES)
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_aliases_resolve_for_architecture_and_encoder_family(arch: str, encoder: str):
+    if (arch, encoder) in SMP_CANNOT_BUILD:
+        with pytest.raises(UserError, match="smp cannot build"):
+            _build(arch, encoder)
+        return
+    model = _build(arch, encoder)
+    if arch == "DPT":  # reassembled ViT-style features: aliases resolve or name module paths
+        for alias in ALIASES:
+            try:
+                _check(model, [alias])
+            except LayerError as exc:
+                assert "module path" in str(exc)
+        return
+    aliases = [a for a in ALIASES if not (arch in NO_STRIDE_16 and a == "encoder_mid")]
+    _check(model, aliases, (128, 128) if arch in NEEDS_128 else SIZE)
+    if arch in NEEDS_128:
+        with pytest.raises(LayerError, match="input size large enough"):
+            resolve_layers(model, ["encoder_last"], SIZE)
+    if arch in NO_STRIDE_16:
+        with pytest.raises(LayerError, match="no sensible meaning"):
+            resolve_layers(model, ["encoder_mid"], SIZE)
+
+
+@pytest.mark.parametrize("encoder", [f"efficientnet-b{i}" for i in range(8)]
+                         + [f"timm-efficientnet-b{i}" for i in range(8)]
+                         + ["resnet34", "resnet50"])
+def test_aliases_resolve_on_unetplusplus_for_every_encoder_size(encoder: str):
+    _check(_build("UnetPlusPlus", encoder), list(ALIASES))
+
+
+def test_efficientnet_aliases_follow_the_design_table():
+    model = _build("UnetPlusPlus", "efficientnet-b5")
+    resolved = resolve_layers(model, list(ALIASES), SIZE)
+    idx = model.encoder._out_indexes
+    assert resolved == {
+        "encoder_early": f"encoder._blocks.{idx[0]}",
+        "encoder_mid": f"encoder._blocks.{idx[2]}",
+        "encoder_last": f"encoder._blocks.{len(model.encoder._blocks) - 1}",
+        "decoder_last": "decoder.blocks.x_0_4",
+        "seg_head": "segmentation_head.0",
+    }
+    infos = {i.name: i for i in describe_layers(model, resolved, (128, 128))}
+    assert infos["encoder_last"].channels == 512 and infos["encoder_last"].stride == 32
+
+
+def test_dotted_paths_and_index_syntax_are_accepted():
+    model = _build("UnetPlusPlus", "efficientnet-b0")
+    resolved = resolve_layers(model, ["encoder._blocks[15]", "decoder.blocks.x_0_4"], SIZE)
+    assert resolved == {"encoder._blocks[15]": "encoder._blocks.15",
+                        "decoder.blocks.x_0_4": "decoder.blocks.x_0_4"}
+
+
+def test_unknown_path_lists_the_children():
+    model = _build("UnetPlusPlus", "efficientnet-b0")
+    with pytest.raises(LayerError, match="children of 'decoder.blocks'.*x_0_4"):
+        resolve_layers(model, ["decoder.blocks.x_9_9"], SIZE)
+
+
+def test_module_that_never_runs_is_named():
+    model = _build("UnetPlusPlus", "efficientnet-b0")
+    with pytest.raises(LayerError, match=r"encoder._conv_head.*never runs"):
+        resolve_layers(model, ["encoder._conv_head"], SIZE)

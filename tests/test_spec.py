@@ -1,0 +1,126 @@
+"""The spec: good specs load with resolved paths; bad ones name file:line, field and a fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reportgen.errors import SpecError
+from reportgen.spec import find_images, json_schema, load_spec
+from tests.helpers import write_images, write_spec
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    write_images(tmp_path, count=4)
+    return tmp_path
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    return info.value.problems
+
+
+def test_good_spec_resolves_paths_against_its_folder(project: Path, monkeypatch):
+    monkeypatch.chdir("/")
+    spec = load_spec(write_spec(project / "spec.yaml"))
+    assert spec.output.site == project / "site"
+    assert [p.name for p in find_images(spec.data)] == [f"img0{i}.png" for i in range(4)]
+    assert spec.model.size == (64, 64)
+    assert spec.model.output_activation == "sigmoid"
+    assert spec.target_index == 0
+
+
+def test_images_as_folder_list_and_limit_keep_sorted_order(project: Path):
+    spec = load_spec(write_spec(project / "a.yaml", data={"images": "images", "limit": 2}))
+    assert [p.name for p in find_images(spec.data)] == ["img00.png", "img01.png"]
+    listed = ["images/img03.png", "images/img01.png"]
+    spec = load_spec(write_spec(project / "b.yaml", data={"images": listed}))
+    assert [p.name for p in find_images(spec.data)] == ["img01.png", "img03.png"]
+
+
+BAD_SPECS = [
+    # (what, sections, expected fragments of one problem)
+    ("unknown key", {"report": {"titel": "x"}}, ["report.titel", "did you mean 'title'"]),
+    ("wrong type", {"runtime": {"batch_size": "eight"}}, ["runtime.batch_size", "integer"]),
+    ("missing checkpoint", {"model": {"checkpoint": "nope.pth"}},
+     ["model.checkpoint", "not found", "nope.pth"]),
+    ("glob matching nothing", {"data": {"images": "none/*.png", "masks": None}},
+     ["data.images", "no image matches"]),
+    ("unknown layer alias", {"layers": ["encoder_lst"]},
+     ["layers.0", "did you mean 'encoder_last'", "decoder_last"]),
+    ("unknown method", {"methods": ["gradcam", "gradcamm"]},
+     ["methods.1", "did you mean 'gradcam'", "layercam"]),
+    ("masks unmatched", {"data": {"masks": "other/{stem}.png"}},
+     ["data.masks", "no mask for 4 of 4"]),
+    ("limit zero", {"data": {"limit": 0}}, ["data.limit", "positive"]),
+    ("unknown class name", {"target": {"class": "tumour"}, "model": {"class_names": ["lesion"]}},
+     ["target.class", "'tumour'", "lesion"]),
+    ("input size", {"model": {"input_size": 100}}, ["model.input_size", "multiples of 32"]),
+    ("missing model", {"model": None}, ["model", "required"]),
+    ("unknown metric", {"metrics": ["dice", "attnetion"]}, ["metrics.1", "'attention'"]),
+    ("bad device", {"runtime": {"device": "gpu"}}, ["runtime.device", "cuda:N"]),
+    ("ground truth target without masks", {"target": {"region": "ground_truth"},
+                                            "data": {"masks": None}}, ["data.masks"]),
+    ("subset outside the spec's layers", {"method_options": {"scorecam": {"layers": ["seg_head"]}}},
+     ["method_options.scorecam.layers", "seg_head"]),
+]
+
+
+@pytest.mark.parametrize("what,sections,fragments", BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
+def test_bad_spec_names_line_field_and_fix(project: Path, what, sections, fragments):
+    path = write_spec(project / "spec.yaml", **sections)
+    problems = problems_of(path)
+    matching = [p for p in problems if all(f in p for f in fragments)]
+    assert matching, f"{what}: no problem mentions {fragments}: {problems}"
+    assert matching[0].startswith(f"{path}:"), matching[0]
+    line = int(matching[0].split(":")[1])
+    assert 1 <= line <= len(path.read_text().splitlines())
+
+
+def test_unknown_key_points_at_its_line(project: Path):
+    path = project / "spec.yaml"
+    write_spec(path, runtime={"batchsize": 2})
+    lines = path.read_text().splitlines()
+    (problem,) = problems_of(path)
+    line = int(problem.split(":")[1])
+    assert "batchsize" in lines[line - 1]
+    assert "did you mean 'batch_size'" in problem
+
+
+def test_every_problem_is_reported_at_once(project: Path):
+    path = write_spec(project / "spec.yaml", report={"titel": "x"}, layers=["nope"],
+                      model={"checkpoint": "missing.pth"}, data={"limit": -1})
+    assert len(problems_of(path)) == 4
+
+
+def test_yaml_syntax_error_has_position(tmp_path: Path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("model:\n  architecture: [Unet\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:") and "YAML syntax error" in problem
+
+
+def test_duplicate_image_names_are_refused(project: Path):
+    (project / "more").mkdir()
+    (project / "more" / "img00.png").write_bytes((project / "images" / "img00.png").read_bytes())
+    path = write_spec(project / "spec.yaml", data={"images": "**/img00.png", "masks": None})
+    assert any("share the name 'img00'" in p for p in problems_of(path))
+
+
+def test_json_schema_describes_every_section():
+    schema = json.loads(json_schema())
+    assert {"model", "data", "layers", "methods", "metrics", "output", "runtime"} <= set(
+        schema["properties"])
+    assert "model" in schema["required"] and "data" in schema["required"]
+    assert "class" in schema["$defs"]["TargetSection"]["properties"]
+
+
+def test_spec_files_shipped_with_the_project_validate():
+    for path in sorted(Path(__file__).parents[1].joinpath("specs").glob("*.yaml")):
+        text = yaml.safe_load(path.read_text())
+        assert "model" in text, path
