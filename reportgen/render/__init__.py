@@ -1,0 +1,1 @@
+"""Rendering: figures, the static site (`render.site.SiteWriter`) and the PDF."""

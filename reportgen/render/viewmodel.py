@@ -1,0 +1,927 @@
+"""View models of the site's pages: plain data built in Python for the templates.
+
+Templates only loop over these objects and print their strings; every number is
+formatted, every n/a carries its reason, and every link is already relative to the
+page that shows it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import numpy as np
+
+from reportgen import __version__
+from reportgen.cam.normalise import FLAG_REASONS
+from reportgen.metrics.attention import verdict as ratio_verdict
+from reportgen.render.figures import OVERLAY_VARIANTS
+from reportgen.render.stats import DatasetStats, ImageSummary, PairAgreement, metric_float
+from reportgen.report import (
+    AggregateRow,
+    Cell,
+    ImageResult,
+    MetricDefinition,
+    MetricValue,
+    ReportContext,
+    SanityRow,
+)
+
+VERDICT_LABELS: dict[str, str] = {
+    "excellent": "Excellent",
+    "good": "Good",
+    "fair": "Fair",
+    "concerning": "Concerning",
+    "invalid": "Invalid",
+    "n/a": "n/a",
+}
+"""The text label of every verdict (colour is never the only cue)."""
+
+VERDICT_ORDER: tuple[str, ...] = ("invalid", "concerning", "fair", "good", "excellent", "n/a")
+"""Verdicts from worst to best; n/a (nothing to judge) comes last."""
+
+DATA_FILES: tuple[tuple[str, str], ...] = (
+    ("data/metrics.csv", "Metrics (CSV)"),
+    ("data/metrics.json", "Metrics (JSON)"),
+    ("data/manifest.json", "Manifest: input and output hashes (JSON)"),
+    ("report.pdf", "Archival report (PDF)"),
+)
+"""Files the build writes next to the site pages, linked from the index and the audit."""
+
+RATIO_METRIC = "attention_ratio"
+
+PairLookup = Callable[[str, str], tuple[float | None, int]]
+"""(a, b) -> (mean Spearman rho of the pair or None, number of images)."""
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def format_number(value: float | None) -> str:
+    """Fixed formatting of a metric number: 3 decimals for ordinary magnitudes,
+    scientific notation for very small or very large ones, "∞" for infinity."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    magnitude = abs(value)
+    if magnitude == 0.0:
+        return "0.000"
+    if magnitude < 1e-3 or magnitude >= 1e5:
+        return f"{value:.2e}"
+    if magnitude >= 100:
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def format_count(value: int) -> str:
+    """An integer with thousands separators."""
+    return f"{value:,}"
+
+
+def format_seconds(value: float) -> str:
+    """A duration in seconds, fixed to 2 decimals."""
+    return f"{value:.2f} s"
+
+
+def paragraphs(text: str) -> list[str]:
+    """Free text split into paragraphs at blank lines (shown as plain text)."""
+    blocks = re.split(r"\n\s*\n", text.replace("\r\n", "\n"))
+    joined = (" ".join(line.strip() for line in block.splitlines() if line.strip())
+              for block in blocks)
+    return [block for block in joined if block]
+
+
+def href(path: str) -> str:
+    """A relative URL for a site path (percent-encoded, '/' kept)."""
+    return quote(path, safe="/#")
+
+
+# --------------------------------------------------------------------------- small views
+
+
+@dataclass(frozen=True)
+class VerdictView:
+    key: str  # excellent | good | fair | concerning | invalid | n/a
+    label: str
+    css: str  # class name: verdict-excellent ... verdict-na
+
+
+def verdict_view(name: str) -> VerdictView:
+    """The badge of a verdict; unknown names read as n/a."""
+    key = name if name in VERDICT_LABELS else "n/a"
+    return VerdictView(key, VERDICT_LABELS[key], "verdict-" + key.replace("/", ""))
+
+
+def verdict_rank(name: str) -> int:
+    """Position of a verdict from worst (0) to best; n/a and unknown last."""
+    return VERDICT_ORDER.index(name) if name in VERDICT_ORDER else len(VERDICT_ORDER) - 1
+
+
+def worst_verdict(verdicts: Iterable[str]) -> str:
+    """The worst verdict among `verdicts` (n/a only when nothing else is there)."""
+    ranked = sorted(verdicts, key=verdict_rank)
+    return ranked[0] if ranked else "n/a"
+
+
+class Footnotes:
+    """Numbered reasons for n/a values, each reason numbered once per page."""
+
+    def __init__(self) -> None:
+        self._numbers: dict[str, int] = {}
+
+    def cite(self, reason: str) -> int:
+        if reason not in self._numbers:
+            self._numbers[reason] = len(self._numbers) + 1
+        return self._numbers[reason]
+
+    @property
+    def notes(self) -> list[tuple[int, str]]:
+        return [(number, reason) for reason, number in self._numbers.items()]
+
+
+@dataclass(frozen=True)
+class ValueView:
+    text: str
+    note: int | None = None  # footnote number of the n/a reason
+    missing: bool = False
+
+
+def value_view(value: MetricValue | float | None, notes: Footnotes,
+               absent: str = "not computed") -> ValueView:
+    """A metric value for a table: the formatted number, or n/a with a cited reason."""
+    if isinstance(value, int | float):
+        number: float | None = float(value)
+        reason = "undefined"
+    elif value is None:
+        number, reason = None, absent
+    else:
+        number, reason = metric_float(value), value.reason or "undefined"
+    if number is None:
+        return ValueView("n/a", notes.cite(reason), missing=True)
+    return ValueView(format_number(number))
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    title: str
+    formula: str
+    direction: str
+    reference: str
+
+
+def definitions_for(names: Iterable[str], context: ReportContext) -> list[Definition]:
+    """Definitions of `names`, in the registry's order; unknown names come last, sorted."""
+    wanted = set(names)
+    known = {d.name: d for d in context.metric_definitions}
+    ordered = [definition_view(d) for d in context.metric_definitions if d.name in wanted]
+    ordered += [Definition(name, name.replace("_", " "), "", "", "")
+                for name in sorted(wanted - set(known))]
+    return ordered
+
+
+def definition_view(definition: MetricDefinition) -> Definition:
+    return Definition(definition.name, definition.title, definition.formula,
+                      definition.direction, definition.reference)
+
+
+@dataclass(frozen=True)
+class Link:
+    href: str
+    label: str
+
+
+@dataclass(frozen=True)
+class NavItem:
+    href: str
+    label: str
+    current: bool
+
+
+@dataclass
+class PageView:
+    """What every page shares: titles, navigation, stylesheet and script links."""
+
+    title: str
+    report_title: str
+    report_id: str
+    root: str
+    nav: list[NavItem]
+    bounds: list[str]
+    footer: str
+    stylesheet: str
+    script: str
+
+
+NAV = (("index.html", "Summary"), ("index.html#images", "Images"),
+       ("methods.html", "Methods"), ("layers.html", "Layers"), ("audit.html", "Audit"))
+
+
+def page_view(context: ReportContext, title: str, current: str, root: str = "") -> PageView:
+    """The shared frame of a page; `root` is the path from the page to the site root."""
+    nav = [NavItem(root + target, label, target == current) for target, label in NAV]
+    footer = f"{context.report_id} · {context.date} · reportgen {__version__}"
+    return PageView(title=title, report_title=context.title, report_id=context.report_id,
+                    root=root, nav=nav, bounds=list(context.bounds), footer=footer,
+                    stylesheet=root + "assets/site.css", script=root + "assets/site.js")
+
+
+@dataclass(frozen=True)
+class ColumnHead:
+    name: str
+    approximate: bool
+    note: str
+
+
+def method_heads(context: ReportContext, methods: Sequence[str]) -> list[ColumnHead]:
+    """Column headings of methods, marking the approximate ones."""
+    rows = {row.name: row for row in context.methods}
+    heads = []
+    for name in methods:
+        row = rows.get(name)
+        heads.append(ColumnHead(name, bool(row and row.approximate), row.note if row else ""))
+    return heads
+
+
+def ordered_names(context: ReportContext, keys: Iterable[tuple[str, str]]
+                  ) -> tuple[list[str], list[str]]:
+    """Layers and methods in the spec's order, then any others found in `keys`, sorted."""
+    keys = list(keys)
+    layers = [row.name for row in context.layers]
+    methods = [row.name for row in context.methods]
+    layers += sorted({layer for layer, _ in keys} - set(layers))
+    methods += sorted({method for _, method in keys} - set(methods))
+    return layers, methods
+
+
+# --------------------------------------------------------------------------- image page
+
+
+@dataclass(frozen=True)
+class FigureView:
+    src: str | None  # None: draw the placeholder instead
+    alt: str
+    caption: str
+    placeholder: str = ""
+
+
+@dataclass(frozen=True)
+class VariantView:
+    key: str
+    label: str
+    src: str
+    alt: str
+
+
+@dataclass
+class GridCell:
+    layer: str
+    method: str
+    variants: list[VariantView]  # empty when the map is not drawn
+    heatmap: VariantView | None
+    placeholder: str  # why the map is not drawn ("" when it is)
+    verdict: VerdictView
+    ratio: ValueView
+    approximate: bool
+
+
+@dataclass
+class GridRow:
+    layer: str
+    cells: list[GridCell]
+
+
+@dataclass
+class MetricRow:
+    layer: str
+    method: str
+    verdict: VerdictView
+    values: list[ValueView]
+    flags: str
+    approximate: bool
+
+
+@dataclass
+class ImagePageView:
+    page: PageView
+    id: str
+    position: str
+    previous: Link | None
+    next: Link | None
+    source_name: str
+    mask_name: str
+    dice: ValueView
+    iou: ValueView
+    worst: VerdictView
+    notes: list[str]
+    figures: list[FigureView]
+    methods: list[ColumnHead]
+    variants: list[tuple[str, str]]
+    rows: list[GridRow]
+    metric_columns: list[Definition]
+    metric_rows: list[MetricRow]
+    footnotes: list[tuple[int, str]]
+    colorbar: str
+    colormap: str
+    alpha: str
+    aspect: str  # CSS aspect-ratio of the figures, "W / H"
+
+
+def cell_figure_name(row: int, column: int, variant: str) -> str:
+    """The name of one figure of the grid cell at (row, column)."""
+    return f"cell-{row}-{column}-{variant}"
+
+
+def cell_problem(cell: Cell | None) -> str:
+    """Why a cell's map is not drawn, in words; "" when it can be drawn."""
+    if cell is None:
+        return "not computed"
+    if cell.flags:
+        return "; ".join(FLAG_REASONS.get(flag, flag.replace("_", " ")) for flag in cell.flags)
+    if cell.map is None:
+        return "map undefined"
+    if not np.isfinite(cell.map).all():
+        return FLAG_REASONS.get("non_finite", "map has non-finite values")
+    return ""
+
+
+def image_page_view(context: ReportContext, result: ImageResult, figures: dict[str, str],
+                    position: int, total: int, previous: str | None, next_id: str | None,
+                    root: str = "../") -> ImagePageView:
+    """The page of one image.
+
+    `figures` maps figure names ("input", "ground_truth", "prediction",
+    `cell_figure_name(...)`) to their src (a relative path or a data URI); a cell
+    whose figures are missing is drawn as a placeholder.
+    """
+    notes = Footnotes()
+    source = result.source.name
+    layers, methods = ordered_names(context, result.cells)
+    main = [FigureView(figures.get("input"), f"Input image {source}", "Input")]
+    if result.ground_truth is not None and "ground_truth" in figures:
+        mask = result.mask_source.name if result.mask_source else "ground truth"
+        main.append(FigureView(figures["ground_truth"],
+                               f"Ground-truth mask {mask} outlined in magenta on {source}",
+                               "Ground truth"))
+    else:
+        main.append(FigureView(None, "No ground truth for this image", "Ground truth",
+                               "No ground truth"))
+    main.append(FigureView(figures.get("prediction"),
+                           f"Predicted {context.model.target_class} mask outlined in white "
+                           f"on {source}", "Prediction"))
+
+    rows: list[GridRow] = []
+    metric_rows: list[MetricRow] = []
+    metric_names = sorted({name for cell in result.cells.values() for name in cell.metrics})
+    columns = definitions_for(metric_names, context)
+    for r, layer in enumerate(layers):
+        cells = []
+        for c, method in enumerate(methods):
+            cell = result.cells.get((layer, method))
+            problem = cell_problem(cell)
+            what = f"{method} map of layer {layer} on {source}"
+            variants = []
+            heat = None
+            if not problem:
+                for key, label in OVERLAY_VARIANTS:
+                    src = figures.get(cell_figure_name(r, c, key))
+                    if src is not None:
+                        variants.append(VariantView(key, label, src, f"{label}: {what}"))
+                heat_src = figures.get(cell_figure_name(r, c, "heatmap"))
+                if heat_src is not None:
+                    heat = VariantView("heatmap", "Heatmap", heat_src, f"Heatmap: {what}")
+                if not variants:
+                    problem = "figure not drawn"
+            ratio_value = cell.metrics.get(RATIO_METRIC) if cell else None
+            cells.append(GridCell(
+                layer=layer, method=method, variants=variants, heatmap=heat,
+                placeholder=problem,
+                verdict=verdict_view(cell.verdict if cell else "n/a"),
+                ratio=value_view(ratio_value, notes),
+                approximate=bool(cell and cell.approximate)))
+            if cell is not None:
+                metric_rows.append(MetricRow(
+                    layer=layer, method=method, verdict=verdict_view(cell.verdict),
+                    values=[value_view(cell.metrics.get(d.name), notes) for d in columns],
+                    flags=", ".join(cell.flags), approximate=cell.approximate))
+        rows.append(GridRow(layer, cells))
+
+    dice = value_view(result.dice, notes, absent="no ground truth")
+    iou = value_view(result.iou, notes, absent="no ground truth")
+    return ImagePageView(
+        page=page_view(context, f"Image {result.id}", "", root),
+        id=result.id,
+        position=f"Image {position + 1} of {total}",
+        previous=Link(href(f"{previous}.html"), previous) if previous else None,
+        next=Link(href(f"{next_id}.html"), next_id) if next_id else None,
+        source_name=source,
+        mask_name=result.mask_source.name if result.mask_source else "none",
+        dice=dice, iou=iou,
+        worst=verdict_view(worst_verdict(cell.verdict for cell in result.cells.values())),
+        notes=list(result.notes),
+        figures=main,
+        methods=method_heads(context, methods),
+        variants=[*OVERLAY_VARIANTS],
+        rows=rows,
+        metric_columns=columns,
+        metric_rows=metric_rows,
+        footnotes=notes.notes,
+        colorbar=figures.get("colorbar", root + "figures/colorbar.png"),
+        colormap=context.colormap,
+        alpha=f"{context.alpha:.2f}",
+        aspect=f"{result.display.shape[1]} / {result.display.shape[0]}",
+    )
+
+
+# --------------------------------------------------------------------------- index page
+
+
+@dataclass(frozen=True)
+class PlotView:
+    title: str
+    src: str | None  # None: no plot, `reason` says why
+    alt: str
+    caption: str
+    reason: str = ""
+
+
+@dataclass
+class SummaryCell:
+    mean_ratio: ValueView
+    verdict: VerdictView
+    counts: list[tuple[VerdictView, int]]
+
+
+@dataclass
+class SummaryRow:
+    layer: str
+    cells: list[SummaryCell]
+
+
+@dataclass
+class AggregateRowView:
+    layer: str
+    method: str
+    mean: ValueView
+    std: ValueView
+    median: ValueView
+    min: ValueView
+    max: ValueView
+    n: str
+    n_na: str
+    na_reasons: str
+
+
+@dataclass
+class MetricTable:
+    definition: Definition
+    rows: list[AggregateRowView]
+
+
+@dataclass
+class GalleryItem:
+    order: int
+    id: str
+    href: str
+    thumb: str
+    alt: str
+    source_name: str
+    dice: str
+    dice_sort: str  # "" when undefined: sorts last
+    verdict: VerdictView
+    verdict_sort: int
+
+
+@dataclass
+class IndexView:
+    page: PageView
+    author: str
+    date: str
+    description: list[str]
+    intended_use: list[str]
+    limitations: list[str]
+    reviewers: list[tuple[str, str]]
+    model_card: list[tuple[str, str]]
+    data: list[tuple[str, str]]
+    methods: list[ColumnHead]
+    summary_rows: list[SummaryRow]
+    dice: str
+    dice_detail: str
+    verdict_legend: list[VerdictView]
+    tables: list[MetricTable]
+    plots: list[PlotView]
+    gallery: list[GalleryItem]
+    downloads: list[Link]
+    footnotes: list[tuple[int, str]]
+
+
+def model_card_rows(context: ReportContext) -> list[tuple[str, str]]:
+    """The model card as (label, value) rows."""
+    card = context.model
+    height, width = card.input_size
+    return [
+        ("Architecture", card.architecture),
+        ("Encoder", card.encoder),
+        ("Checkpoint", card.checkpoint_name),
+        ("Checkpoint SHA-256", card.checkpoint_sha256),
+        ("Checkpoint format", card.checkpoint_format),
+        ("Parameters", format_count(card.parameters)),
+        ("Input size", f"{height} × {width} px"),
+        ("Classes", ", ".join(card.classes)),
+        ("Target class", card.target_class),
+        ("Activation", card.activation),
+        ("Normalisation", card.normalization),
+    ]
+
+
+def data_rows(context: ReportContext, summaries: Sequence[ImageSummary]) -> list[tuple[str, str]]:
+    """The data set as (label, value) rows."""
+    with_truth = sum(1 for s in summaries if s.has_ground_truth)
+    return [
+        ("Images", format_count(context.image_count)),
+        ("Image source", context.image_source),
+        ("Mask source", context.mask_source or "none"),
+        ("With ground truth", format_count(with_truth)),
+        ("Without ground truth", format_count(len(summaries) - with_truth)),
+        ("Target region", context.target_region),
+        ("Excluded inputs", format_count(len(context.excluded))),
+    ]
+
+
+def aggregate_index(aggregates: Iterable[AggregateRow]) -> dict[tuple[str, str, str], AggregateRow]:
+    """Aggregates keyed by (layer, method, metric)."""
+    return {(row.layer, row.method, row.metric): row for row in aggregates}
+
+
+def summary_rows(context: ReportContext, stats: DatasetStats,
+                 aggregates: Sequence[AggregateRow], notes: Footnotes) -> list[SummaryRow]:
+    """Per layer x method: mean attention ratio, its verdict and the verdict counts."""
+    by_key = aggregate_index(aggregates)
+    rows = []
+    for layer in stats.layers:
+        cells = []
+        for method in stats.methods:
+            row = by_key.get((layer, method, RATIO_METRIC))
+            if row is None:
+                mean = value_view(None, notes, absent="attention ratio not computed")
+            elif row.mean is None:
+                mean = value_view(None, notes, absent=na_reason_text(row) or "undefined")
+            else:
+                mean = value_view(row.mean, notes)
+            mean_verdict = ratio_verdict(row.mean if row else None)
+            tally: dict[str, int] = {}
+            for summary in stats.summaries:
+                name = summary.verdicts.get((layer, method))
+                if name is not None:
+                    tally[name] = tally.get(name, 0) + 1
+            counts = [(verdict_view(name), tally[name]) for name in VERDICT_ORDER if name in tally]
+            cells.append(SummaryCell(mean, verdict_view(mean_verdict), counts))
+        rows.append(SummaryRow(layer, cells))
+    return rows
+
+
+def na_reason_text(row: AggregateRow) -> str:
+    """The n/a reasons of an aggregate as "reason: count; ..."."""
+    return "; ".join(f"{reason}: {count}" for reason, count in sorted(row.na_reasons.items()))
+
+
+def metric_tables(context: ReportContext, stats: DatasetStats,
+                  aggregates: Sequence[AggregateRow], notes: Footnotes) -> list[MetricTable]:
+    """One table per metric (registry order), rows in spec order of layer then method."""
+    by_key = aggregate_index(aggregates)
+    tables = []
+    for definition in definitions_for({row.metric for row in aggregates}, context):
+        rows = []
+        for layer in stats.layers:
+            for method in stats.methods:
+                row = by_key.get((layer, method, definition.name))
+                if row is None:
+                    continue
+                undefined = na_reason_text(row) or "undefined"
+                rows.append(AggregateRowView(
+                    layer=layer, method=method,
+                    mean=value_view(row.mean, notes, absent=undefined),
+                    std=value_view(row.std, notes, absent=undefined),
+                    median=value_view(row.median, notes, absent=undefined),
+                    min=value_view(row.min, notes, absent=undefined),
+                    max=value_view(row.max, notes, absent=undefined),
+                    n=format_count(row.n), n_na=format_count(row.n_na),
+                    na_reasons=na_reason_text(row)))
+        tables.append(MetricTable(definition, rows))
+    return tables
+
+
+def dice_summary(summaries: Sequence[ImageSummary]) -> tuple[str, str]:
+    """Mean Dice over the images with a defined Dice, and what it is a mean of."""
+    values = [s.dice for s in summaries if s.dice is not None]
+    missing = len(summaries) - len(values)
+    if not values:
+        return "n/a", "no image has a defined Dice (no ground truth)"
+    detail = f"mean over {format_count(len(values))} image{'s' if len(values) != 1 else ''}"
+    if missing:
+        detail += f"; {format_count(missing)} without a defined Dice"
+    return format_number(float(np.mean(values))), detail
+
+
+IMAGE_LINK = "images/{id}.html"
+"""Where an image's page is, from the site root ({id} is replaced)."""
+
+
+def gallery_items(stats: DatasetStats, thumbs: dict[str, str],
+                  link: str = IMAGE_LINK) -> list[GalleryItem]:
+    """The thumbnail index in build order; `link` formats each image's href."""
+    items = []
+    for order, summary in enumerate(stats.summaries):
+        items.append(GalleryItem(
+            order=order, id=summary.id, href=href(link.format(id=summary.id)),
+            thumb=thumbs.get(summary.id, href(f"thumbs/{summary.id}.jpg")),
+            alt=f"Thumbnail of {summary.source_name} with the predicted mask outlined",
+            source_name=summary.source_name,
+            dice=format_number(summary.dice) if summary.dice is not None else "n/a",
+            dice_sort="" if summary.dice is None else f"{summary.dice:.6f}",
+            verdict=verdict_view(summary.worst_verdict),
+            verdict_sort=verdict_rank(summary.worst_verdict)))
+    return items
+
+
+def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence[AggregateRow],
+               plots: list[PlotView], thumbs: dict[str, str] | None = None) -> IndexView:
+    """The summary page."""
+    notes = Footnotes()
+    dice, dice_detail = dice_summary(stats.summaries)
+    return IndexView(
+        page=page_view(context, "Summary", "index.html"),
+        author=context.author, date=context.date,
+        description=paragraphs(context.description),
+        intended_use=paragraphs(context.intended_use),
+        limitations=paragraphs(context.limitations),
+        reviewers=list(context.reviewers),
+        model_card=model_card_rows(context),
+        data=data_rows(context, stats.summaries),
+        methods=method_heads(context, stats.methods),
+        summary_rows=summary_rows(context, stats, aggregates, notes),
+        dice=dice, dice_detail=dice_detail,
+        verdict_legend=[verdict_view(name) for name in VERDICT_ORDER],
+        tables=metric_tables(context, stats, aggregates, notes),
+        plots=plots,
+        gallery=gallery_items(stats, thumbs or {}),
+        downloads=[Link(path, label) for path, label in DATA_FILES],
+        footnotes=notes.notes,
+    )
+
+
+# --------------------------------------------------------------------------- methods, layers
+
+
+@dataclass
+class SanityRowView:
+    layer: str
+    method: str
+    levels: list[tuple[str, ValueView, ValueView]]
+    threshold: str
+    passed: str  # "passed" | "failed" | "undefined"
+    reason: str
+
+
+@dataclass
+class MatrixView:
+    """A symmetric table of mean Spearman rho between names (methods or layers)."""
+
+    title: str
+    names: list[str]
+    rows: list[list[ValueView]]
+    shades: list[list[str]]  # CSS class per cell: agree-high | agree-mid | agree-low | ""
+
+
+def agreement_shade(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value >= 0.7:
+        return "agree-high"
+    if value >= 0.4:
+        return "agree-mid"
+    return "agree-low"
+
+
+def agreement_matrix(title: str, names: list[str], lookup: PairLookup,
+                     notes: Footnotes) -> MatrixView:
+    """A matrix of mean rho from `lookup(a, b) -> (mean or None, count)`."""
+    rows, shades = [], []
+    for first in names:
+        row, shade = [], []
+        for second in names:
+            if first == second:
+                row.append(ValueView("—"))
+                shade.append("")
+                continue
+            mean, count = lookup(first, second)
+            row.append(value_view(mean, notes, absent="no pair of defined, non-constant maps")
+                       if mean is None else ValueView(format_number(mean)))
+            shade.append(agreement_shade(mean))
+        rows.append(row)
+        shades.append(shade)
+    return MatrixView(title, names, rows, shades)
+
+
+def pooled_lookup(groups: list[str], agreement: PairAgreement) -> PairLookup:
+    """Lookup of a pair's rho averaged over every group (weighted by image count)."""
+    def lookup(first: str, second: str) -> tuple[float | None, int]:
+        total, count = 0.0, 0
+        for group in groups:
+            mean, n = agreement.mean(group, first, second)
+            if mean is not None:
+                total += mean * n
+                count += n
+        return (total / count if count else None), count
+    return lookup
+
+
+@dataclass
+class MethodInfo:
+    name: str
+    family: str
+    cost: str
+    reference: str
+    description: str
+    note: str
+    approximate: bool
+
+
+@dataclass
+class MeansTable:
+    """Rows x columns of dataset means of one metric (or of several metrics)."""
+
+    title: str
+    definition: Definition | None
+    row_label: str
+    columns: list[str]
+    rows: list[tuple[str, list[ValueView]]]
+
+
+@dataclass
+class MethodsView:
+    page: PageView
+    methods: list[MethodInfo]
+    means: MeansTable | None
+    definitions: list[Definition]
+    plots: list[PlotView]
+    matrices: list[MatrixView]
+    rank_size: int
+    sanity: list[SanityRowView]
+    footnotes: list[tuple[int, str]]
+
+
+def dataset_metric_names(stats: DatasetStats) -> list[str]:
+    """Metric names seen in any cell, sorted."""
+    names = set()
+    for summary in stats.summaries:
+        for metrics in summary.metrics.values():
+            names.update(metrics)
+    return sorted(names)
+
+
+def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotView],
+                 sanity: Sequence[SanityRow], rank_size: int) -> MethodsView:
+    """Method comparison across the data set."""
+    notes = Footnotes()
+    methods = [MethodInfo(row.name, row.family, row.cost, row.reference, row.description,
+                          row.note, row.approximate) for row in context.methods]
+    definitions = definitions_for(dataset_metric_names(stats), context)
+    means = None
+    if definitions:
+        rows = []
+        for method in stats.methods:
+            values = []
+            for definition in definitions:
+                found = stats.metric_values(definition.name, method=method)
+                values.append(value_view(float(np.mean(found)) if found else None, notes,
+                                         absent="no defined value"))
+            rows.append((method, values))
+        means = MeansTable("Mean over all layers and images", None, "Method",
+                           [d.title for d in definitions], rows)
+    matrices = [agreement_matrix(
+        "All layers", stats.methods,
+        pooled_lookup(stats.layers, stats.method_agreement), notes)]
+    for layer in stats.layers:
+        matrices.append(agreement_matrix(
+            f"Layer {layer}", stats.methods,
+            lambda a, b, layer=layer: stats.method_agreement.mean(layer, a, b), notes))
+    return MethodsView(page_view(context, "Methods", "methods.html"), methods, means,
+                       definitions, plots, matrices, rank_size, sanity_views(sanity, notes),
+                       notes.notes)
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    path: str
+    channels: str
+    stride: str
+    meaning: str
+
+
+@dataclass
+class LayersView:
+    page: PageView
+    layers: list[LayerInfo]
+    tables: list[MeansTable]
+    plots: list[PlotView]
+    matrices: list[MatrixView]
+    rank_size: int
+    footnotes: list[tuple[int, str]]
+
+
+def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence[AggregateRow],
+                plots: list[PlotView], rank_size: int) -> LayersView:
+    """How attention changes through the network: per-layer means for every metric."""
+    notes = Footnotes()
+    layers = [LayerInfo(row.name, row.path,
+                        "—" if row.channels is None else format_count(row.channels),
+                        "—" if row.stride is None else f"{row.stride:g}", row.meaning)
+              for row in context.layers]
+    by_key = aggregate_index(aggregates)
+    tables = []
+    for definition in definitions_for({row.metric for row in aggregates}, context):
+        rows = []
+        for layer in stats.layers:
+            values = []
+            for method in stats.methods:
+                row = by_key.get((layer, method, definition.name))
+                if row is None or row.mean is None:
+                    reason = (na_reason_text(row) or "undefined") if row else "not computed"
+                    values.append(value_view(None, notes, absent=reason))
+                else:
+                    values.append(value_view(row.mean, notes))
+            rows.append((layer, values))
+        tables.append(MeansTable(f"{definition.title}: mean per layer", definition, "Layer",
+                                 list(stats.methods), rows))
+    matrices = [agreement_matrix(
+        f"Method {method}", stats.layers,
+        lambda a, b, method=method: stats.layer_agreement.mean(method, a, b), notes)
+        for method in stats.methods]
+    return LayersView(page_view(context, "Layers", "layers.html"), layers, tables, plots,
+                      matrices, rank_size, notes.notes)
+
+
+# --------------------------------------------------------------------------- audit page
+
+
+@dataclass
+class AuditView:
+    page: PageView
+    spec_name: str
+    spec_text: str
+    hashes: list[tuple[str, str]]
+    downloads: list[Link]
+    runtime: list[tuple[str, str]]
+    versions: list[tuple[str, str]]
+    timings: list[tuple[str, str]]
+    warnings: list[str]
+    excluded: list[tuple[str, str]]
+    images: list[tuple[Link, str, str]]
+
+
+def sanity_views(rows: Sequence[SanityRow], notes: Footnotes) -> list[SanityRowView]:
+    """Sanity-check rows with per-level similarities formatted."""
+    views = []
+    for row in rows:
+        levels = []
+        for index, level in enumerate(row.levels):
+            rho = row.spearman[index] if index < len(row.spearman) else None
+            ssim = row.ssim[index] if index < len(row.ssim) else None
+            levels.append((level, value_view(rho, notes, absent="undefined"),
+                           value_view(ssim, notes, absent="undefined")))
+        passed = {True: "passed", False: "failed", None: "undefined"}[row.passed]
+        views.append(SanityRowView(row.layer, row.method, levels, format_number(row.threshold),
+                                   passed, row.reason))
+    return views
+
+
+def audit_view(context: ReportContext, stats: DatasetStats,
+               link: str = IMAGE_LINK) -> AuditView:
+    """Spec, hashes, software, device, timings, warnings and exclusions."""
+    card = context.model
+    runtime = [("Device", context.device), ("Precision", context.precision),
+               ("Seed", str(context.seed)), ("Colormap", context.colormap),
+               ("Overlay opacity", f"{context.alpha:.2f}"),
+               ("Target region", context.target_region)]
+    images = [(Link(href(link.format(id=s.id)), s.id), s.source_name, s.mask_name or "none")
+              for s in stats.summaries]
+    return AuditView(
+        page=page_view(context, "Audit", "audit.html"),
+        spec_name=context.spec_name, spec_text=context.spec_text,
+        hashes=[("Checkpoint", card.checkpoint_name),
+                ("Checkpoint SHA-256", card.checkpoint_sha256),
+                ("Checkpoint format", card.checkpoint_format)],
+        downloads=[Link(path, label) for path, label in DATA_FILES],
+        runtime=runtime,
+        versions=sorted(context.versions.items()),
+        timings=[(stage, format_seconds(seconds)) for stage, seconds in context.timings.items()],
+        warnings=list(context.warnings),
+        excluded=list(context.excluded),
+        images=images,
+    )

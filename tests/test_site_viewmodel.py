@@ -1,0 +1,228 @@
+"""The site's view models, statistics and figures, tested without writing a site."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reportgen.render import figures as fig
+from reportgen.render.stats import CURVE_POINTS, DatasetStats, standardised_ranks
+from reportgen.render.viewmodel import (
+    Footnotes,
+    agreement_shade,
+    cell_figure_name,
+    definitions_for,
+    format_number,
+    image_page_view,
+    index_view,
+    layers_view,
+    methods_view,
+    paragraphs,
+    value_view,
+    verdict_view,
+    worst_verdict,
+)
+from reportgen.report import MetricValue
+from tests.site_fixtures import (
+    LAYERS,
+    METHODS,
+    make_aggregates,
+    make_context,
+    make_result,
+    make_results,
+    make_sanity,
+)
+
+
+def dataset(count: int = 3) -> DatasetStats:
+    stats = DatasetStats(list(LAYERS), list(METHODS))
+    for result in make_results(count):
+        stats.add(result, worst_verdict(c.verdict for c in result.cells.values()))
+    return stats
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (None, "n/a"), (math.nan, "n/a"), (math.inf, "∞"), (-math.inf, "−∞"), (0.0, "0.000"),
+    (0.5, "0.500"), (12.3456, "12.346"), (123.456, "123.5"), (1e-5, "1.00e-05"),
+    (2.5e6, "2.50e+06"), (-0.25, "-0.250"),
+])
+def test_numbers_have_fixed_formatting(value: float | None, text: str) -> None:
+    assert format_number(value) == text
+
+
+def test_worst_verdict_ranks_invalid_first_and_na_last() -> None:
+    assert worst_verdict(["good", "excellent", "fair"]) == "fair"
+    assert worst_verdict(["good", "invalid", "concerning"]) == "invalid"
+    assert worst_verdict(["n/a", "excellent"]) == "excellent"
+    assert worst_verdict(["n/a"]) == "n/a"
+    assert worst_verdict([]) == "n/a"
+
+
+def test_verdict_badge_has_a_text_label_and_safe_class() -> None:
+    assert verdict_view("n/a").css == "verdict-na" and verdict_view("n/a").label == "n/a"
+    assert verdict_view("concerning").label == "Concerning"
+    assert verdict_view("<bogus>").key == "n/a"
+
+
+def test_na_values_cite_their_reason_once() -> None:
+    notes = Footnotes()
+    first = value_view(MetricValue(None, "predicted mask is empty"), notes)
+    second = value_view(MetricValue(None, "predicted mask is empty"), notes)
+    third = value_view(None, notes, absent="no ground truth")
+    assert first.missing and first.text == "n/a" and first.note == second.note == 1
+    assert third.note == 2
+    assert notes.notes == [(1, "predicted mask is empty"), (2, "no ground truth")]
+    assert value_view(MetricValue(0.25), notes).text == "0.250"
+
+
+def test_definitions_follow_the_registry_order_and_name_unknown_metrics() -> None:
+    context = make_context()
+    names = [d.name for d in definitions_for({"insertion_auc", "attention_mean", "custom_x"},
+                                             context)]
+    assert names == ["attention_mean", "insertion_auc", "custom_x"]
+    assert definitions_for({"custom_x"}, context)[0].title == "custom x"
+
+
+def test_paragraphs_split_at_blank_lines() -> None:
+    assert paragraphs("one\nline\n\n\ntwo\n") == ["one line", "two"]
+    assert paragraphs("") == []
+
+
+def test_image_page_view_draws_placeholders_for_undefined_and_flagged_maps() -> None:
+    context = make_context()
+    result = make_result(1)
+    figures = {"input": "i.png", "prediction": "p.png", "ground_truth": "g.png"}
+    for r in range(2):
+        for c in range(2):
+            for key in ("overlay", "contours", "top", "heatmap"):
+                figures[cell_figure_name(r, c, key)] = f"{r}{c}{key}.png"
+    view = image_page_view(context, result, figures, 1, 3, "img-000", "img-002")
+    assert view.position == "Image 2 of 3"
+    assert view.previous.href == "img-000.html" and view.next.href == "img-002.html"
+    undefined = view.rows[1].cells[1]
+    assert undefined.variants == [] and undefined.heatmap is None
+    assert "empty target region" in undefined.placeholder
+    assert undefined.ratio.missing and undefined.verdict.key == "n/a"
+    drawn = view.rows[0].cells[0]
+    assert [v.key for v in drawn.variants] == ["overlay", "contours", "top"]
+    assert drawn.variants[0].alt.startswith("Overlay: gradcam map of layer encoder_last")
+    assert [d.name for d in view.metric_columns][:3] == ["attention_mean", "attention_std",
+                                                          "attention_ratio"]
+    assert len(view.metric_rows) == 4
+    assert view.footnotes == [(1, "predicted mask is empty")]
+    assert [h.approximate for h in view.methods] == [False, True]
+    assert view.aspect == "64 / 64"
+
+
+def test_image_page_view_without_ground_truth_says_so() -> None:
+    result = make_result(2, ground_truth=False)
+    view = image_page_view(make_context(), result, {"input": "i.png", "prediction": "p.png"},
+                           2, 3, "img-001", None)
+    assert view.next is None
+    assert view.figures[1].src is None and view.figures[1].placeholder == "No ground truth"
+    assert view.dice.missing and "no ground truth" in dict(
+        (reason, n) for n, reason in view.footnotes)
+    flagged = view.rows[0].cells[0]
+    assert "zero everywhere" in flagged.placeholder and not flagged.variants
+
+
+def test_index_view_summarises_verdicts_dice_and_tables() -> None:
+    context = make_context()
+    results = make_results(3)
+    stats = dataset(3)
+    view = index_view(context, stats, make_aggregates(results), [])
+    assert [row.layer for row in view.summary_rows] == LAYERS
+    cell = view.summary_rows[0].cells[0]
+    ratios = [r.cells["encoder_last", "gradcam"].metrics["attention_ratio"].value
+              for r in results]
+    assert cell.mean_ratio.text == format_number(float(np.mean(ratios)))
+    assert sum(count for _, count in cell.counts) == 3
+    assert view.dice == "0.550" and "2 images" in view.dice_detail
+    assert [t.definition.name for t in view.tables][:2] == ["attention_mean", "attention_std"]
+    assert len(view.tables[0].rows) == 4
+    assert [item.id for item in view.gallery] == ["img-000", "img-001", "img-002"]
+    assert view.gallery[2].dice == "n/a" and view.gallery[2].dice_sort == ""
+    assert ("Parameters", "28,123,456") in view.model_card
+    assert ("Without ground truth", "1") in view.data
+    ratio_table = next(t for t in view.tables if t.definition.name == "attention_ratio")
+    undefined = next(r for r in ratio_table.rows if r.layer == "decoder_last"
+                     and r.method == "gradcam++")
+    assert undefined.n_na == "1" and "predicted mask is empty: 1" in undefined.na_reasons
+
+
+def test_methods_and_layers_views_carry_agreement_and_sanity() -> None:
+    context = make_context()
+    stats = dataset(3)
+    methods = methods_view(context, stats, [], make_sanity(), 64)
+    assert methods.matrices[0].title == "All layers"
+    assert methods.matrices[0].rows[0][0].text == "—"
+    assert not methods.matrices[0].rows[0][1].missing
+    assert methods.sanity[0].passed == "passed" and methods.sanity[1].passed == "failed"
+    assert methods.sanity[0].levels[2][1].missing
+    assert methods.means is not None and [name for name, _ in methods.means.rows] == METHODS
+    layers = layers_view(context, stats, make_aggregates(make_results(3)), [], 64)
+    assert [m.title for m in layers.matrices] == ["Method gradcam", "Method gradcam++"]
+    assert layers.layers[0].channels == "512" and layers.layers[0].stride == "32"
+    assert agreement_shade(0.9) == "agree-high" and agreement_shade(None) == ""
+
+
+def test_ranks_give_spearman_rho_with_ties() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    a = np.round(rng.random((20, 20)), 1).astype(np.float32)  # many ties
+    b = np.clip(a + rng.normal(0, 0.3, a.shape), 0, 1).astype(np.float32)
+    rho = float(np.dot(standardised_ranks(a), standardised_ranks(b)))
+    assert rho == pytest.approx(stats.spearmanr(a.ravel(), b.ravel()).statistic, abs=1e-9)
+    assert standardised_ranks(np.zeros((8, 8), np.float32)) is None
+
+
+def test_dataset_stats_keep_running_sums_only() -> None:
+    stats = DatasetStats(list(LAYERS), list(METHODS))
+    result = make_result(0)
+    same = result.cells["encoder_last", "gradcam"].map
+    result.cells["encoder_last", "gradcam++"].map = same.copy()
+    summary = stats.add(result, "fair")
+    assert stats.method_agreement.mean("encoder_last", "gradcam", "gradcam++") == \
+        pytest.approx((1.0, 1))
+    assert stats.method_agreement.mean("encoder_last", "gradcam++", "gradcam")[1] == 1
+    assert summary.dice == pytest.approx(0.5) and summary.source_name.endswith(".png")
+    assert not hasattr(summary, "display")
+    curves = stats.curves.per_method("deletion", list(METHODS))
+    assert set(curves) == set(METHODS) and curves["gradcam"].shape == (CURVE_POINTS,)
+    assert curves["gradcam"][0] == pytest.approx(1.0) and curves["gradcam"][-1] == 0.0
+
+
+def test_overlay_figures_are_deterministic_and_sized() -> None:
+    rng = np.random.default_rng(0)
+    base = (rng.random((40, 50, 3)) * 255).astype(np.uint8)
+    values = rng.random((40, 50)).astype(np.float32)
+    mask = values > 0.7
+    lut = fig.colormap_lut("viridis")
+    drawn = fig.cell_figures(base, values, mask, ~mask, lut, 0.5)
+    again = fig.cell_figures(base, values, mask, ~mask, lut, 0.5)
+    assert set(drawn) == {"overlay", "contours", "top", "heatmap"}
+    for key in drawn:
+        assert drawn[key].shape == (40, 50, 3) and drawn[key].dtype == np.uint8
+        assert fig.encode_png(drawn[key]) == fig.encode_png(again[key])
+    assert (drawn["heatmap"][0, 0] == lut[round(values[0, 0] * 255)]).all()
+    region = fig.top_region(values)
+    assert region.mean() == pytest.approx(0.2, abs=0.01)
+    assert fig.fit(np.zeros((1000, 500, 3), np.uint8), 320).shape == (320, 160, 3)
+    assert fig.fit(base, 320) is base
+    assert fig.encode_png(base)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_jet_is_available_and_unknown_colormaps_fail_clearly() -> None:
+    assert fig.colormap_lut("jet").shape == (256, 3)
+    with pytest.raises(ValueError, match="unknown colormap"):
+        fig.colormap_lut("no-such-map")
+
+
+def test_source_paths_are_kept_as_names_only() -> None:
+    stats = DatasetStats(list(LAYERS), list(METHODS))
+    result = make_result(0)
+    result.source = Path("/very/private/folder/scan.png")
+    assert stats.add(result, "good").source_name == "scan.png"
