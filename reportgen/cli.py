@@ -131,11 +131,23 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
     from reportgen.build import BuildOptions, build
 
     options = BuildOptions(device=args.device, quiet=args.quiet, single_file=args.single_file,
                            force=args.force)
-    result = build(args.spec, options)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, disable=args.quiet or args.json) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        options.progress = progress
+        result = build(args.spec, options)
     if args.json:
         out.print_json(json.dumps(result.summary()))
     elif not args.quiet:
@@ -219,6 +231,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """`main`, with an unexpected exception turned into exit code 1 (traceback on stderr)."""
+    try:
+        return main(argv)
+    except Exception:
+        err.print_exception()
+        err.print("internal error: this is a bug in reportgen; please report it with the "
+                  "traceback above")
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
@@ -244,4 +267,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main())

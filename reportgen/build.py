@@ -1,0 +1,563 @@
+"""The build pipeline: spec -> model -> data -> cam -> metrics -> render -> output.
+
+One straight pipeline. Images stream through in batches of `runtime.batch_size`:
+each batch gets its maps from one engine call, its metrics, its .npz file and
+its page before the next batch starts, so memory does not grow with the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reportgen import __version__
+from reportgen.cam import CamEngine, SegmentationTarget
+from reportgen.cam.methods import METHODS
+from reportgen.cam.normalise import FLAG_REASONS
+from reportgen.data import Sample, load_samples
+from reportgen.errors import UserError
+from reportgen.hashing import sha256_path, write_npz
+from reportgen.metrics import (
+    METRICS,
+    MetricInputs,
+    MetricRow,
+    MetricSettings,
+    SanityResult,
+    VerdictBands,
+    aggregate,
+    evaluate_image,
+    sanity_check,
+    verdict,
+    write_metrics_csv,
+    write_metrics_json,
+)
+from reportgen.models import build_model, describe_layers, load_checkpoint, resolve_layers
+from reportgen.models.build import parameter_count
+from reportgen.models.layers import ALIASES
+from reportgen.output import check_output_folder, output_lock, staging_folder, swap_in
+from reportgen.report import (
+    Cell,
+    ImageResult,
+    LayerRow,
+    MetricDefinition,
+    MetricValue,
+    ModelCard,
+    ReportContext,
+    SanityRow,
+)
+from reportgen.report import MethodRow as ReportMethodRow
+from reportgen.spec import Spec, parse_spec
+
+log = logging.getLogger(__name__)
+
+UNDEFINED_FLAGS = ("empty_target", "non_finite")
+
+
+@dataclass
+class BuildOptions:
+    device: str | None = None  # overrides runtime.device
+    quiet: bool = False
+    single_file: bool = False
+    force: bool = False
+    progress: Callable[[str, int, int], None] | None = None  # (stage, done, total)
+
+
+@dataclass
+class BuildResult:
+    site: Path
+    pdf: Path | None
+    images: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        return {"site": str(self.site), "pdf": str(self.pdf) if self.pdf else None,
+                "images": self.images, "seconds": round(self.seconds, 2),
+                "warnings": self.warnings}
+
+
+class Stopwatch:
+    """Seconds per stage, summed over the build."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[stage] = self.totals.get(stage, 0.0) + time.perf_counter() - start
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"runtime.device is {device!r} but no CUDA device is available "
+                        "(use auto or cpu)")
+    return torch.device(device)
+
+
+def seed_everything(seed: int, device: torch.device) -> list[str]:
+    """Seed every generator and ask torch for deterministic kernels.
+
+    Returns what could not be made deterministic (recorded in the manifest).
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    notes = []
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        notes.append("CUDA: bilinear upsampling backward and atomics-based reductions have no "
+                     "deterministic kernel; maps may differ in the last bits between runs")
+    return notes
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    found = {"reportgen": __version__, "python": platform.python_version()}
+    for dist in ("torch", "torchvision", "segmentation-models-pytorch", "grad-cam",
+                 "weasyprint", "numpy", "opencv-python-headless", "timm"):
+        try:
+            found[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+@dataclass
+class Plan:
+    """What the spec asks for, resolved against the model and the registries."""
+
+    spec: Spec
+    layers: dict[str, str]  # spec name -> module path
+    gradient_methods: list[str]  # everything but Score-CAM: one engine call
+    scorecam_layers: list[str]
+    faithfulness_keys: set[tuple[str, str]]
+    sanity_keys: list[tuple[str, str]]
+    bounds: list[str]
+
+
+def make_plan(spec: Spec, layers: dict[str, str], channels: dict[str, int | None],
+              image_count: int) -> Plan:
+    methods = spec.methods
+    gradient_methods = [m for m in methods if m != "scorecam"]
+    score = spec.method_options.scorecam
+    scorecam_layers = (score.layers or list(layers)) if "scorecam" in methods else []
+    bounds = []
+    if scorecam_layers and score.max_channels:
+        for layer in scorecam_layers:
+            k = channels.get(layer)
+            if k and score.max_channels < k:
+                bounds.append(f"Score-CAM at {layer} is approximate: the {score.max_channels} "
+                              f"highest-variance channels of {k} were scored")
+    if "scorecam" in methods and score.layers:
+        bounds.append(f"Score-CAM computed only at: {', '.join(score.layers)}")
+    faith = spec.metric_options.faithfulness
+    faith_layers, faith_methods = faith.layers or list(layers), faith.methods or methods
+    faithfulness_keys = set()
+    if "faithfulness" in spec.metrics:
+        faithfulness_keys = {(la, me) for la in faith_layers for me in faith_methods
+                             if me != "scorecam" or la in scorecam_layers}
+        bounds.append(f"Deletion/insertion AUC: {faith.steps} steps, {faith.baseline} baseline"
+                      + ("" if faith.layers is None and faith.methods is None else
+                         f", only for layers {', '.join(faith_layers)} x methods "
+                         f"{', '.join(faith_methods)}"))
+    sanity = spec.metric_options.sanity
+    sanity_methods = sanity.methods or [m for m in methods if METHODS[m].family == "gradient"]
+    sanity_keys = []
+    if "sanity" in spec.metrics:
+        sanity_keys = [(la, me) for la in sanity.layers or list(layers) for me in sanity_methods
+                       if me != "scorecam" or la in scorecam_layers]
+        bounds.append(f"Sanity check on the first {min(sanity.images, image_count)} image(s), "
+                      f"{sanity.levels} randomisation levels, methods {', '.join(sanity_methods)}")
+    return Plan(spec, layers, gradient_methods, scorecam_layers, faithfulness_keys, sanity_keys,
+                bounds)
+
+
+def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildResult:
+    """Build the report of `spec_path`; the output folder is replaced only on success."""
+    options = options or BuildOptions()
+    started = time.perf_counter()
+    spec_path = Path(spec_path)
+    spec, text = parse_spec(spec_path)
+    site = spec.output.site
+    check_output_folder(site, spec_path.resolve().parent, options.force)
+    pdf_rel = None
+    if spec.output.pdf is not None:
+        try:
+            pdf_rel = spec.output.pdf.resolve().relative_to(site.resolve())
+        except ValueError:
+            raise UserError(f"output.pdf {spec.output.pdf} must lie inside output.site "
+                            f"{site}") from None
+    with output_lock(site):
+        staging = staging_folder(site)
+        try:
+            warnings, count = _build_into(staging, spec, text, spec_path, options, pdf_rel)
+            swap_in(staging, site)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return BuildResult(site, site / pdf_rel if pdf_rel else None, count,
+                       time.perf_counter() - started, warnings)
+
+
+def _metric_value(row: MetricRow) -> MetricValue:
+    if row.status == "ok" and row.value is not None:
+        return MetricValue(row.value)
+    return MetricValue(None, row.reason or row.status)
+
+
+def _load_model(spec: Spec, clock: Stopwatch, warnings: list[str]):
+    m = spec.model
+    with clock("model"):
+        model = build_model(m.architecture, m.encoder, m.classes, m.in_channels, m.options)
+        fmt, sha = "none", ""
+        if m.checkpoint is not None:
+            fmt = load_checkpoint(model, m.checkpoint, m.trust_pickle,
+                                  f"{m.architecture} / {m.encoder}")
+            sha = sha256_path(m.checkpoint)
+        else:
+            warnings.append("no checkpoint: the model has RANDOM weights; maps and metrics "
+                            "say nothing about a trained model")
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            warnings.append("the checkpoint holds NaN or infinite weights: every map and "
+                            "metric is invalid")
+    return model, fmt, sha
+
+
+def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: BuildOptions,
+                pdf_rel: Path | None) -> tuple[list[str], int]:
+    from reportgen.render.site import SiteWriter
+
+    clock = Stopwatch()
+    start_time = datetime.now(UTC)
+    device = resolve_device(options.device or spec.runtime.device)
+    warnings: list[str] = []
+    determinism = seed_everything(spec.runtime.seed, device)
+    m = spec.model
+    model, fmt, sha = _load_model(spec, clock, warnings)
+    with clock("model"):
+        resolved = resolve_layers(model, spec.layers, m.size, m.in_channels)
+        infos = describe_layers(model, resolved, m.size, m.in_channels)
+    with clock("data"):
+        samples = load_samples(spec.data, m.size, m.in_channels, m.norm)
+    plan = make_plan(spec, resolved, {i.name: i.channels for i in infos}, len(samples))
+    model = model.to(device).eval()
+    context = _context(spec, text, spec_path, model, fmt, sha, infos, plan, samples, device,
+                       warnings)
+    writer = SiteWriter(staging, context, [s.id for s in samples],
+                        single_file=options.single_file or spec.output.single_file)
+    target = SegmentationTarget(spec.target_index, spec.target.region, spec.target.threshold,
+                                m.output_activation)
+    precision = spec.runtime.precision
+    engines = []
+    if plan.gradient_methods:
+        engines.append(CamEngine(model, resolved, plan.gradient_methods, device=device,
+                                 precision=precision, batch_size=spec.runtime.batch_size))
+    if plan.scorecam_layers:
+        score = spec.method_options.scorecam
+        engines.append(CamEngine(model, {k: resolved[k] for k in plan.scorecam_layers},
+                                 ["scorecam"], device=device, precision=precision,
+                                 batch_size=spec.runtime.batch_size,
+                                 scorecam_max_channels=score.max_channels,
+                                 scorecam_chunk=score.chunk_size))
+    settings = MetricSettings(
+        bands=VerdictBands(**spec.metric_options.attention.bands.model_dump()),
+        faithfulness_steps=spec.metric_options.faithfulness.steps,
+        faithfulness_baseline=spec.metric_options.faithfulness.baseline,
+        sanity_threshold=spec.metric_options.sanity.threshold,
+    )
+    (staging / "data" / "maps").mkdir(parents=True)
+    rows: list[MetricRow] = []
+    sanity_regions: list[torch.Tensor] = []
+    batch = spec.runtime.batch_size
+    for first in range(0, len(samples), batch):
+        part = samples[first:first + batch]
+        images = torch.stack([s.tensor for s in part])
+        gt = None
+        if all(s.gt_mask is not None for s in part):
+            gt = torch.stack([torch.from_numpy(s.gt_mask) for s in part])
+        results = []
+        for engine in engines:
+            with clock("scorecam" if engine.methods[0].name == "scorecam" else "cam"):
+                results.append(engine.explain(images, target, gt))
+        logits = results[0].logits.float()
+        regions = results[0].regions
+        probability = (torch.sigmoid(logits[:, spec.target_index]) if m.output_activation ==
+                       "sigmoid" else torch.softmax(logits, 1)[:, spec.target_index])
+        if m.output_activation == "sigmoid":
+            prediction = probability > spec.target.threshold
+        else:
+            prediction = logits.argmax(1) == spec.target_index
+        for i, sample in enumerate(part):
+            with clock("metrics"):
+                result, image_rows = _image_result(
+                    sample, i, results, probability[i], prediction[i], regions[i], images[i],
+                    model, device, plan, settings, spec)
+            rows.extend(image_rows)
+            if len(sanity_regions) < spec.metric_options.sanity.images:
+                sanity_regions.append(regions[i])
+            with clock("maps"):
+                _write_maps(staging, sample.id, results, i)
+            with clock("render"):
+                writer.add_image(result)
+            if options.progress:
+                options.progress("images", first + i + 1, len(samples))
+    sanity_rows: list[SanityRow] = []
+    if plan.sanity_keys and samples:
+        if options.progress:
+            options.progress("sanity check", 0, 1)
+        with clock("sanity"):
+            sanity, sanity_rows = _sanity(model, samples, sanity_regions, plan, spec, device,
+                                          settings)
+            for index, sample in enumerate(samples[: len(sanity_regions)]):
+                inputs = MetricInputs(sample.id, maps={k: torch.zeros(1) for k in
+                                                       plan.sanity_keys},
+                                      sanity=sanity, image_index=index, settings=settings)
+                rows.extend(evaluate_image(inputs, ["sanity"]))
+    with clock("metrics"):
+        aggregates = aggregate(rows)
+        write_metrics_csv(rows, staging / "data" / "metrics.csv")
+        write_metrics_json(rows, staging / "data" / "metrics.json")
+        write_metrics_csv(aggregates, staging / "data" / "metrics_summary.csv")
+    context.timings.update({k: round(v, 3) for k, v in clock.totals.items()})
+    with clock("render"):
+        writer.finish(aggregates, sanity_rows)
+    pdf_path = staging / pdf_rel if pdf_rel else None
+    if pdf_path is not None:
+        with clock("pdf"):
+            _write_pdf(staging, pdf_path, context, spec_path)
+    _write_manifest(staging, spec, spec_path, samples, sha, fmt, device, determinism, warnings,
+                    clock, start_time, context)
+    return warnings, len(samples)
+
+
+def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
+                  prediction: torch.Tensor, region: torch.Tensor, image: torch.Tensor,
+                  model: torch.nn.Module, device: torch.device, plan: Plan,
+                  settings: MetricSettings, spec: Spec) -> tuple[ImageResult, list[MetricRow]]:
+    maps: dict[tuple[str, str], torch.Tensor] = {}
+    flags: dict[tuple[str, str], list[str]] = {}
+    approximate: set[tuple[str, str]] = set()
+    for result in results:
+        for key, stacked in result.maps.items():
+            maps[key] = stacked[i]
+            flags[key] = list(result.flags[key][i])
+        approximate |= result.approximate
+    order = [(la, me) for la in plan.layers for me in spec.methods if (la, me) in maps]
+    defined = {k: maps[k] for k in order if not set(flags[k]) & set(UNDEFINED_FLAGS)}
+    gt = torch.from_numpy(sample.gt_mask) if sample.gt_mask is not None else None
+    groups = [g for g in spec.metrics if g not in ("faithfulness", "sanity")]
+    inputs = MetricInputs(sample.id, maps=defined, prediction=prediction, ground_truth=gt,
+                          image=image.to(device), model=model, class_index=spec.target_index,
+                          activation=spec.model.output_activation, target_region=region,
+                          settings=settings)
+    rows = evaluate_image(inputs, groups) if groups else []
+    curves: dict[tuple[str, str], dict[str, list[float]]] = {}
+    faith = {k: v for k, v in defined.items() if k in plan.faithfulness_keys}
+    if faith:
+        finputs = MetricInputs(sample.id, maps=faith, prediction=prediction, image=image.to(
+            device), model=model, class_index=spec.target_index,
+            activation=spec.model.output_activation, target_region=region, settings=settings)
+        rows += evaluate_image(finputs, ["faithfulness"])
+        found = finputs.faithfulness
+        if not isinstance(found, str):
+            for j, key in enumerate(faith):
+                curves[key] = {"deletion": found.deletion[j].tolist(),
+                               "insertion": found.insertion[j].tolist()}
+    for key in order:  # undefined maps: every per-map metric is n/a with the reason
+        if key not in defined:
+            reason = "; ".join(FLAG_REASONS.get(f, f) for f in flags[key] if f in UNDEFINED_FLAGS)
+            for spec_metric in METRICS.values():
+                if spec_metric.per_map and spec_metric.group in groups:
+                    rows.append(MetricRow(sample.id, key[0], key[1], spec_metric.name, None,
+                                          "n/a", reason))
+    by_cell: dict[tuple[str, str], dict[str, MetricValue]] = {}
+    image_level: dict[str, MetricValue] = {}
+    for row in rows:
+        if row.layer or row.method:
+            by_cell.setdefault((row.layer, row.method), {})[row.metric] = _metric_value(row)
+        else:
+            image_level[row.metric] = _metric_value(row)
+    cells = {}
+    for key in order:
+        metrics = by_cell.get(key, {})
+        ratio = metrics.get("attention_ratio")
+        status = "invalid" if "non_finite" in flags[key] else (
+            "ok" if ratio is not None and ratio.ok else "n/a")
+        cells[key] = Cell(
+            layer=key[0], method=key[1],
+            map=maps[key].numpy().astype(np.float32) if key in defined else None,
+            flags=flags[key], metrics=metrics,
+            verdict=verdict(ratio.value if ratio else None, settings.bands, status=status),
+            approximate=key in approximate, curves=curves.get(key, {}))
+    result = ImageResult(
+        id=sample.id, source=sample.path, display=sample.display,
+        probability=probability.numpy().astype(np.float32), prediction=prediction.numpy(),
+        ground_truth=sample.gt_mask, mask_source=sample.mask_path,
+        dice=image_level.get("dice"), iou=image_level.get("iou"), cells=cells,
+        notes=list(sample.notes))
+    return result, rows
+
+
+def _write_maps(staging: Path, image_id: str, results, i: int) -> None:
+    arrays = {}
+    for result in results:
+        for (layer, method), stacked in result.maps.items():
+            arrays[f"{layer}|{method}|normalised"] = stacked[i].numpy().astype(np.float16)
+            arrays[f"{layer}|{method}|raw"] = result.raw[(layer, method)][i].numpy()
+    write_npz(staging / "data" / "maps" / f"{image_id}.npz", arrays)
+
+
+def _sanity(model, samples: list[Sample], regions: list[torch.Tensor], plan: Plan, spec: Spec,
+            device: torch.device, settings: MetricSettings) -> tuple[SanityResult,
+                                                                     list[SanityRow]]:
+    """Cascading randomisation on the first images; the target region stays the trained
+    model's, so every level explains the same pixels."""
+    images = torch.stack([s.tensor for s in samples[: len(regions)]])
+    fixed = torch.stack(regions)
+    layers = sorted({k[0] for k in plan.sanity_keys}, key=list(plan.layers).index)
+    methods = sorted({k[1] for k in plan.sanity_keys}, key=spec.methods.index)
+    target = SegmentationTarget(spec.target_index, "ground_truth", spec.target.threshold,
+                                spec.model.output_activation)
+    score = spec.method_options.scorecam
+
+    def explain(candidate: torch.nn.Module) -> dict[tuple[str, str], torch.Tensor]:
+        engine = CamEngine(candidate, {la: plan.layers[la] for la in layers}, methods,
+                           device=device, precision=spec.runtime.precision,
+                           batch_size=spec.runtime.batch_size,
+                           scorecam_max_channels=score.max_channels,
+                           scorecam_chunk=score.chunk_size)
+        maps = engine.explain(images, target, fixed).maps
+        return {k: v for k, v in maps.items() if k in plan.sanity_keys}
+
+    result = sanity_check(model, explain, seed=spec.runtime.seed,
+                          levels=spec.metric_options.sanity.levels,
+                          threshold=settings.sanity_threshold)
+    verdicts = result.verdicts()
+    rows = []
+    for key in plan.sanity_keys:
+        level_names = [level.stage for level in result.levels]
+        spearman = [_mean_finite(level.spearman.get(key)) for level in result.levels]
+        ssim = [_mean_finite(level.ssim.get(key)) for level in result.levels]
+        v = verdicts.get(key)
+        rows.append(SanityRow(key[0], key[1], level_names, spearman, ssim,
+                              settings.sanity_threshold,
+                              None if v is None or v.status == "n/a" else v.status == "pass",
+                              v.reason if v else "not computed"))
+    return result, rows
+
+
+def _mean_finite(values: torch.Tensor | None) -> float | None:
+    if values is None:
+        return None
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if finite.numel() else None
+
+
+def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, infos, plan,
+             samples: list[Sample], device: torch.device, warnings: list[str]) -> ReportContext:
+    from reportgen.cam.methods import get_method
+
+    m = spec.model
+    norm = m.normalize if isinstance(m.normalize, str) else (
+        f"mean {m.normalize.mean}, std {m.normalize.std}")
+    methods = []
+    for name in spec.methods:
+        entry = get_method(name)
+        note = ""
+        if name == "scorecam" and spec.method_options.scorecam.max_channels:
+            note = (f"approximate: at most {spec.method_options.scorecam.max_channels} "
+                    "highest-variance channels scored")
+        methods.append(ReportMethodRow(name, entry.family, entry.cost, entry.reference,
+                                       entry.description, bool(note), note))
+    definitions = [MetricDefinition(s.name, s.title, s.formula, s.direction, s.reference,
+                                    s.group) for s in METRICS.values() if s.group in spec.metrics]
+    report = spec.report
+    image_dirs = sorted({str(s.path.parent) for s in samples})
+    return ReportContext(
+        title=report.title, report_id=report.id, author=report.author,
+        date=report.date or datetime.now(UTC).date().isoformat(),
+        description=report.description, intended_use=report.intended_use,
+        limitations=report.limitations,
+        reviewers=[(r.name, r.role) for r in report.reviewers],
+        model=ModelCard(m.architecture, m.encoder,
+                        m.checkpoint.name if m.checkpoint else "none (random weights)", sha,
+                        fmt, parameter_count(model), m.size, m.names,
+                        m.names[spec.target_index], m.output_activation, norm),
+        layers=[LayerRow(i.name, i.path, i.channels, i.stride,
+                         ALIASES[i.name].meaning if i.name in ALIASES else "module path")
+                for i in infos],
+        methods=methods, metric_definitions=definitions, image_count=len(samples),
+        image_source=", ".join(image_dirs),
+        mask_source=str(Path(spec.data.masks).parent) if spec.data.masks else None,
+        target_region=spec.target.region, spec_text=text, spec_name=spec_path.name,
+        device=device_name(device), precision=spec.runtime.precision, seed=spec.runtime.seed,
+        colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
+        warnings=warnings, bounds=plan.bounds)
+
+
+def _write_pdf(staging: Path, pdf_path: Path, context: ReportContext, spec_path: Path) -> None:
+    try:
+        from reportgen.render.pdf import write_pdf
+    except ImportError:
+        return
+    write_pdf(staging, pdf_path, context, spec_path)
+
+
+def _write_manifest(staging: Path, spec: Spec, spec_path: Path, samples: list[Sample], sha: str,
+                    fmt: str, device: torch.device, determinism: list[str],
+                    warnings: list[str], clock: Stopwatch, start_time: datetime,
+                    context: ReportContext) -> None:
+    from reportgen.manifest import write_manifest
+
+    write_manifest(staging, spec, spec_path, samples, sha, fmt, device_name(device),
+                   determinism, warnings, clock.totals, start_time, context.versions)
+
+
+def check_spec(spec_path: Path, device: str | None = None) -> list[dict[str, object]]:
+    """Every requested layer x method on the first image (`reportgen check`)."""
+    from reportgen.cam import check_methods
+
+    spec, _ = parse_spec(Path(spec_path))
+    dev = resolve_device(device or spec.runtime.device)
+    warnings: list[str] = []
+    model, _, _ = _load_model(spec, Stopwatch(), warnings)
+    m = spec.model
+    resolved = resolve_layers(model, spec.layers, m.size, m.in_channels)
+    samples = load_samples(spec.data.model_copy(update={"limit": 1}), m.size, m.in_channels,
+                           m.norm)
+    target = SegmentationTarget(spec.target_index, spec.target.region, spec.target.threshold,
+                                m.output_activation)
+    gt = None
+    if samples[0].gt_mask is not None:
+        gt = torch.from_numpy(samples[0].gt_mask)
+    rows = check_methods(model.to(dev), resolved, spec.methods, samples[0].tensor, target,
+                         device=dev, gt_mask=gt)
+    return [{"layer": r.layer, "method": r.method, "ok": r.ok, "reason": r.reason,
+             "seconds": r.seconds, "min": r.map_min, "max": r.map_max, "flags": r.flags}
+            for r in rows]

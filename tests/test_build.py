@@ -1,0 +1,115 @@
+"""Building a report from a spec: the site, the data exports, atomic output folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from reportgen.build import BuildOptions, build
+from reportgen.errors import DataError, UserError
+from tests.helpers import write_images, write_spec
+
+FAST = {"metrics": ["attention", "dice", "localisation"]}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("built")
+    write_images(root, count=3)
+    spec = write_spec(root / "spec.yaml", report={"title": "Small report", "id": "T-1"},
+                      output={"pdf": None}, **FAST)
+    build(spec, BuildOptions(quiet=True))
+    return root
+
+
+def test_build_writes_pages_metrics_and_maps_for_every_image(built: Path):
+    site = built / "site"
+    assert (site / "index.html").is_file()
+    assert sorted(p.name for p in (site / "images").glob("*.html")) == [
+        "img00.html", "img01.html", "img02.html"]
+    with (site / "data" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    cells = {(r["image"], r["layer"], r["method"]) for r in rows if r["layer"]}
+    assert len(cells) == 3 * 3 * 2  # images x layers x methods
+    assert {r["metric"] for r in rows} >= {"attention_ratio", "dice", "energy_pointing_game"}
+    with zipfile.ZipFile(site / "data" / "maps" / "img00.npz") as npz:
+        names = set(npz.namelist())
+    assert "encoder_last|gradcam|normalised.npy" in names
+    assert "decoder_last|gradcam++|raw.npy" in names
+    manifest = json.loads((site / "data" / "manifest.json").read_text())
+    assert [i["path"] for i in manifest["inputs"]["images"]] == [
+        "img00.png", "img01.png", "img02.png"]
+    assert "index.html" in manifest["outputs"]
+
+
+def test_metric_definitions_printed_come_from_the_registry(built: Path):
+    from reportgen.metrics import METRICS
+
+    index = (built / "site" / "index.html").read_text()
+    assert METRICS["attention_ratio"].title in index
+
+
+def test_failed_build_keeps_the_previous_site_and_leaves_no_staging(built: Path):
+    before = (built / "site" / "index.html").read_bytes()
+    bad = built / "images" / "img99.png"
+    bad.write_bytes(b"not a png")
+    (built / "masks" / "img99.png").write_bytes((built / "masks" / "img00.png").read_bytes())
+    try:
+        with pytest.raises(DataError, match="img99.png"):
+            build(built / "spec.yaml", BuildOptions(quiet=True))
+    finally:
+        bad.unlink()
+        (built / "masks" / "img99.png").unlink()
+    assert (built / "site" / "index.html").read_bytes() == before
+    assert not list(built.glob(".site.*"))
+
+
+def test_second_build_into_the_same_folder_refuses_while_one_runs(built: Path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (built / ".site.lock").write_text(str(sleeper.pid))
+        with pytest.raises(UserError, match=f"another build \\(pid {sleeper.pid}\\)"):
+            build(built / "spec.yaml", BuildOptions(quiet=True))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        (built / ".site.lock").unlink(missing_ok=True)
+
+
+def test_output_outside_the_spec_folder_needs_force(tmp_path: Path):
+    write_images(tmp_path / "p", count=1)
+    spec = write_spec(tmp_path / "p" / "spec.yaml", output={"site": str(tmp_path / "elsewhere")},
+                      **FAST)
+    with pytest.raises(UserError, match="--force"):
+        build(spec, BuildOptions(quiet=True))
+    spec = write_spec(tmp_path / "p" / "spec.yaml", output={"site": "."}, **FAST)
+    with pytest.raises(UserError, match="contains the spec's folder"):
+        build(spec, BuildOptions(quiet=True, force=True))
+
+
+def test_folder_that_is_not_a_report_is_not_replaced(tmp_path: Path):
+    write_images(tmp_path, count=1)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "thesis.tex").write_text("precious")
+    spec = write_spec(tmp_path / "spec.yaml", **FAST)
+    with pytest.raises(UserError, match="not a reportgen site"):
+        build(spec, BuildOptions(quiet=True))
+    assert (tmp_path / "site" / "thesis.tex").read_text() == "precious"
+
+
+def test_stale_lock_of_a_killed_build_is_taken_over(built: Path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (built / ".site.lock").write_text(str(dead.pid))
+    stale = built / f".site.building-{dead.pid}"
+    stale.mkdir()
+    build(built / "spec.yaml", BuildOptions(quiet=True))
+    assert not (built / ".site.lock").exists() and not stale.exists()
+    assert os.path.isfile(built / "site" / "index.html")
