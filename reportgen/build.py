@@ -28,6 +28,7 @@ from reportgen.cam.normalise import FLAG_REASONS
 from reportgen.data import Sample, load_samples
 from reportgen.errors import UserError
 from reportgen.hashing import sha256_path, write_npz
+from reportgen.manifest import write_checksums
 from reportgen.metrics import (
     METRICS,
     MetricInputs,
@@ -70,6 +71,8 @@ class BuildOptions:
     quiet: bool = False
     single_file: bool = False
     force: bool = False
+    sign: Path | None = None  # PKCS#12 file: sign the PDF (PAdES)
+    sign_password: str | None = None
     progress: Callable[[str, int, int], None] | None = None  # (stage, done, total)
 
 
@@ -284,7 +287,9 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
                                  ["scorecam"], device=device, precision=precision,
                                  batch_size=spec.runtime.batch_size,
                                  scorecam_max_channels=score.max_channels,
-                                 scorecam_chunk=score.chunk_size))
+                                 scorecam_chunk=score.chunk_size,
+                                 scorecam_compile=_compile_pays(spec, device, infos, plan,
+                                                                len(samples))))
     settings = MetricSettings(
         bands=VerdictBands(**spec.metric_options.attention.bands.model_dump()),
         faithfulness_steps=spec.metric_options.faithfulness.steps,
@@ -347,13 +352,30 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     context.timings.update({k: round(v, 3) for k, v in clock.totals.items()})
     with clock("render"):
         writer.finish(aggregates, sanity_rows)
-    pdf_path = staging / pdf_rel if pdf_rel else None
-    if pdf_path is not None:
+    manifest = _write_manifest(staging, spec, spec_path, samples, sha, fmt, device,
+                               determinism, warnings, clock, start_time, context, pdf_rel)
+    if pdf_rel is not None:
         with clock("pdf"):
-            _write_pdf(staging, pdf_path, context, spec_path)
-    _write_manifest(staging, spec, spec_path, samples, sha, fmt, device, determinism, warnings,
-                    clock, start_time, context)
+            _write_pdf(staging, pdf_rel, context, spec_path, manifest, writer.stats, aggregates,
+                       sanity_rows, options)
+    write_checksums(staging)
     return warnings, len(samples)
+
+
+# torch.compile costs about a minute once; it repays itself past this many masked forwards
+COMPILE_BREAK_EVEN = 20_000
+
+
+def _compile_pays(spec: Spec, device: torch.device, infos, plan: Plan, images: int) -> bool:
+    """Whether Score-CAM should run through torch.compile (`runtime.compile`)."""
+    if spec.runtime.compile != "auto":
+        return spec.runtime.compile == "always"
+    if device.type != "cuda":
+        return False
+    channels = {i.name: i.channels or 0 for i in infos}
+    cap = spec.method_options.scorecam.max_channels
+    forwards = images * sum(min(channels[la], cap or channels[la]) for la in plan.scorecam_layers)
+    return forwards >= COMPILE_BREAK_EVEN
 
 
 def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
@@ -521,22 +543,28 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         warnings=warnings, bounds=plan.bounds)
 
 
-def _write_pdf(staging: Path, pdf_path: Path, context: ReportContext, spec_path: Path) -> None:
-    try:
-        from reportgen.render.pdf import write_pdf
-    except ImportError:
-        return
-    write_pdf(staging, pdf_path, context, spec_path)
+def _write_pdf(staging: Path, pdf_rel: Path, context: ReportContext, spec_path: Path,
+               manifest: dict[str, object], stats, aggregates, sanity_rows: list[SanityRow],
+               options: BuildOptions) -> None:
+    from reportgen.render.pdf import write_pdf
+
+    pdf_path = staging / pdf_rel
+    write_pdf(staging, pdf_path, context, spec_path, manifest, stats, aggregates, sanity_rows)
+    if options.sign is not None:
+        from reportgen.render.pdf_sign import sign_pdf
+
+        sign_pdf(pdf_path, options.sign, options.sign_password, context)
 
 
 def _write_manifest(staging: Path, spec: Spec, spec_path: Path, samples: list[Sample], sha: str,
                     fmt: str, device: torch.device, determinism: list[str],
                     warnings: list[str], clock: Stopwatch, start_time: datetime,
-                    context: ReportContext) -> None:
+                    context: ReportContext, pdf_rel: Path | None) -> dict[str, object]:
     from reportgen.manifest import write_manifest
 
-    write_manifest(staging, spec, spec_path, samples, sha, fmt, device_name(device),
-                   determinism, warnings, clock.totals, start_time, context.versions)
+    return write_manifest(staging, spec, spec_path, samples, sha, fmt, device_name(device),
+                          determinism, warnings, clock.totals, start_time, context.versions,
+                          pdf_rel.as_posix() if pdf_rel else None)
 
 
 def check_spec(spec_path: Path, device: str | None = None) -> list[dict[str, object]]:

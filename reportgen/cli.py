@@ -42,9 +42,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from reportgen.spec import json_schema
+    from reportgen.spec import json_schema, reference_markdown
 
-    sys.stdout.write(json_schema() + "\n")
+    sys.stdout.write(reference_markdown() if args.markdown else json_schema() + "\n")
     return 0
 
 
@@ -206,7 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     p = add("validate", _cmd_validate, "check a spec and print a one-line summary")
     _spec_arg(p)
 
-    add("schema", _cmd_schema, "print the spec's JSON Schema (for editor autocompletion)")
+    p = add("schema", _cmd_schema, "print the spec's JSON Schema (for editor autocompletion)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the reference table of every key instead (as in docs/guide.md)")
 
     p = add("layers", _cmd_layers,
             "list layer aliases (or all modules) with paths, channels and output strides")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import glob
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -55,12 +56,13 @@ class ReportSection(Strict):
 
     title: str = "Class-activation-map validation report"
     id: str = Field("REPORT", description="Report identifier, printed in every page's header")
-    author: str = ""
+    author: str = Field("", description="Author, shown on the cover")
     date: str | None = Field(None, description="Report date (ISO); default: the build date")
     description: str = Field("", description="Free text (Markdown) for the cover and index")
-    intended_use: str = ""
-    limitations: str = ""
-    reviewers: list[Reviewer] = Field(default_factory=list)
+    intended_use: str = Field("", description="Model-card section: what the model is for")
+    limitations: str = Field("", description="Model-card section: known limitations")
+    reviewers: list[Reviewer] = Field(default_factory=list,
+                                      description="[{name, role}] for the PDF's sign-off block")
 
 
 class Normalization(Strict):
@@ -87,14 +89,15 @@ class ModelSection(Strict):
         description="state_dict / full model / Lightning .ckpt / .safetensors / smp "
         "save_pretrained folder; omitted = random weights (reported as such)",
     )
-    classes: int = Field(1, ge=1)
-    class_names: list[str] | None = None
+    classes: int = Field(1, ge=1, description="output channels of the model")
+    class_names: list[str] | None = Field(None, description="one name per class")
     activation: Literal["sigmoid", "softmax"] | None = Field(
         None, description="default: sigmoid for 1 class, softmax otherwise"
     )
     input_size: int | tuple[int, int] = Field(640, description="int or [H, W]; multiples of 32")
-    in_channels: int = Field(3, ge=1)
-    normalize: Literal["imagenet", "none"] | Normalization = "imagenet"
+    in_channels: int = Field(3, ge=1, description="input channels; grayscale is replicated")
+    normalize: Literal["imagenet", "none"] | Normalization = Field(
+        "imagenet", description="imagenet, none, or {mean: [...], std: [...]}")
     trust_pickle: bool = Field(
         False, description="allow loading a pickled whole model (can run code: trusted files only)"
     )
@@ -167,8 +170,10 @@ class DataSection(Strict):
 
 class TargetSection(Strict):
     class_: int | str = Field(0, alias="class", description="class index or name")
-    region: Literal["prediction", "ground_truth", "image"] = "prediction"
-    threshold: float = Field(0.5, gt=0, lt=1)
+    region: Literal["prediction", "ground_truth", "image"] = Field(
+        "prediction", description="pixels whose logits are summed: the model's prediction, the "
+        "ground-truth mask, or the whole image")
+    threshold: float = Field(0.5, gt=0, lt=1, description="sigmoid threshold of the prediction")
 
 
 class VerdictBands(Strict):
@@ -190,8 +195,9 @@ class AttentionOptions(Strict):
 
 
 class FaithfulnessOptions(Strict):
-    steps: int = Field(20, ge=2, le=1000)
-    baseline: Literal["blur", "zero"] = "blur"
+    steps: int = Field(20, ge=2, le=1000, description="pixels are removed/revealed in this many "
+                       "equal parts")
+    baseline: Literal["blur", "zero"] = Field("blur", description="what removed pixels become")
     layers: list[str] | None = Field(None, description="subset of layers (default: all)")
     methods: list[str] | None = Field(None, description="subset of methods (default: all)")
 
@@ -202,8 +208,9 @@ class SanityOptions(Strict):
     images: int = Field(4, ge=1, description="images used (the first N)")
     levels: int = Field(4, ge=1, description="randomisation levels compared (the last is the "
                         "fully randomised model)")
-    layers: list[str] | None = None
-    methods: list[str] | None = None
+    layers: list[str] | None = Field(None, description="subset of layers (default: all)")
+    methods: list[str] | None = Field(None, description="subset of methods (default: the "
+                                      "gradient family)")
 
 
 class MetricOptions(Strict):
@@ -237,17 +244,22 @@ class RenderSection(Strict):
 
 
 class OutputSection(Strict):
-    site: Path = Path("site")
-    pdf: Path | None = Path("site/report.pdf")
-    single_file: bool = False
+    site: Path = Field(Path("site"), description="output folder (replaced atomically)")
+    pdf: Path | None = Field(Path("site/report.pdf"), description="the PDF, inside the site "
+                             "folder; null for none")
+    single_file: bool = Field(False, description="also write one self-contained HTML file")
 
 
 class RuntimeSection(Strict):
-    device: str = "auto"
-    batch_size: int = Field(8, ge=1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    seed: int = 0
-    compile: Literal["auto", "always", "never"] = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N (--device overrides)")
+    batch_size: int = Field(8, ge=1, description="images per engine call (halved on CUDA "
+                            "out-of-memory)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Score-CAM autocast on CUDA; auto = bf16 on CUDA, fp32 on CPU")
+    seed: int = Field(0, description="seed of every random generator")
+    compile: Literal["auto", "always", "never"] = Field(
+        "auto", description="torch.compile the model for Score-CAM (auto: on CUDA when the "
+        "work repays the compilation)")
 
     @field_validator("device")
     @classmethod
@@ -275,8 +287,16 @@ def _layer_name(value: str) -> str:
 
 
 LayerName = Annotated[str, AfterValidator(_layer_name)]
-MethodName = Annotated[str, AfterValidator(lambda v: _choice(v, method_names(), "method"))]
-MetricName = Annotated[str, AfterValidator(lambda v: _choice(v, METRIC_GROUPS, "metric"))]
+def _method_name(value: str) -> str:
+    return _choice(value, method_names(), "method")
+
+
+def _metric_name(value: str) -> str:
+    return _choice(value, METRIC_GROUPS, "metric")
+
+
+MethodName = Annotated[str, AfterValidator(_method_name)]
+MetricName = Annotated[str, AfterValidator(_metric_name)]
 
 
 class Spec(Strict):
@@ -288,9 +308,11 @@ class Spec(Strict):
     target: TargetSection = Field(default_factory=TargetSection)
     layers: list[LayerName] = Field(default_factory=lambda: list(LAYER_ALIASES), min_length=1,
                                     description="layer aliases or dotted module paths")
-    methods: list[MethodName] = Field(default_factory=lambda: list(SEED_METHODS), min_length=1)
+    methods: list[MethodName] = Field(default_factory=lambda: list(SEED_METHODS), min_length=1,
+                                      description="see `reportgen methods`")
     method_options: MethodOptions = Field(default_factory=MethodOptions)
-    metrics: list[MetricName] = Field(default_factory=lambda: list(METRIC_GROUPS))
+    metrics: list[MetricName] = Field(default_factory=lambda: list(METRIC_GROUPS),
+                                      description=", ".join(METRIC_GROUPS))
     metric_options: MetricOptions = Field(default_factory=MetricOptions)
     render: RenderSection = Field(default_factory=RenderSection)
     output: OutputSection = Field(default_factory=OutputSection)
@@ -569,3 +591,44 @@ def json_schema() -> str:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "reportgen spec"
     return json.dumps(schema, indent=2, sort_keys=True)
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace("pathlib.", "")
+    text = re.sub(r"Annotated\[str, AfterValidator\(func=<function \w+ at \w+>\)\]", "str",
+                  text)
+    text = re.sub(r"Optional\[(.*)\]$", r"\1 | None", text)
+    text = text.replace("<class '", "").replace("'>", "").replace("NoneType", "None")
+    for prefix in ("reportgen.spec.", "typing_extensions."):
+        text = text.replace(prefix, "")
+    return text.replace("Union[Literal['imagenet', 'none'], Normalization]",
+                        "Literal['imagenet', 'none'] | Normalization")
+
+
+def reference_markdown() -> str:
+    """The spec reference table (docs/guide.md embeds it; a test keeps them equal)."""
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            key = f"{prefix}{info.alias or name}"
+            inner = _inner_model(info.annotation)
+            if info.is_required():
+                default = "required"
+            elif info.default_factory is not None:
+                made = info.default_factory()
+                default = "" if isinstance(made, BaseModel) else json.dumps(made, default=str)
+            else:
+                default = json.dumps(info.default, default=str)
+            described = (info.description or "").replace("|", "\\|")
+            if inner is not None and inner not in (Normalization, Reviewer):
+                lines.append(f"| `{key}` | section | | {described or inner.__doc__ or ''} |"
+                             .replace("\n", " "))
+                walk(inner, key + ".")
+                continue
+            type_text = _type_name(info.annotation).replace("|", "\\|")
+            lines.append(f"| `{key}` | `{type_text}` | {default.replace('|', '/')} | "
+                         f"{described} |")
+
+    walk(Spec, "")
+    return "\n".join(lines) + "\n"
