@@ -1,0 +1,232 @@
+"""Time the CAM engine against pytorch-grad-cam on the same model, images and target.
+
+pytorch-grad-cam runs as its README teaches: one CAM object and one call per
+method x layer, one `SemanticSegmentationTarget` per image. The engine runs every
+method x layer in one `explain`. The floor is one forward + backward per batch.
+
+    python bench/engine.py --config cpu --scorecam-layers decoder_last --max-channels 16
+    python bench/engine.py --config gpu          # U-Net++ efficientnet-b5, 640 px, batch 8
+    python bench/engine.py --config gpu --compile
+
+(with the package installed, or PYTHONPATH=. from the repository root).
+
+Weights are random (encoder_weights=None): timing does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM
+from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+from reportgen.cam import CamEngine, SegmentationTarget
+
+LIBRARY_CLASSES = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "scorecam": ScoreCAM,
+}
+PRESETS = {
+    "cpu": {"encoder": "efficientnet-b0", "size": 256, "images": 2, "batch_size": 2},
+    "gpu": {"encoder": "efficientnet-b5", "size": 640, "images": 8, "batch_size": 8},
+}
+ALL_LAYERS = ["encoder_early", "encoder_mid", "encoder_last", "decoder_last", "seg_head"]
+
+
+def efficientnet_layers(model: torch.nn.Module) -> dict[str, str]:
+    """The design's layer aliases on smp U-Net++ with an EfficientNet encoder."""
+    out_indexes = model.encoder._out_indexes
+    return {
+        "encoder_early": f"encoder._blocks.{out_indexes[0]}",
+        "encoder_mid": f"encoder._blocks.{out_indexes[2]}",
+        "encoder_last": f"encoder._blocks.{len(model.encoder._blocks) - 1}",
+        "decoder_last": "decoder.blocks.x_0_4",
+        "seg_head": "segmentation_head.0",
+    }
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prediction_masks(model: torch.nn.Module, batch: torch.Tensor) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [(torch.sigmoid(logits[0]) > 0.5).float().cpu().numpy() for logits in model(batch)]
+
+
+def time_library(model, images, batch_size, layers, method, device, chunk) -> float:
+    """Seconds for pytorch-grad-cam, one call per batch for one method at one layer
+    (Score-CAM with its default 16 masked inputs per forward unless `chunk` is given)."""
+    synchronise(device)
+    start = time.perf_counter()
+    cam = LIBRARY_CLASSES[method](model=model, target_layers=[model.get_submodule(layers)])
+    if method == "scorecam" and chunk:
+        cam.batch_size = chunk
+    for index in range(0, len(images), batch_size):
+        batch = images[index : index + batch_size]
+        targets = [SemanticSegmentationTarget(0, mask) for mask in prediction_masks(model, batch)]
+        cam(input_tensor=batch, targets=targets)
+    cam.activations_and_grads.release()
+    synchronise(device)
+    return time.perf_counter() - start
+
+
+def time_floor(model, images, batch_size, device) -> float:
+    """One forward + one backward per batch with the segmentation target (input gradients
+    only: no parameter gradients, as the engine)."""
+    synchronise(device)
+    start = time.perf_counter()
+    for index in range(0, len(images), batch_size):
+        batch = images[index : index + batch_size].clone().requires_grad_(True)
+        logits = model(batch)[:, 0]
+        score = (logits * (torch.sigmoid(logits.detach()) > 0.5)).sum()
+        torch.autograd.grad(score, batch)
+    synchronise(device)
+    return time.perf_counter() - start
+
+
+def device_name(device: torch.device) -> str:
+    """Platform, CPU model and core count, torch threads and version, and the GPU if any."""
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+        if line.startswith("model name")
+    ]
+    cpu = models[0] if models else platform.processor() or platform.machine()
+    name = f"{platform.platform()}, {cpu} ({os.cpu_count()} cores), "
+    name += f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if device.type == "cuda":
+        name += f", {torch.cuda.get_device_name(device)}"
+    return name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--encoder")
+    parser.add_argument("--size", type=int)
+    parser.add_argument("--images", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--methods", default="gradcam,gradcam++,scorecam,layercam")
+    parser.add_argument("--layers", default=",".join(ALL_LAYERS))
+    parser.add_argument("--scorecam-layers", help="Score-CAM on these layers only (default all)")
+    parser.add_argument(
+        "--scorecam-chunk", type=int, help="masked inputs per forward, both (default: each own)"
+    )
+    parser.add_argument("--max-channels", type=int, help="engine-only Faster Score-CAM run")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile for Score-CAM")
+    parser.add_argument("--skip-library-scorecam", action="store_true")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args()
+    preset = PRESETS[args.config]
+    encoder = args.encoder or preset["encoder"]
+    size = args.size or preset["size"]
+    count = args.images or preset["images"]
+    batch_size = args.batch_size or preset["batch_size"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+
+    torch.manual_seed(0)
+    model = smp.UnetPlusPlus(encoder, encoder_weights=None, classes=1).to(device).eval()
+    images = torch.randn(count, 3, size, size, device=device)
+    aliases = efficientnet_layers(model)
+    layers = {name: aliases[name] for name in args.layers.split(",")}
+    methods = args.methods.split(",")
+    gradient_methods = [method for method in methods if method != "scorecam"]
+    score_layers = (
+        {name: layers[name] for name in args.scorecam_layers.split(",")}
+        if args.scorecam_layers
+        else layers
+    )
+    target = SegmentationTarget(class_index=0, region="prediction")
+
+    print(f"# {datetime.date.today()} {device_name(device)}")
+    print(f"# U-Net++ {encoder}, {size} px, {count} images, batch {batch_size}, device {device}")
+    print(f"# layers {layers}; Score-CAM layers {list(score_layers)}")
+    time_floor(model, images[:batch_size], batch_size, device)  # warm-up
+    floor = time_floor(model, images, batch_size, device)
+
+    library: dict[str, float] = {}
+    for method in methods:
+        if method == "scorecam" and args.skip_library_scorecam:
+            continue
+        method_layers = score_layers if method == "scorecam" else layers
+        library[method] = sum(
+            time_library(model, images, batch_size, path, method, device, args.scorecam_chunk)
+            for path in method_layers.values()
+        )
+
+    def run_engine(engine_methods, engine_layers, **options) -> tuple[float, dict]:
+        engine = CamEngine(
+            model,
+            engine_layers,
+            engine_methods,
+            device=device,
+            batch_size=batch_size,
+            precision=args.precision,
+            scorecam_chunk=args.scorecam_chunk,
+            **options,
+        )
+        synchronise(device)
+        start = time.perf_counter()
+        result = engine.explain(images, target)
+        synchronise(device)
+        return time.perf_counter() - start, result.timings
+
+    engine_gradient, gradient_stages = run_engine(gradient_methods, layers)
+    rows = [
+        ("floor: 1 forward + 1 backward", None, floor),
+        (
+            f"gradient family {gradient_methods}",
+            sum(library[m] for m in gradient_methods),
+            engine_gradient,
+        ),
+    ]
+    if "scorecam" in methods:
+        engine_score, score_stages = run_engine(
+            ["scorecam"], score_layers, scorecam_compile=args.compile
+        )
+        rows.append(("scorecam (full)", library.get("scorecam"), engine_score))
+        if args.max_channels:
+            engine_fast, _ = run_engine(
+                ["scorecam"], layers, scorecam_max_channels=args.max_channels
+            )
+            rows.append(
+                (f"scorecam max_channels={args.max_channels}, all layers", None, engine_fast)
+            )
+    print(f"{'work':58s} {'library s/img':>14s} {'engine s/img':>13s} {'speed-up':>9s}")
+    for name, library_seconds, engine_seconds in rows:
+        library_text = f"{library_seconds / count:14.3f}" if library_seconds else f"{'-':>14s}"
+        ratio = f"{library_seconds / engine_seconds:8.1f}x" if library_seconds else f"{'-':>9s}"
+        print(f"{name:58s} {library_text} {engine_seconds / count:13.3f} {ratio}")
+    for method, seconds in library.items():
+        print(f"  library {method}: {seconds / count:.3f} s/img")
+    print(
+        f"  engine stages (gradient run): { {k: round(v, 3) for k, v in gradient_stages.items()} }"
+    )
+    if "scorecam" in methods:
+        print(
+            f"  engine stages (scorecam run): { {k: round(v, 3) for k, v in score_stages.items()} }"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Class-activation maps for segmentation models.
+
+from reportgen.cam import CamEngine, SegmentationTarget
+engine = CamEngine(model, layers={"encoder_last": "encoder._blocks.15"},
+                   methods=["gradcam", "gradcam++", "scorecam", "layercam"])
+result = engine.explain(images, SegmentationTarget(class_index=0, region="prediction"))
+result.maps["encoder_last", "gradcam"]   # [N, H, W] in [0, 1]
+"""
+
+from reportgen.cam.engine import CamEngine, CamResult, CheckRow, check_methods, compute_cam
+from reportgen.cam.methods import METHODS, MethodEntry, MethodRow, get_method, list_methods
+from reportgen.cam.normalise import FLAG_REASONS
+from reportgen.cam.target import SegmentationTarget
+
+__all__ = [
+    "FLAG_REASONS",
+    "METHODS",
+    "CamEngine",
+    "CamResult",
+    "CheckRow",
+    "MethodEntry",
+    "MethodRow",
+    "SegmentationTarget",
+    "check_methods",
+    "compute_cam",
+    "get_method",
+    "list_methods",
+]

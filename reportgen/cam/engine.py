@@ -1,0 +1,334 @@
+"""The CAM engine: every requested layer x method for a stream of image batches.
+
+Per batch: ONE forward pass with every layer hooked, the target regions from its
+logits, ONE backward pass (d score / d activations of every layer at once), then
+each gradient method is a pure function of (A, G) on the device. Score-CAM reuses
+the recorded activations and forwards masked inputs in chunks; adapter methods
+call pytorch-grad-cam per layer. Maps are normalised on the device and moved to
+the CPU per batch, so memory is bounded by the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from reportgen.cam.adapter import adapter_maps
+from reportgen.cam.hooks import ActivationRecorder, LayerSpec, resolve_layers
+from reportgen.cam.methods import MethodEntry, get_method
+from reportgen.cam.normalise import FLAG_REASONS, normalise
+from reportgen.cam.scorecam import auto_chunk, resolve_precision, score_cam
+from reportgen.cam.target import SegmentationTarget, logits_of
+from reportgen.errors import LayerError, UserError
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+@dataclass
+class CamResult:
+    """Maps of one `explain` call, keyed by (layer name, method name), all on the CPU.
+
+    maps: [N, H, W] float32 in [0, 1] (0 for all_zero/constant maps, NaN where undefined);
+    raw: [N, h, w] maps at layer resolution before the ReLU (adapter methods: input size);
+    flags: per image, a list of flag names (see `normalise.FLAG_REASONS`);
+    logits: [N, C, H, W] from the single forward pass; regions: [N, H, W] target regions;
+    approximate: keys whose maps are approximations (Score-CAM with max_channels);
+    timings: seconds per stage; events: what the engine adapted (e.g. out-of-memory).
+    """
+
+    maps: dict[Key, torch.Tensor] = field(default_factory=dict)
+    raw: dict[Key, torch.Tensor] = field(default_factory=dict)
+    flags: dict[Key, list[list[str]]] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+    regions: torch.Tensor | None = None
+    approximate: set[Key] = field(default_factory=set)
+    timings: dict[str, float] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+
+
+class _Stopwatch:
+    """Seconds per stage; synchronises CUDA so that stages are timed, not queued."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.totals[stage] += time.perf_counter() - start
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """ "auto" -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class CamEngine:
+    """Class-activation maps of a segmentation model for several layers and methods.
+
+    The model is moved to `device` and put in eval mode. `layers` maps display names
+    to dotted module paths or modules. `precision` sets Score-CAM's autocast
+    (CUDA only); `scorecam_max_channels` scores only the channels of highest
+    activation variance (approximate); `scorecam_chunk` is the number of masked
+    inputs per forward (automatic from free CUDA memory when None);
+    `scorecam_compile` runs Score-CAM's forwards through `torch.compile`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSpec,
+        methods: Sequence[str],
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+        batch_size: int = 8,
+        scorecam_max_channels: int | None = None,
+        scorecam_chunk: int | None = None,
+        scorecam_compile: bool = False,
+    ):
+        if batch_size < 1:
+            raise UserError(f"batch size must be >= 1, got {batch_size}")
+        if not methods:
+            raise UserError("no CAM methods given")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.layers = resolve_layers(self.model, layers)
+        self.methods: list[MethodEntry] = [get_method(name) for name in dict.fromkeys(methods)]
+        self.autocast_dtype = resolve_precision(precision, self.device)
+        self.batch_size = batch_size
+        self.scorecam_max_channels = scorecam_max_channels
+        self.scorecam_chunk = scorecam_chunk
+        self._scorecam_model = torch.compile(self.model) if scorecam_compile else self.model
+
+    def _family(self, family: str) -> list[MethodEntry]:
+        return [entry for entry in self.methods if entry.family == family]
+
+    def explain(
+        self,
+        images: torch.Tensor,
+        target: SegmentationTarget,
+        gt_masks: torch.Tensor | None = None,
+    ) -> CamResult:
+        """Maps for `images` [N, 3, H, W], streamed in batches of `batch_size`.
+
+        On a CUDA out-of-memory error the batch size halves and the work continues
+        (recorded in `events`).
+        """
+        if images.ndim != 4:
+            raise UserError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+        result = CamResult()
+        clock = _Stopwatch(self.device)
+        parts: dict[str, list] = defaultdict(list)
+        batch_size, start = self.batch_size, 0
+        with clock("total"):
+            while start < len(images):
+                stop = min(start + batch_size, len(images))
+                masks = None if gt_masks is None else gt_masks[start:stop]
+                try:
+                    part = self._explain_batch(images[start:stop], masks, target, clock, result)
+                except torch.OutOfMemoryError as error:
+                    if stop - start == 1:
+                        raise UserError(
+                            "out of memory with a batch of one image; lower the input size, "
+                            "use scorecam_max_channels or a lower precision"
+                        ) from error
+                    part = None
+                if part is None:
+                    # Outside the except block, so the failed batch's tensors are released.
+                    batch_size = max(1, (stop - start) // 2)
+                    message = f"out of memory; batch size halved to {batch_size}"
+                    log.warning(message)
+                    result.events.append(message)
+                    torch.cuda.empty_cache()
+                    continue
+                for name, value in part.items():
+                    parts[name].append(value)
+                start = stop
+        result.logits = torch.cat(parts.pop("logits"))
+        result.regions = torch.cat(parts.pop("regions"))
+        for key in parts.pop("keys")[0]:
+            result.maps[key] = torch.cat([batch[key] for batch in parts["maps"]])
+            result.raw[key] = torch.cat([batch[key] for batch in parts["raw"]])
+            result.flags[key] = [row for batch in parts["flags"] for row in batch[key]]
+        result.timings = dict(clock.totals)
+        return result
+
+    def _explain_batch(
+        self,
+        images: torch.Tensor,
+        gt_masks: torch.Tensor | None,
+        target: SegmentationTarget,
+        clock: _Stopwatch,
+        result: CamResult,
+    ) -> dict[str, object]:
+        gradient_methods = self._family("gradient")
+        # inference_mode(False) + clone: works when the caller is in no_grad/inference mode.
+        with torch.inference_mode(False), torch.set_grad_enabled(bool(gradient_methods)):
+            inputs = images.to(self.device, torch.float32).clone()
+            inputs.requires_grad_(bool(gradient_methods))
+            with clock("forward"), ActivationRecorder(self.model, self.layers) as recorder:
+                logits = logits_of(self.model(inputs))
+            activations = recorder.check()
+            regions = target.regions(logits, gt_masks)
+            gradients: dict[str, torch.Tensor] = {}
+            if gradient_methods:
+                with clock("backward"):
+                    score = target.scores(logits, regions).sum()
+                    values = torch.autograd.grad(
+                        score, list(activations.values()), allow_unused=True
+                    )
+                for name, value in zip(activations, values, strict=True):
+                    if value is None:
+                        raise LayerError(f"layer '{name}' does not influence the model output")
+                    gradients[name] = value.float()
+        inputs, logits = inputs.detach(), logits.detach()
+        activations = {name: value.detach().float() for name, value in activations.items()}
+        empty = ~regions.flatten(1).any(dim=1)
+
+        raw: dict[Key, torch.Tensor] = {}
+        with clock("gradient_maps"):
+            for layer, layer_activations in activations.items():
+                for entry in gradient_methods:
+                    raw[layer, entry.name] = entry.compute(layer_activations, gradients[layer])
+        gradients.clear()
+        if self._family("score"):
+            with clock("scorecam"):
+                self._score_cam(inputs, activations, target, regions, raw, result)
+        for entry in self._family("adapter"):
+            with clock("adapter"):
+                for layer, module in self.layers.items():
+                    raw[layer, entry.name] = adapter_maps(
+                        entry, self.model, module, inputs, target, regions
+                    )
+
+        maps, flags = {}, {}
+        with clock("normalise"):
+            for key, value in raw.items():
+                maps[key], flags[key] = normalise(value, tuple(inputs.shape[-2:]), empty)
+        with clock("to_cpu"):
+            return {
+                "keys": list(raw),
+                "maps": {key: value.cpu() for key, value in maps.items()},
+                "raw": {key: value.float().cpu() for key, value in raw.items()},
+                "flags": flags,
+                "logits": logits.float().cpu(),
+                "regions": regions.cpu(),
+            }
+
+    def _score_cam(
+        self,
+        inputs: torch.Tensor,
+        activations: dict[str, torch.Tensor],
+        target: SegmentationTarget,
+        regions: torch.Tensor,
+        raw: dict[Key, torch.Tensor],
+        result: CamResult,
+    ) -> None:
+        if self.scorecam_chunk is None:
+            self.scorecam_chunk = auto_chunk(self._scorecam_model, inputs[0], self.autocast_dtype)
+        for layer, layer_activations in activations.items():
+            raw[layer, "scorecam"], self.scorecam_chunk = score_cam(
+                self._scorecam_model,
+                inputs,
+                layer_activations,
+                target,
+                regions,
+                chunk=self.scorecam_chunk,
+                autocast_dtype=self.autocast_dtype,
+                max_channels=self.scorecam_max_channels,
+                events=result.events,
+            )
+            max_channels = self.scorecam_max_channels
+            if max_channels is not None and max_channels < layer_activations.shape[1]:
+                result.approximate.add((layer, "scorecam"))
+
+
+def compute_cam(
+    model: nn.Module,
+    input_tensor: torch.Tensor,
+    layer: str | nn.Module,
+    method: str,
+    target: SegmentationTarget | None = None,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """The normalised map [H, W] of one image ([C, H, W] or [1, C, H, W]) for one layer
+    and one method; the target defaults to class 0 over the predicted region."""
+    if input_tensor.ndim == 3:
+        input_tensor = input_tensor[None]
+    if input_tensor.ndim != 4 or len(input_tensor) != 1:
+        raise UserError(f"compute_cam takes one image, got shape {tuple(input_tensor.shape)}")
+    if device is None:
+        device = next(model.parameters()).device
+    engine = CamEngine(model, {"layer": layer}, [method], device=device, batch_size=1)
+    result = engine.explain(input_tensor, target or SegmentationTarget())
+    return result.maps["layer", method][0]
+
+
+@dataclass
+class CheckRow:
+    """One layer x method of `reportgen check`."""
+
+    layer: str
+    method: str
+    ok: bool
+    reason: str
+    seconds: float
+    map_min: float | None
+    map_max: float | None
+    flags: list[str]
+
+
+def check_methods(
+    model: nn.Module,
+    layers: LayerSpec,
+    methods: Sequence[str],
+    image: torch.Tensor,
+    target: SegmentationTarget,
+    device: str | torch.device = "cpu",
+    gt_mask: torch.Tensor | None = None,
+) -> list[CheckRow]:
+    """Run every layer x method on one image [C, H, W]; one row each, failures included."""
+    rows = []
+    masks = None if gt_mask is None else gt_mask[None]
+    for layer_name, layer in layers.items():
+        for method in methods:
+            start = time.perf_counter()
+            # A check reports every failure as a row, whatever raised it.
+            try:
+                engine = CamEngine(model, {layer_name: layer}, [method], device=device)
+                result = engine.explain(image[None], target, masks)
+            except Exception as error:
+                seconds = time.perf_counter() - start
+                reason = f"{type(error).__name__}: {error}"
+                rows.append(CheckRow(layer_name, method, False, reason, seconds, None, None, []))
+                continue
+            seconds = time.perf_counter() - start
+            values = result.maps[layer_name, method][0]
+            flags = result.flags[layer_name, method][0]
+            finite = values[torch.isfinite(values)]
+            low = finite.min().item() if finite.numel() else None
+            high = finite.max().item() if finite.numel() else None
+            reason = "; ".join(FLAG_REASONS[flag] for flag in flags)
+            rows.append(CheckRow(layer_name, method, True, reason, seconds, low, high, flags))
+    return rows

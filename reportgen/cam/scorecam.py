@@ -1,0 +1,138 @@
+"""Score-CAM, batched on the device (Wang et al., CVPR-W 2020, arXiv:1910.01279).
+
+For image x, layer activations A [K, h, w] and target score S:
+
+    M_k = (U_k - min U_k) / (max U_k - min U_k + 1e-8),  U_k = upsample_bilinear(A_k)
+    s_k = S(model(x * M_k))                              same target region as x
+    w   = softmax_k(s)
+    map = ReLU(sum_k w_k A_k)
+
+as pytorch-grad-cam's `ScoreCAM` (align-corners upsampling, the absolute epsilon, which
+keeps a flat channel a flat mask instead of amplifying its noise, and the softmax over
+channels included). The masked inputs of all (image, channel) pairs of a batch
+are forwarded in chunks; the scores never leave the device. With `max_channels`
+only the channels of highest spatial variance of A_k are scored and the softmax
+runs over those ("Faster Score-CAM"): an approximation, reported as such.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reportgen.cam.target import SegmentationTarget, logits_of
+from reportgen.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+CPU_CHUNK = 2
+MAX_CHUNK = 256
+_PROBE = 2
+
+
+def channel_masks(channels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Masks [P, 1, H, W] in [0, 1] from activation channels [P, h, w]."""
+    masks = F.interpolate(channels[:, None], size=size, mode="bilinear", align_corners=True)
+    low = masks.amin(dim=(-2, -1), keepdim=True)
+    high = masks.amax(dim=(-2, -1), keepdim=True)
+    return (masks - low) / (high - low + 1e-8)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the masked forwards; None means float32.
+
+    Autocast is used on CUDA only; "auto" is bf16 where the GPU supports it, else fp32.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def auto_chunk(model: nn.Module, image: torch.Tensor, dtype: torch.dtype | None) -> int:
+    """Masked inputs per forward: half the free CUDA memory over the measured peak memory
+    of one inference sample. On the CPU a small fixed chunk: larger ones gain no
+    parallelism and lose cache locality (2 was fastest on U-Net++ at 256 px)."""
+    if image.device.type != "cuda":
+        return CPU_CHUNK
+    torch.cuda.synchronize(image.device)
+    free, _ = torch.cuda.mem_get_info(image.device)
+    baseline = torch.cuda.memory_allocated(image.device)
+    torch.cuda.reset_peak_memory_stats(image.device)
+    with torch.no_grad(), _autocast(image.device, dtype):
+        model(image[None].expand(_PROBE, *image.shape).contiguous())
+    per_sample = max(1, (torch.cuda.max_memory_allocated(image.device) - baseline) // _PROBE)
+    return int(min(MAX_CHUNK, max(1, 0.5 * free // per_sample)))
+
+
+def score_cam(
+    model: nn.Module,
+    images: torch.Tensor,
+    activations: torch.Tensor,
+    target: SegmentationTarget,
+    regions: torch.Tensor,
+    chunk: int,
+    autocast_dtype: torch.dtype | None = None,
+    max_channels: int | None = None,
+    events: list[str] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Raw Score-CAM maps [N, h, w] (before the ReLU) and the chunk size that fitted.
+
+    Images with an empty target region get zero maps (the caller flags them). On a
+    CUDA out-of-memory error the chunk halves and the work continues.
+    """
+    activations = activations.detach().float()
+    n, k = activations.shape[:2]
+    size = tuple(images.shape[-2:])
+    valid = regions.flatten(1).any(dim=1).nonzero().flatten()
+    if max_channels is not None and max_channels < k:
+        channels = activations[valid].flatten(2).var(dim=-1).topk(max_channels, dim=1).indices
+    else:
+        channels = torch.arange(k, device=activations.device).expand(len(valid), k)
+    kept = channels.shape[1]
+    pair_image = valid.repeat_interleave(kept)
+    pair_channel = channels.flatten()
+    scores = torch.empty(len(pair_image), device=activations.device)
+
+    start = 0
+    with torch.no_grad():
+        while start < len(pair_image):
+            pairs = slice(start, start + chunk)
+            try:
+                masks = channel_masks(activations[pair_image[pairs], pair_channel[pairs]], size)
+                with _autocast(images.device, autocast_dtype):
+                    logits = logits_of(model(images[pair_image[pairs]] * masks))
+                scores[pairs] = target.scores(logits, regions[pair_image[pairs]])
+            except torch.OutOfMemoryError:
+                if chunk == 1:
+                    raise
+                masks = logits = None
+            if masks is None:
+                # Outside the except block, so the failed chunk's tensors are released.
+                chunk //= 2
+                message = f"Score-CAM out of memory; chunk halved to {chunk}"
+                log.warning(message)
+                if events is not None:
+                    events.append(message)
+                torch.cuda.empty_cache()
+                continue
+            start = pairs.stop
+
+        weights = torch.zeros(n, k, device=activations.device)
+        if len(valid):
+            softmax = torch.softmax(scores.view(len(valid), kept), dim=1)
+            weights[valid[:, None], channels] = softmax
+        raw = (weights[:, :, None, None] * activations).sum(dim=1)
+    return raw, chunk
