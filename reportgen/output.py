@@ -17,9 +17,8 @@ from pathlib import Path
 
 from reportgen.errors import UserError
 
-SYSTEM_FOLDERS = {Path(p) for p in ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib",
-                                    "/opt", "/proc", "/root", "/sbin", "/sys", "/tmp", "/usr",
-                                    "/var")}
+SYSTEM_FOLDERS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64",
+                                          "/proc", "/sbin", "/sys", "/usr", "/var"))
 MARKER = "data/manifest.json"
 
 
@@ -27,14 +26,13 @@ def check_output_folder(site: Path, spec_dir: Path, force: bool) -> None:
     """Refuse outputs that would destroy something that is not a previous report."""
     site = site.resolve()
     spec_dir = spec_dir.resolve()
-    if site == spec_dir or site in spec_dir.parents or site == Path.home().resolve():
+    if site == spec_dir or site in spec_dir.parents or site in (Path.home().resolve(),
+                                                                Path("/")):
         raise UserError(f"output.site {site} contains the spec's folder; a build replaces the "
                         "whole output folder, so choose a folder of its own (e.g. site/)")
-    if site in SYSTEM_FOLDERS or site.parent == Path("/"):
-        raise UserError(f"output.site {site} is a system folder; refusing to write there")
-    if not force and spec_dir not in site.parents:
-        raise UserError(f"output.site {site} is outside the spec's folder {spec_dir}; "
-                        "pass --force to write there")
+    system = any(site == s or s in site.parents for s in SYSTEM_FOLDERS)
+    if system and not force:
+        raise UserError(f"output.site {site} is in a system folder; pass --force to write there")
     if site.exists() and not site.is_dir():
         raise UserError(f"output.site {site} exists and is not a folder")
     if site.is_dir() and any(site.iterdir()) and not (site / MARKER).is_file() and not force:

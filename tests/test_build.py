@@ -83,11 +83,11 @@ def test_second_build_into_the_same_folder_refuses_while_one_runs(built: Path):
         (built / ".site.lock").unlink(missing_ok=True)
 
 
-def test_output_outside_the_spec_folder_needs_force(tmp_path: Path):
+def test_output_in_a_system_folder_needs_force_and_never_the_spec_folder(tmp_path: Path):
     write_images(tmp_path / "p", count=1)
-    spec = write_spec(tmp_path / "p" / "spec.yaml", output={"site": str(tmp_path / "elsewhere")},
+    spec = write_spec(tmp_path / "p" / "spec.yaml", output={"site": "/usr/share/report"},
                       **FAST)
-    with pytest.raises(UserError, match="--force"):
+    with pytest.raises(UserError, match="system folder.*--force"):
         build(spec, BuildOptions(quiet=True))
     spec = write_spec(tmp_path / "p" / "spec.yaml", output={"site": "."}, **FAST)
     with pytest.raises(UserError, match="contains the spec's folder"):
