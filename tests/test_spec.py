@@ -124,3 +124,14 @@ def test_spec_files_shipped_with_the_project_validate():
     for path in sorted(Path(__file__).parents[1].joinpath("specs").glob("*.yaml")):
         text = yaml.safe_load(path.read_text())
         assert "model" in text, path
+
+
+def test_guide_embeds_the_generated_spec_reference():
+    from reportgen.spec import reference_markdown
+
+    guide = (Path(__file__).parents[1] / "docs" / "guide.md").read_text()
+    start, end = "<!-- spec-reference:start -->\n", "<!-- spec-reference:end -->"
+    embedded = guide[guide.index(start) + len(start):guide.index(end)]
+    assert embedded == reference_markdown(), (
+        "docs/guide.md is out of date: paste the output of `reportgen schema --markdown` "
+        "between the spec-reference markers")
