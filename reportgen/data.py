@@ -134,7 +134,8 @@ def read_mask(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]
     gray = values.max(axis=2)
     notes = []
     levels = np.unique(gray)
-    if np.all(np.isin(levels, (0.0, 1.0 / 255.0, 1.0, 1.0 / 65535.0))):
+    allowed = np.array([0.0, 1.0 / 255.0, 1.0 / 65535.0, 1.0])
+    if np.all(np.abs(levels[:, None] - allowed[None, :]).min(axis=1) < 1e-6):
         binary = gray > 0
     else:
         binary = gray >= gray.max() / 2.0
@@ -190,6 +191,37 @@ def safe_id(stem: str, taken: set[str]) -> str:
     return candidate
 
 
+@dataclass
+class SampleRef:
+    """An image the spec names, before it is read: enough to plan pages and the manifest."""
+
+    id: str
+    path: Path
+    mask_path: Path | None
+    notes: list[str] = field(default_factory=list)  # filled in when the image is read
+
+
+def sample_refs(data: DataSection) -> list[SampleRef]:
+    """Every image (and its mask) the spec names, in the spec's stable order, with page ids."""
+    taken: set[str] = set()
+    return [SampleRef(safe_id(p.stem, taken), p, mask_for(data, p)) for p in find_images(data)]
+
+
+def load_sample(ref: SampleRef, size: tuple[int, int], in_channels: int,
+                norm: Normalization | None, intensity: str = "dtype") -> Sample:
+    """Read and prepare one image and its mask; the conversion notes go to `ref.notes` too."""
+    values, notes = read_image(ref.path, intensity)
+    tensor, display = prepare(values, size, in_channels, norm)
+    sample = Sample(ref.id, ref.path, tensor, display, (values.shape[0], values.shape[1]),
+                    notes=notes)
+    if ref.mask_path is not None:
+        sample.mask_path = ref.mask_path
+        sample.gt_mask, mask_notes = read_mask(ref.mask_path, size)
+        sample.notes.extend(mask_notes)
+    ref.notes = list(sample.notes)
+    return sample
+
+
 def load_samples(
     data: DataSection,
     size: tuple[int, int],
@@ -197,16 +229,4 @@ def load_samples(
     norm: Normalization | None,
 ) -> list[Sample]:
     """Read every image (and mask) the spec names, in the spec's stable order."""
-    samples, taken = [], set()
-    for path in find_images(data):
-        values, notes = read_image(path, data.intensity)
-        tensor, display = prepare(values, size, in_channels, norm)
-        sample = Sample(safe_id(path.stem, taken), path, tensor, display,
-                        (values.shape[0], values.shape[1]), notes=notes)
-        mpath = mask_for(data, path)
-        if mpath is not None:
-            sample.mask_path = mpath
-            sample.gt_mask, mask_notes = read_mask(mpath, size)
-            sample.notes.extend(mask_notes)
-        samples.append(sample)
-    return samples
+    return [load_sample(r, size, in_channels, norm, data.intensity) for r in sample_refs(data)]
