@@ -1,23 +1,43 @@
-"""The audit manifest (`data/manifest.json`): what went in, what came out, on what.
+"""The audit manifest (`data/manifest.json`) and the site's checksum list.
+
+What went in, what came out, on what. A build writes, in this order:
+
+1. every page, figure and data file of the site;
+2. `data/manifest.json`: the inputs (sha256 of the spec, the checkpoint, every image
+   and mask, with where to find them again), the software versions, the device and
+   the timings, and the sha256 of every output written so far: every file except the
+   manifest itself and the PDF;
+3. the PDF, which embeds the manifest, the spec and `data/metrics.csv` (so the
+   manifest cannot hash the PDF that carries it);
+4. `data/checksums.sha256` (sha256sum format, sorted by path): every file of the
+   site, the PDF and the manifest included. `sha256sum -c data/checksums.sha256`
+   run in the site folder checks the whole site without reportgen.
 
 Everything except the fields in `TIME_FIELDS` is a pure function of the inputs,
 the software versions and the device, so two builds of the same spec give the
-same manifest apart from those fields.
+same manifest apart from those fields. With `SOURCE_DATE_EPOCH` set (the
+reproducible-builds convention) the start and end times are that instant and the
+measured durations are left out, so the manifest, and the PDF that embeds it, are
+byte-identical between builds.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reportgen.data import Sample
+from reportgen.data import SampleRef
 from reportgen.hashing import sha256_file
 from reportgen.spec import Spec
 
 TIME_FIELDS = ("started", "finished", "timings")
 MANIFEST = Path("data/manifest.json")
+CHECKSUMS = Path("data/checksums.sha256")
+SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
 
 
 def git_commit() -> str | None:
@@ -33,26 +53,62 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def output_hashes(site: Path) -> dict[str, str]:
-    """sha256 of every file under `site` except the manifest itself, by relative path."""
-    return {p.relative_to(site).as_posix(): sha256_file(p)
-            for p in sorted(site.rglob("*")) if p.is_file() and p.relative_to(site) != MANIFEST}
+def source_date() -> datetime | None:
+    """The instant named by `SOURCE_DATE_EPOCH` (seconds since 1970, UTC), if set."""
+    value = os.environ.get(SOURCE_DATE_EPOCH, "").strip()
+    if not value:
+        return None
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
-def write_manifest(site: Path, spec: Spec, spec_path: Path, samples: list[Sample], sha: str,
+def site_files(site: Path) -> list[str]:
+    """Every file under `site` as a sorted list of POSIX paths relative to it."""
+    return sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
+
+
+def output_hashes(site: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file under `site` except the manifest and `exclude`, by relative path."""
+    skip = {MANIFEST.as_posix(), CHECKSUMS.as_posix(), *exclude}
+    return {name: sha256_file(site / name) for name in site_files(site) if name not in skip}
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+
+
+def write_manifest(site: Path, spec: Spec, spec_path: Path, samples: list[SampleRef], sha: str,
                    fmt: str, device: str, determinism: list[str], warnings: list[str],
-                   timings: dict[str, float], started: datetime,
-                   versions: dict[str, str]) -> dict[str, object]:
-    """Write `data/manifest.json` (last, so that it can hash every other output)."""
+                   timings: dict[str, float], started: datetime, versions: dict[str, str],
+                   pdf: str | None = None,
+                   excluded: Sequence[tuple[str, str]] = ()) -> dict[str, object]:
+    """Write `data/manifest.json` and return it.
+
+    `pdf` is the PDF's path relative to the site (written after the manifest, so
+    listed by name only; its hash is in `data/checksums.sha256`). Inputs carry a
+    `location`: the spec's relative to the site folder, the others relative to the
+    spec's folder, so `reportgen verify` can find and re-hash them later. `excluded`
+    lists the inputs a keep-going build left out: (location, reason).
+    """
+    base = spec_path.resolve().parent
+    checkpoint = spec.model.checkpoint
     inputs = {
-        "spec": {"path": spec_path.name, "sha256": sha256_file(spec_path)},
-        "checkpoint": {"path": spec.model.checkpoint.name if spec.model.checkpoint else None,
-                       "sha256": sha or None, "format": fmt},
+        "spec": {"path": spec_path.name, "sha256": sha256_file(spec_path),
+                 "location": _relative(spec_path, site)},
+        "checkpoint": {"path": checkpoint.name if checkpoint else None,
+                       "sha256": sha or None, "format": fmt,
+                       "location": _relative(checkpoint, base) if checkpoint else None},
         "images": [{"id": s.id, "path": s.path.name, "sha256": sha256_file(s.path),
+                    "location": _relative(s.path, base),
                     "mask": s.mask_path.name if s.mask_path else None,
                     "mask_sha256": sha256_file(s.mask_path) if s.mask_path else None,
+                    "mask_location": _relative(s.mask_path, base) if s.mask_path else None,
                     "notes": s.notes} for s in samples],
     }
+    fixed = source_date()
+    finished = fixed or datetime.now(UTC)
     manifest = {
         "reportgen": versions.get("reportgen"),
         "git_commit": git_commit(),
@@ -63,12 +119,41 @@ def write_manifest(site: Path, spec: Spec, spec_path: Path, samples: list[Sample
         "determinism": determinism,
         "inputs": inputs,
         "warnings": warnings,
-        "started": started.isoformat(timespec="seconds"),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "timings": {k: round(v, 3) for k, v in sorted(timings.items())},
-        "outputs": output_hashes(site),
+        "excluded": [{"location": location, "reason": reason} for location, reason in excluded],
+        "started": (fixed or started).isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds"),
+        "timings": {} if fixed else {k: round(v, 3) for k, v in sorted(timings.items())},
+        "outputs": output_hashes(site, exclude=(pdf,) if pdf else ()),
+        "pdf": pdf,
+        "checksums": CHECKSUMS.as_posix(),
     }
     path = site / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return manifest
+
+
+def checksum_lines(hashes: dict[str, str]) -> str:
+    """`hashes` (path -> sha256) in sha256sum's text format, sorted by path."""
+    return "".join(f"{digest}  {name}\n" for name, digest in sorted(hashes.items()))
+
+
+def parse_checksums(text: str) -> dict[str, str]:
+    """The path -> sha256 pairs of a sha256sum file (text or binary mode markers)."""
+    hashes = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        digest, _, name = line.partition(" ")
+        hashes[name[1:] if name[:1] in (" ", "*") else name] = digest
+    return hashes
+
+
+def write_checksums(site: Path) -> Path:
+    """Write `data/checksums.sha256` over every file of the site (written last)."""
+    path = site / CHECKSUMS
+    hashes = {name: sha256_file(site / name) for name in site_files(site)
+              if name != CHECKSUMS.as_posix()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(checksum_lines(hashes), encoding="utf-8")
+    return path

@@ -1,0 +1,467 @@
+"""The archival PDF: a print rendering of the report, PDF/A-3u with its evidence attached.
+
+    write_pdf(site, site / "report.pdf", context, spec_path, manifest, stats,
+              aggregates, sanity)
+
+The PDF is drawn by WeasyPrint from print templates of its own
+(`templates/pdf/`, `assets/pdf.css`): cover, table of contents, methods and
+metric definitions, aggregate tables, one section per image, the audit appendix
+and a reviewer sign-off block. Its view model reuses the site's
+(`render.viewmodel`) and its figures are the site's figure files, downsampled for
+print (`render.pdf_figures`), so nothing is computed twice.
+
+Standards. The file is PDF/A-3u (ISO 19005-3, Unicode text) because PDF/A-3 is
+the part that allows arbitrary embedded files: the spec exactly as given, the
+manifest and `metrics.csv` are attached with AFRelationship Source / Data.
+WeasyPrint writes one variant per file, so PDF/UA-1 cannot be asked for as well;
+instead the PDF is tagged (`pdf_tags`, a structure tree with the document
+language, headings, tables and figure alternative texts) and carries the PDF/UA-1
+identification in its XMP metadata, which is exactly what WeasyPrint's own
+`pdf/ua-1` variant adds on top of tagging. PDF/A-3a would also demand tagging,
+but the dossier is declared `u` (the level reviewers' validators check) so that a
+tagging shortcoming of the experimental WeasyPrint tagger cannot void the
+archival claim. Figures are flattened to RGB (no soft masks) and colours are sRGB
+with WeasyPrint's sRGB output intent.
+
+Determinism. The creation and modification dates are the report date (midnight
+UTC), attachment dates are the same instant, and the file identifier is derived
+from the report id; WeasyPrint's second identifier is an MD5 of the content. Two
+builds of the same spec therefore give byte-identical PDFs whenever the embedded
+manifest is identical, i.e. with `SOURCE_DATE_EPOCH` set (see `manifest`);
+otherwise they differ only by the manifest's time fields, in the attachment and
+in the audit appendix's timing table.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import pydyf
+
+from reportgen import __version__
+from reportgen.errors import UserError
+from reportgen.hashing import sha256_file
+from reportgen.manifest import MANIFEST
+from reportgen.render.pdf_figures import PrintFigures
+from reportgen.render.stats import DatasetStats, ImageSummary
+from reportgen.render.viewmodel import (
+    RATIO_METRIC,
+    AuditView,
+    ColumnHead,
+    Definition,
+    Footnotes,
+    IndexView,
+    MethodsView,
+    ValueView,
+    VerdictView,
+    audit_view,
+    cell_figure_name,
+    definitions_for,
+    format_count,
+    index_view,
+    method_heads,
+    methods_view,
+    paragraphs,
+    value_view,
+    verdict_view,
+    worst_verdict,
+)
+from reportgen.report import AggregateRow, MetricValue, ReportContext, SanityRow
+
+log = logging.getLogger(__name__)
+
+PDF_VARIANT = "pdf/a-3u"
+METRICS_CSV = "data/metrics.csv"
+LANG = "en"
+PAGE_CONTENT_MM = 174.0  # A4 width (210 mm) minus 18 mm margins
+GRID_LABEL_MM = 26.0  # the layer-name column of an image's grid
+MAIN_FIGURE_MM = 54.0  # input / ground truth / prediction, three across
+PLOT_MM = 150.0
+MAX_CELL_MM = 48.0
+GRID_VARIANTS = ("contours", "overlay")  # the overlay shown in print, first found
+PLOTS = (("attention_ratio", "Attention ratio per layer and method"),
+         ("dice", "Dice per image"), ("methods", "Methods compared"),
+         ("layers", "Attention through the network"), ("curves", "Deletion and insertion"),
+         ("sanity", "Sanity check"))
+DECISIONS = ("Approved", "Approved with conditions", "Rejected")
+BLANK_REVIEWERS = 2
+UA_IDENTIFICATION = (b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                     b'<rdf:Description rdf:about="" '
+                     b'xmlns:pdfuaid="http://www.aiim.org/pdfua/ns/id/" pdfuaid:part="1"/>'
+                     b'</rdf:RDF>')
+
+
+# --------------------------------------------------------------------------- view model
+
+
+@dataclass(frozen=True)
+class PrintFigure:
+    src: str | None  # None: the placeholder is printed instead
+    alt: str
+    caption: str
+    placeholder: str = ""
+
+
+@dataclass
+class PrintCell:
+    method: str
+    figure: PrintFigure
+    verdict: VerdictView
+    ratio: ValueView
+
+
+@dataclass
+class PrintMetricRow:
+    layer: str
+    method: str
+    verdict: VerdictView
+    values: list[ValueView]
+
+
+@dataclass
+class ImageSection:
+    anchor: str
+    id: str
+    position: str
+    source_name: str
+    mask_name: str
+    dice: ValueView
+    iou: ValueView
+    worst: VerdictView
+    figures: list[PrintFigure]
+    methods: list[ColumnHead]
+    grid: list[tuple[str, list[PrintCell]]]
+    columns: list[Definition]
+    metric_rows: list[PrintMetricRow]
+    footnotes: list[tuple[int, str]]
+
+
+@dataclass
+class SignOff:
+    name: str
+    role: str
+
+
+@dataclass
+class PdfView:
+    """Everything the print templates show; built in Python, printed by Jinja."""
+
+    title: str
+    report_id: str
+    author: str
+    date: str
+    generator: str
+    keywords: list[str]
+    subject: str
+    overall: VerdictView
+    overall_counts: list[tuple[VerdictView, int]]
+    cover_rows: list[tuple[str, str]]
+    warnings: list[str]
+    bounds: list[str]
+    index: IndexView
+    methods: MethodsView
+    layers: list[tuple[str, str, str, str, str]]
+    plots: list[PrintFigure]
+    audit: AuditView
+    input_hashes: list[tuple[str, str, str]]  # (what, file, sha256)
+    timings: list[tuple[str, str]]
+    attachments: list[tuple[str, str]]  # (file name, what it is)
+    reviewers: list[SignOff]
+    decisions: tuple[str, ...]
+    images: Iterator[ImageSection]
+    image_toc: list[tuple[str, str]]  # (anchor, label)
+    colorbar: str | None
+    colormap: str
+
+
+def _metric_value(row: dict[str, str]) -> MetricValue:
+    if row["status"] == "ok" and row["value"] not in ("", None):
+        return MetricValue(float(row["value"]))
+    return MetricValue(None, row["reason"] or row["status"])
+
+
+def read_metric_rows(path: Path) -> dict[str, list[dict[str, str]]]:
+    """The rows of `metrics.csv` grouped by image id (file order kept)."""
+    grouped: dict[str, list[dict[str, str]]] = {}
+    if not path.is_file():
+        return grouped
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            grouped.setdefault(row["image"], []).append(row)
+    return grouped
+
+
+def grid_cell_mm(method_count: int) -> float:
+    """Printed width of one grid figure: the grid fills the page width."""
+    return min(MAX_CELL_MM, (PAGE_CONTENT_MM - GRID_LABEL_MM) / max(1, method_count) - 2.0)
+
+
+def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[dict[str, str]],
+                  figures: PrintFigures, layers: Sequence[str], methods: Sequence[str],
+                  position: int, total: int) -> ImageSection:
+    """The print section of one image, from its summary, its metric rows and its figures."""
+    notes = Footnotes()
+    image_level: dict[str, MetricValue] = {}
+    by_cell: dict[tuple[str, str], dict[str, MetricValue]] = {}
+    for row in rows:
+        if row["layer"] or row["method"]:
+            by_cell.setdefault((row["layer"], row["method"]), {})[row["metric"]] = (
+                _metric_value(row))
+        else:
+            image_level[row["metric"]] = _metric_value(row)
+    folder = f"figures/{summary.id}"
+    source = summary.source_name
+    main = []
+    for name, caption, alt in (
+            ("input", "Input", f"Input image {source}"),
+            ("ground_truth", "Ground truth", f"Ground-truth mask outlined in magenta on {source}"),
+            ("prediction", "Prediction",
+             f"Predicted {context.model.target_class} mask outlined in white on {source}")):
+        src = figures.get(f"{folder}/{name}.png", MAIN_FIGURE_MM)
+        placeholder = "" if src else ("No ground truth" if name == "ground_truth"
+                                      else "Figure not drawn")
+        main.append(PrintFigure(src, alt, caption, placeholder))
+
+    cell_mm = grid_cell_mm(len(methods))
+    grid = []
+    metric_rows = []
+    names = sorted({name for metrics in by_cell.values() for name in metrics})
+    columns = definitions_for(names, context)
+    for r, layer in enumerate(layers):
+        cells = []
+        for c, method in enumerate(methods):
+            metrics = by_cell.get((layer, method), {})
+            src = None
+            for variant in GRID_VARIANTS:
+                for suffix in ("jpg", "png"):
+                    src = src or figures.get(f"{folder}/{cell_figure_name(r, c, variant)}."
+                                             f"{suffix}", cell_mm)
+            ratio = metrics.get(RATIO_METRIC)
+            reason = "not computed" if not metrics else (
+                (ratio.reason if ratio is not None and not ratio.ok else "") or "map not drawn")
+            verdict = verdict_view(summary.verdicts.get((layer, method), "n/a"))
+            cells.append(PrintCell(method, PrintFigure(
+                src, f"{method} map of layer {layer} on {source}, mask contours overlaid",
+                f"{layer} · {method}", "" if src else reason),
+                verdict, value_view(ratio, notes)))
+            if metrics:
+                metric_rows.append(PrintMetricRow(
+                    layer, method, verdict,
+                    [value_view(metrics.get(d.name), notes) for d in columns]))
+        grid.append((layer, cells))
+    dice = value_view(image_level.get("dice"), notes, absent="no ground truth")
+    iou = value_view(image_level.get("iou"), notes, absent="no ground truth")
+    return ImageSection(
+        anchor=f"image-{summary.id}", id=summary.id, position=f"Image {position + 1} of {total}",
+        source_name=source, mask_name=summary.mask_name or "none", dice=dice, iou=iou,
+        worst=verdict_view(summary.worst_verdict), figures=main,
+        methods=method_heads(context, methods), grid=grid, columns=columns,
+        metric_rows=metric_rows, footnotes=notes.notes)
+
+
+def overall_verdict(index: IndexView) -> tuple[VerdictView, list[tuple[VerdictView, int]]]:
+    """The worst verdict of the mean attention ratios over every layer x method (n/a only
+    when none is defined), and how many layer x method means fall in each verdict."""
+    names = [cell.verdict.key for row in index.summary_rows for cell in row.cells]
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    defined = [name for name in names if name != "n/a"]
+    overall = verdict_view(worst_verdict(defined) if defined else "n/a")
+    ordered = [(verdict_view(key), counts[key]) for key in
+               ("excellent", "good", "fair", "concerning", "invalid", "n/a") if key in counts]
+    return overall, ordered
+
+
+def _input_hashes(manifest: dict) -> list[tuple[str, str, str]]:
+    inputs = manifest.get("inputs", {})
+    spec = inputs.get("spec", {})
+    rows = [("Spec", spec.get("path") or "", spec.get("sha256") or "")]
+    checkpoint = inputs.get("checkpoint", {})
+    rows.append(("Checkpoint", checkpoint.get("path") or "none",
+                 checkpoint.get("sha256") or "—"))
+    for image in inputs.get("images", []):
+        rows.append((f"Image {image['id']}", image.get("location") or image["path"],
+                     image["sha256"]))
+        if image.get("mask"):
+            rows.append((f"Mask {image['id']}", image.get("mask_location") or image["mask"],
+                         image.get("mask_sha256") or ""))
+    return rows
+
+
+def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetStats,
+             aggregates: Sequence[AggregateRow], sanity: Sequence[SanityRow],
+             figures: PrintFigures, spec_name: str) -> PdfView:
+    """The PDF's view model; the image sections are produced lazily while rendering."""
+    plots = []
+    for name, title in PLOTS:
+        src = figures.get(f"plots/{name}.png", PLOT_MM)
+        if src:
+            plots.append(PrintFigure(src, f"Plot: {title}", title))
+    index = index_view(context, stats, aggregates, [])
+    overall, counts = overall_verdict(index)
+    layers = [(row.name, row.path, "—" if row.channels is None else format_count(row.channels),
+               "—" if row.stride is None else f"{row.stride:g}", row.meaning)
+              for row in context.layers]
+    metric_rows = read_metric_rows(site / METRICS_CSV)
+    summaries = list(stats.summaries)
+    layer_names, method_names = list(stats.layers), list(stats.methods)
+
+    def sections() -> Iterator[ImageSection]:
+        for position, summary in enumerate(summaries):
+            yield image_section(context, summary, metric_rows.get(summary.id, []), figures,
+                                layer_names, method_names, position, len(summaries))
+
+    card = context.model
+    timings = manifest.get("timings") or {}
+    reviewers = [SignOff(name, role) for name, role in context.reviewers]
+    reviewers += [SignOff("", "")] * (BLANK_REVIEWERS if not reviewers else 0)
+    return PdfView(
+        title=context.title, report_id=context.report_id, author=context.author,
+        date=context.date, generator=f"reportgen {__version__}",
+        keywords=["class activation maps", "segmentation", "explainability",
+                  card.architecture, card.encoder, *(m.name for m in context.methods)],
+        subject=(f"Class-activation-map validation of {card.architecture} / {card.encoder} "
+                 f"({card.target_class}) on {format_count(context.image_count)} images"),
+        overall=overall, overall_counts=counts,
+        cover_rows=[("Report id", context.report_id), ("Author", context.author or "—"),
+                    ("Date", context.date),
+                    ("Model", f"{card.architecture} / {card.encoder}"),
+                    ("Checkpoint", f"{card.checkpoint_name}"),
+                    ("Checkpoint SHA-256", card.checkpoint_sha256 or "—"),
+                    ("Target", f"{card.target_class} ({context.target_region})"),
+                    ("Data", f"{format_count(context.image_count)} images from "
+                             f"{context.image_source or '—'}"),
+                    ("Ground truth", context.mask_source or "none"),
+                    ("Methods", ", ".join(m.name for m in context.methods)),
+                    ("Layers", ", ".join(row.name for row in context.layers))],
+        warnings=list(context.warnings), bounds=list(context.bounds),
+        index=index,
+        methods=methods_view(context, stats, [], sanity, 0),
+        layers=layers, plots=plots,
+        audit=audit_view(context, stats),
+        input_hashes=_input_hashes(manifest),
+        timings=[(stage, f"{seconds:.2f} s") for stage, seconds in sorted(timings.items())],
+        attachments=[(spec_name, "the spec exactly as given (Source)"),
+                     ("manifest.json", "inputs, versions, device, timings and output hashes "
+                                       "(Data)"),
+                     ("metrics.csv", "every metric of every image, layer and method (Data)")],
+        reviewers=reviewers, decisions=DECISIONS,
+        images=sections(),
+        image_toc=[(f"image-{s.id}", f"Image {s.id} — {s.source_name}") for s in summaries],
+        colorbar=figures.get("figures/colorbar.png", 60.0),
+        colormap=context.colormap,
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def template_environment() -> jinja2.Environment:
+    """The Jinja2 environment of the print templates (autoescaping, strict undefined)."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("reportgen", "templates/pdf"),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+        lstrip_blocks=True, keep_trailing_newline=True)
+    environment.globals["paragraphs"] = paragraphs
+    return environment
+
+
+def document_date(text: str) -> datetime:
+    """The report date as midnight UTC (the PDF's creation date); today if unreadable."""
+    try:
+        day = date.fromisoformat(text[:10])
+    except ValueError:
+        log.warning("report date %r is not an ISO date; the PDF is dated today", text)
+        day = datetime.now(UTC).date()
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def pdf_identifier(report_id: str) -> bytes:
+    """The PDF's permanent file identifier: the same for every version of a report."""
+    return hashlib.md5(f"reportgen:{report_id}".encode(), usedforsecurity=False).hexdigest(
+    ).encode()
+
+
+def _unique_associated_files(document: object, pdf: pydyf.PDF) -> None:
+    """Keep each attachment once in the catalog's /AF array (WeasyPrint 70 lists each
+    twice: once from the name tree and once from the file specifications)."""
+    if "AF" in pdf.catalog:
+        unique: list[object] = []
+        for reference in pdf.catalog["AF"]:
+            if reference not in unique:
+                unique.append(reference)
+        pdf.catalog["AF"] = pydyf.Array(unique)
+
+
+def render_html(view: PdfView) -> str:
+    """The print HTML of the whole dossier."""
+    return template_environment().get_template("report.html").render(view=view)
+
+
+def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Path,
+              manifest: dict, stats: DatasetStats, aggregates: Sequence[AggregateRow],
+              sanity: Sequence[SanityRow]) -> Path:
+    """Write the PDF/A-3u dossier of the site in `site` to `pdf_path`.
+
+    `manifest` is the content of the site's `data/manifest.json` (already written);
+    the spec is attached from `spec_path`, whose bytes must still hash to the
+    manifest's record of it.
+    """
+    from weasyprint import CSS, HTML, Attachment
+
+    spec_bytes = spec_path.read_bytes()
+    recorded = manifest.get("inputs", {}).get("spec", {}).get("sha256")
+    if recorded and hashlib.sha256(spec_bytes).hexdigest() != recorded:
+        raise UserError(f"{spec_path} changed during the build; build again")
+    when = document_date(context.date)
+    stamp = when.isoformat().replace("+00:00", "Z")
+    css = resources.files("reportgen").joinpath("assets", "pdf.css").read_text(encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="reportgen-pdf-") as scratch:
+        figures = PrintFigures(site, Path(scratch))
+        view = pdf_view(site, context, manifest, stats, aggregates, sanity, figures,
+                        spec_path.name)
+        html = render_html(view)
+        progress = logging.getLogger("weasyprint.progress")
+        level = progress.level
+        progress.setLevel(max(level, logging.WARNING))  # one line per page otherwise
+        try:
+            document = HTML(string=html, base_url=str(site.resolve()) + "/").render(
+                stylesheets=[CSS(string=css)], pdf_tags=True)
+        finally:
+            progress.setLevel(level)
+        metadata = document.metadata
+        metadata.created = metadata.modified = stamp
+        metadata.lang = LANG
+        metadata.xmp_metadata.append(UA_IDENTIFICATION)
+
+        def attachment(data: bytes, name: str, description: str,
+                       relationship: str) -> Attachment:
+            return Attachment(file_obj=io.BytesIO(data), name=name, description=description,
+                              created=when, modified=when, relationship=relationship)
+
+        attachments = [
+            attachment(spec_bytes, spec_path.name, "The report's spec, as given", "Source"),
+            attachment((site / MANIFEST).read_bytes(), "manifest.json",
+                       "Audit manifest: inputs, versions, device, timings, output hashes",
+                       "Data"),
+            attachment((site / METRICS_CSV).read_bytes(), "metrics.csv",
+                       "Every metric value of every image, layer and method", "Data"),
+        ]
+        pdf_path.parent.mkdir(parents=True, exist_ok=True)
+        document.write_pdf(pdf_path, pdf_variant=PDF_VARIANT, attachments=attachments,
+                           pdf_identifier=pdf_identifier(context.report_id), pdf_tags=True,
+                           finisher=_unique_associated_files)
+    log.info("PDF %s: %s bytes, sha256 %s", pdf_path.name, pdf_path.stat().st_size,
+             sha256_file(pdf_path))
+    return pdf_path

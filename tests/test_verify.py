@@ -1,0 +1,163 @@
+"""`reportgen verify`: a fresh report passes; any changed, missing or extra file fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pikepdf
+import pytest
+
+from reportgen.cli import main
+from reportgen.verify import verify
+from tests.pdf_fixtures import build_project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("verify")
+    build_project(root)
+    return root
+
+
+@pytest.fixture
+def site(project: Path, tmp_path: Path) -> Path:
+    """A copy of the built project, free to damage (inputs keep their relative places)."""
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy)
+    return copy / "site"
+
+
+def run_verify(path: Path, capsys) -> tuple[int, dict]:
+    code = main(["verify", str(path), "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_verify_passes_on_a_fresh_build(site: Path, capsys):
+    code, result = run_verify(site, capsys)
+    assert code == 0 and result["ok"], result
+    assert result["checked"] > 20
+    assert result["signature"]["status"] == "unsigned"
+    assert not [n for n in result["notes"] if "not found" in n]  # inputs were re-hashed
+    checksums = (site / "data" / "checksums.sha256").read_text().splitlines()
+    listed = [line.split("  ", 1)[1] for line in checksums]
+    assert listed == sorted(listed) and {"report.pdf", "data/manifest.json"} <= set(listed)
+
+
+@pytest.mark.parametrize("name", ["index.html", "data/metrics.csv", "report.pdf",
+                                  "data/manifest.json"])
+def test_verify_fails_naming_a_file_changed_by_one_byte(site: Path, capsys, name: str):
+    path = site / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    code = main(["verify", str(site)])
+    output = capsys.readouterr().out
+    assert code == 1
+    assert f"changed: {name}" in output
+
+
+def test_verify_fails_on_a_deleted_and_on_an_extra_file(site: Path):
+    (site / "thumbs" / "img01.jpg").unlink()
+    (site / "notes.txt").write_text("added later")
+    report = verify(site)
+    assert not report.ok
+    assert {(f.path, f.problem) for f in report.problems} == {
+        ("thumbs/img01.jpg", "missing"), ("notes.txt", "extra")}
+
+
+def test_verify_rehashes_the_inputs_it_can_reach(site: Path):
+    image = site.parent / "images" / "img00.png"
+    image.write_bytes(image.read_bytes() + b"\0")
+    report = verify(site)
+    assert [(Path(f.path).name, f.problem) for f in report.problems] == [
+        ("img00.png", "input changed")]
+    shutil.rmtree(site.parent / "images")
+    report = verify(site)
+    assert report.ok and any("not found" in note for note in report.notes)
+
+
+def test_verify_refuses_a_folder_that_is_not_a_report(tmp_path: Path, capsys):
+    assert main(["verify", str(tmp_path)]) == 2
+    assert "not a reportgen site" in capsys.readouterr().err
+
+
+def test_verify_pdf_passes_fresh_and_fails_when_an_attachment_is_altered(site: Path, capsys,
+                                                                        tmp_path: Path):
+    code, result = run_verify(site / "report.pdf", capsys)
+    assert code == 0 and result["checked"] == 3, result
+    altered = tmp_path / "altered.pdf"
+    with pikepdf.open(site / "report.pdf") as pdf:
+        stream = pdf.attachments["metrics.csv"].obj.EF.F
+        stream.write(stream.read_bytes().replace(b"attention_ratio", b"attention_RATIO", 1))
+        pdf.save(altered)
+    code, result = run_verify(altered, capsys)
+    assert code == 1
+    assert {(p["path"], p["problem"]) for p in result["problems"]} == {
+        ("metrics.csv", "attachment changed")}
+
+
+def _self_signed_p12(folder: Path, password: bytes) -> Path:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Dr. A. Reviewer")])
+    now = datetime.now(UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - timedelta(days=1))
+                   .not_valid_after(now + timedelta(days=30))
+                   .add_extension(x509.KeyUsage(True, True, False, False, False, False, False,
+                                                False, False), critical=True)
+                   .sign(key, hashes.SHA256()))
+    path = folder / "signer.p12"
+    path.write_bytes(pkcs12.serialize_key_and_certificates(
+        b"signer", key, certificate, None, serialization.BestAvailableEncryption(password)))
+    return path
+
+
+def test_a_signed_pdf_verifies_and_any_later_change_is_detected(site: Path, tmp_path: Path,
+                                                               capsys):
+    pytest.importorskip("pyhanko")
+    from reportgen.render.pdf_sign import sign_pdf
+    from tests.site_fixtures import make_context
+
+    p12 = _self_signed_p12(tmp_path, b"secret")
+    pdf = tmp_path / "signed.pdf"
+    shutil.copy(site / "report.pdf", pdf)
+    sign_pdf(pdf, p12, "secret", make_context())
+    code, result = run_verify(pdf, capsys)
+    assert code == 0, result
+    assert result["signature"]["status"] == "valid"
+    assert "Dr. A. Reviewer" in result["signature"]["signer"]
+    with pikepdf.open(pdf) as signed:
+        assert signed.open_metadata()["pdfaid:part"] == "3"  # still declared PDF/A-3
+    tampered = tmp_path / "tampered.pdf"
+    data = bytearray(pdf.read_bytes())
+    data[data.index(b"/Title")+8] ^= 0x01  # inside the signed range
+    tampered.write_bytes(bytes(data))
+    code, result = run_verify(tampered, capsys)
+    assert code == 1, result
+    assert result["signature"]["status"] in ("modified", "invalid")
+    with pikepdf.open(pdf) as signed:  # an incremental update after signing
+        signed.docinfo["/Title"] = "Another title"
+        signed.save(tmp_path / "updated.pdf")
+    code, result = run_verify(tmp_path / "updated.pdf", capsys)
+    assert code == 1 and result["signature"]["status"] in ("modified", "invalid"), result
+
+
+def test_signing_with_a_wrong_password_is_a_user_error(tmp_path: Path, site: Path):
+    pytest.importorskip("pyhanko")
+    from reportgen.errors import UserError
+    from reportgen.render.pdf_sign import sign_pdf
+    from tests.site_fixtures import make_context
+
+    p12 = _self_signed_p12(tmp_path, b"secret")
+    with pytest.raises(UserError, match="password"):
+        sign_pdf(site / "report.pdf", p12, "wrong", make_context())
