@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,13 +23,22 @@ import numpy as np
 import torch
 
 from reportgen import __version__
+from reportgen.cache import RANDOM_METHODS, ResultCache
 from reportgen.cam import CamEngine, SegmentationTarget
 from reportgen.cam.methods import METHODS
 from reportgen.cam.normalise import FLAG_REASONS
-from reportgen.data import Sample, load_samples
+from reportgen.data import (
+    Sample,
+    SampleRef,
+    check_inputs,
+    load_sample,
+    load_samples,
+    sample_refs,
+)
 from reportgen.errors import UserError
+from reportgen.executors import computed_batches
 from reportgen.hashing import sha256_path, write_npz
-from reportgen.manifest import write_checksums
+from reportgen.manifest import source_date, write_checksums
 from reportgen.metrics import (
     METRICS,
     MetricInputs,
@@ -63,6 +73,7 @@ from reportgen.spec import Spec, parse_spec
 log = logging.getLogger(__name__)
 
 UNDEFINED_FLAGS = ("empty_target", "non_finite")
+NON_FINITE_OUTPUT = "the model's output holds NaN or infinite values"
 
 
 @dataclass
@@ -74,6 +85,8 @@ class BuildOptions:
     sign: Path | None = None  # PKCS#12 file: sign the PDF (PAdES)
     sign_password: str | None = None
     progress: Callable[[str, int, int], None] | None = None  # (stage, done, total)
+    keep_going: bool = False  # build without unreadable inputs, listing them as excluded
+    cache: bool = True  # reuse and store per-image results (runtime.cache); False: neither
 
 
 @dataclass
@@ -91,10 +104,12 @@ class BuildResult:
 
 
 class Stopwatch:
-    """Seconds per stage, summed over the build."""
+    """Seconds per stage, summed over the build (stages may overlap: the images are
+    computed in a background thread or on workers while the pages are written)."""
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -102,7 +117,12 @@ class Stopwatch:
         try:
             yield
         finally:
-            self.totals[stage] = self.totals.get(stage, 0.0) + time.perf_counter() - start
+            self.add(stage, time.perf_counter() - start)
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Count `seconds` more for `stage` (from any thread)."""
+        with self._lock:
+            self.totals[stage] = self.totals.get(stage, 0.0) + seconds
 
 
 def resolve_device(device: str) -> torch.device:
@@ -216,10 +236,16 @@ def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildRe
         except ValueError:
             raise UserError(f"output.pdf {spec.output.pdf} must lie inside output.site "
                             f"{site}") from None
+    m = spec.model
+    # Every input is read once before anything is computed or written: a bad file found
+    # late must never cost a half build.
+    refs, excluded = check_inputs(sample_refs(spec.data), m.size, m.in_channels, m.norm,
+                                  spec.data.intensity, options.keep_going)
     with output_lock(site):
         staging = staging_folder(site)
         try:
-            warnings, count = _build_into(staging, spec, text, spec_path, options, pdf_rel)
+            warnings, count = _build_into(staging, spec, text, spec_path, options, pdf_rel,
+                                          refs, excluded)
             swap_in(staging, site)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -253,7 +279,8 @@ def _load_model(spec: Spec, clock: Stopwatch, warnings: list[str]):
 
 
 def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: BuildOptions,
-                pdf_rel: Path | None) -> tuple[list[str], int]:
+                pdf_rel: Path | None, refs: list[SampleRef],
+                excluded: list[tuple[SampleRef, str]]) -> tuple[list[str], int]:
     from reportgen.render.site import SiteWriter
 
     clock = Stopwatch()
@@ -266,100 +293,64 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     with clock("model"):
         resolved = resolve_layers(model, spec.layers, m.size, m.in_channels)
         infos = describe_layers(model, resolved, m.size, m.in_channels)
-    with clock("data"):
-        samples = load_samples(spec.data, m.size, m.in_channels, m.norm)
-    plan = make_plan(spec, resolved, {i.name: i.channels for i in infos}, len(samples))
+    plan = make_plan(spec, resolved, {i.name: i.channels for i in infos}, len(refs))
     model = model.to(device).eval()
-    context = _context(spec, text, spec_path, model, fmt, sha, infos, plan, samples, device,
+    context = _context(spec, text, spec_path, model, fmt, sha, infos, plan, refs, device,
                        warnings)
-    writer = SiteWriter(staging, context, [s.id for s in samples],
+    context.excluded = [(_relative_name(ref.path, spec_path), reason) for ref, reason in excluded]
+    if excluded:
+        warnings.append(f"{len(excluded)} input(s) excluded (--keep-going): see Excluded inputs")
+    writer = SiteWriter(staging, context, [r.id for r in refs],
                         single_file=options.single_file or spec.output.single_file)
-    target = SegmentationTarget(spec.target_index, spec.target.region, spec.target.threshold,
-                                m.output_activation)
-    precision = spec.runtime.precision
-    engines = []
-    if plan.gradient_methods:
-        engines.append(CamEngine(model, resolved, plan.gradient_methods, device=device,
-                                 precision=precision, batch_size=spec.runtime.batch_size))
-    if plan.scorecam_layers:
-        score = spec.method_options.scorecam
-        engines.append(CamEngine(model, {k: resolved[k] for k in plan.scorecam_layers},
-                                 ["scorecam"], device=device, precision=precision,
-                                 batch_size=spec.runtime.batch_size,
-                                 scorecam_max_channels=score.max_channels,
-                                 scorecam_chunk=score.chunk_size,
-                                 scorecam_compile=_compile_pays(spec, device, infos, plan,
-                                                                len(samples))))
-    settings = MetricSettings(
-        bands=VerdictBands(**spec.metric_options.attention.bands.model_dump()),
-        faithfulness_steps=spec.metric_options.faithfulness.steps,
-        faithfulness_baseline=spec.metric_options.faithfulness.baseline,
-        sanity_threshold=spec.metric_options.sanity.threshold,
-    )
+    pipeline = Pipeline(spec, model, resolved, plan, infos, device, len(refs))
     (staging / "data" / "maps").mkdir(parents=True)
     rows: list[MetricRow] = []
-    sanity_regions: list[torch.Tensor] = []
-    batch = spec.runtime.batch_size
-    for first in range(0, len(samples), batch):
-        part = samples[first:first + batch]
-        images = torch.stack([s.tensor for s in part])
-        gt = None
-        if all(s.gt_mask is not None for s in part):
-            gt = torch.stack([torch.from_numpy(s.gt_mask) for s in part])
-        results = []
-        for engine in engines:
-            with clock("scorecam" if engine.methods[0].name == "scorecam" else "cam"):
-                results.append(engine.explain(images, target, gt))
-        logits = results[0].logits.float()
-        regions = results[0].regions
-        probability = (torch.sigmoid(logits[:, spec.target_index]) if m.output_activation ==
-                       "sigmoid" else torch.softmax(logits, 1)[:, spec.target_index])
-        if m.output_activation == "sigmoid":
-            prediction = probability > spec.target.threshold
-        else:
-            prediction = logits.argmax(1) == spec.target_index
-        for i, sample in enumerate(part):
-            with clock("metrics"):
-                result, image_rows = _image_result(
-                    sample, i, results, probability[i], prediction[i], regions[i], images[i],
-                    model, device, plan, settings, spec)
-            rows.extend(image_rows)
-            if len(sanity_regions) < spec.metric_options.sanity.images:
-                sanity_regions.append(regions[i])
+    sanity_samples: list[tuple[Sample, torch.Tensor]] = []
+    done = 0
+    cache = _open_cache(spec, options, sha, resolved, device)
+    for part, outputs in _computed_batches(pipeline, refs, spec, clock, options, cache):
+        for sample, output in zip(part, outputs, strict=True):
+            rows.extend(output.rows)
+            if len(sanity_samples) < spec.metric_options.sanity.images:
+                sanity_samples.append((sample, output.region))
             with clock("maps"):
-                _write_maps(staging, sample.id, results, i)
+                write_npz(staging / "data" / "maps" / f"{sample.id}.npz", output.maps)
             with clock("render"):
-                writer.add_image(result)
+                writer.add_image(output.result)
+            done += 1
             if options.progress:
-                options.progress("images", first + i + 1, len(samples))
+                options.progress("images", done, len(refs))
+        del part, outputs  # nothing of a batch outlives it but its rows and page
     sanity_rows: list[SanityRow] = []
-    if plan.sanity_keys and samples:
+    if plan.sanity_keys and sanity_samples:
         if options.progress:
             options.progress("sanity check", 0, 1)
         with clock("sanity"):
-            sanity, sanity_rows = _sanity(model, samples, sanity_regions, plan, spec, device,
-                                          settings)
-            for index, sample in enumerate(samples[: len(sanity_regions)]):
+            sanity, sanity_rows = _sanity(model, sanity_samples, plan, spec, device,
+                                          pipeline.settings)
+            for index, (sample, _) in enumerate(sanity_samples):
                 inputs = MetricInputs(sample.id, maps={k: torch.zeros(1) for k in
-                                                       plan.sanity_keys},
-                                      sanity=sanity, image_index=index, settings=settings)
+                                                       plan.sanity_keys}, model=model,
+                                      sanity=sanity, image_index=index,
+                                      settings=pipeline.settings)
                 rows.extend(evaluate_image(inputs, ["sanity"]))
     with clock("metrics"):
         aggregates = aggregate(rows)
         write_metrics_csv(rows, staging / "data" / "metrics.csv")
         write_metrics_json(rows, staging / "data" / "metrics.json")
         write_metrics_csv(aggregates, staging / "data" / "metrics_summary.csv")
-    context.timings.update({k: round(v, 3) for k, v in clock.totals.items()})
+    if source_date() is None:  # a reproducible build (SOURCE_DATE_EPOCH) shows no timings
+        context.timings.update({k: round(v, 3) for k, v in clock.totals.items()})
     with clock("render"):
         writer.finish(aggregates, sanity_rows)
-    manifest = _write_manifest(staging, spec, spec_path, samples, sha, fmt, device,
+    manifest = _write_manifest(staging, spec, spec_path, refs, sha, fmt, device,
                                determinism, warnings, clock, start_time, context, pdf_rel)
     if pdf_rel is not None:
         with clock("pdf"):
             _write_pdf(staging, pdf_rel, context, spec_path, manifest, writer.stats, aggregates,
                        sanity_rows, options)
     write_checksums(staging)
-    return warnings, len(samples)
+    return warnings, len(refs)
 
 
 # torch.compile costs about a minute once; it repays itself past this many masked forwards
@@ -376,6 +367,104 @@ def _compile_pays(spec: Spec, device: torch.device, infos, plan: Plan, images: i
     cap = spec.method_options.scorecam.max_channels
     forwards = images * sum(min(channels[la], cap or channels[la]) for la in plan.scorecam_layers)
     return forwards >= COMPILE_BREAK_EVEN
+
+
+@dataclass
+class ImageOutput:
+    """Everything computed for one image: its page data, metric rows and map arrays."""
+
+    result: ImageResult
+    rows: list[MetricRow]
+    maps: dict[str, np.ndarray]  # "layer|method|normalised" / "...|raw" -> array
+    region: torch.Tensor  # the target region the maps explain
+
+
+class Pipeline:
+    """The per-image computation (engine, prediction, metrics) of one spec.
+
+    Built once per process, or once per worker when images are sharded: it holds
+    the model and the engines; `process` is a function of the images alone.
+    """
+
+    def __init__(self, spec: Spec, model: torch.nn.Module, resolved: dict[str, str], plan: Plan,
+                 infos, device: torch.device, image_count: int):
+        self.spec, self.model, self.plan, self.device = spec, model, plan, device
+        m = spec.model
+        self.target = SegmentationTarget(spec.target_index, spec.target.region,
+                                         spec.target.threshold, m.output_activation)
+        precision = spec.runtime.precision
+        self.engines: list[CamEngine] = []
+        if plan.gradient_methods:
+            self.engines.append(CamEngine(model, resolved, plan.gradient_methods, device=device,
+                                          precision=precision,
+                                          batch_size=spec.runtime.batch_size))
+        if plan.scorecam_layers:
+            score = spec.method_options.scorecam
+            self.engines.append(CamEngine(
+                model, {k: resolved[k] for k in plan.scorecam_layers}, ["scorecam"],
+                device=device, precision=precision, batch_size=spec.runtime.batch_size,
+                scorecam_max_channels=score.max_channels, scorecam_chunk=score.chunk_size,
+                scorecam_compile=_compile_pays(spec, device, infos, plan, image_count)))
+        self.settings = MetricSettings(
+            bands=VerdictBands(**spec.metric_options.attention.bands.model_dump()),
+            faithfulness_steps=spec.metric_options.faithfulness.steps,
+            faithfulness_baseline=spec.metric_options.faithfulness.baseline,
+            sanity_threshold=spec.metric_options.sanity.threshold,
+        )
+
+    def process(self, part: list[Sample], clock: Stopwatch) -> list[ImageOutput]:
+        if not part:  # every image of the batch came from the cache
+            return []
+        spec, m = self.spec, self.spec.model
+        images = torch.stack([s.tensor for s in part])
+        gt = None
+        if all(s.gt_mask is not None for s in part):
+            gt = torch.stack([torch.from_numpy(s.gt_mask) for s in part])
+        results = []
+        for engine in self.engines:
+            with clock("scorecam" if engine.methods[0].name == "scorecam" else "cam"):
+                results.append(engine.explain(images, self.target, gt))
+        logits = results[0].logits.float()
+        regions = results[0].regions
+        if m.output_activation == "sigmoid":
+            probability = torch.sigmoid(logits[:, spec.target_index])
+            prediction = probability > spec.target.threshold
+        else:
+            probability = torch.softmax(logits, 1)[:, spec.target_index]
+            prediction = logits.argmax(1) == spec.target_index
+        outputs = []
+        for i, sample in enumerate(part):
+            with clock("metrics"):
+                result, rows = _image_result(
+                    sample, i, results, probability[i], prediction[i], regions[i], images[i],
+                    self.model, self.device, self.plan, self.settings, spec)
+            outputs.append(ImageOutput(result, rows, _map_arrays(results, i), regions[i]))
+        return outputs
+
+
+def _computed_batches(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clock: Stopwatch,
+                      options: BuildOptions, cache: ResultCache | None = None,
+                      ) -> Iterator[tuple[list[Sample], list[ImageOutput]]]:
+    """Load and compute the images batch by batch, in the spec's order, ahead of the
+    caller (`reportgen.executors`: a background thread, or Ray workers); with a cache,
+    only the images that miss it are computed."""
+    m, batch = spec.model, spec.runtime.batch_size
+
+    def loaded() -> Iterator[list[Sample]]:
+        for first in range(0, len(refs), batch):
+            with clock("data"):
+                part = [load_sample(r, m.size, m.in_channels, m.norm, spec.data.intensity)
+                        for r in refs[first:first + batch]]
+            yield part
+
+    if cache is None:
+        yield from computed_batches(loaded(), pipeline, len(refs), clock)
+        return
+    yield from cache.around(
+        loaded(), lambda misses: computed_batches(misses, pipeline, len(refs), clock),
+        lambda cached: ImageOutput(*cached))
+    log.info("cache: %d image(s) reused, %d computed (%s)", cache.hits, cache.misses,
+             cache.folder)
 
 
 def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
@@ -399,6 +488,11 @@ def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
                           activation=spec.model.output_activation, target_region=region,
                           settings=settings)
     rows = evaluate_image(inputs, groups) if groups else []
+    if not bool(torch.isfinite(probability).all()):
+        # NaN compares false, so the prediction is empty and Dice would read 0: a number
+        # that says nothing about this model; the image-level metrics are invalid instead
+        rows = [MetricRow(r.image, r.layer, r.method, r.metric, None, "invalid",
+                          NON_FINITE_OUTPUT) if not (r.layer or r.method) else r for r in rows]
     curves: dict[tuple[str, str], dict[str, list[float]]] = {}
     faith = {k: v for k, v in defined.items() if k in plan.faithfulness_keys}
     if faith:
@@ -446,22 +540,23 @@ def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
     return result, rows
 
 
-def _write_maps(staging: Path, image_id: str, results, i: int) -> None:
+def _map_arrays(results, i: int) -> dict[str, np.ndarray]:
+    """The maps of image i for export: normalised (float16) and raw (float32) per cell."""
     arrays = {}
     for result in results:
         for (layer, method), stacked in result.maps.items():
             arrays[f"{layer}|{method}|normalised"] = stacked[i].numpy().astype(np.float16)
             arrays[f"{layer}|{method}|raw"] = result.raw[(layer, method)][i].numpy()
-    write_npz(staging / "data" / "maps" / f"{image_id}.npz", arrays)
+    return arrays
 
 
-def _sanity(model, samples: list[Sample], regions: list[torch.Tensor], plan: Plan, spec: Spec,
+def _sanity(model, samples: list[tuple[Sample, torch.Tensor]], plan: Plan, spec: Spec,
             device: torch.device, settings: MetricSettings) -> tuple[SanityResult,
                                                                      list[SanityRow]]:
     """Cascading randomisation on the first images; the target region stays the trained
     model's, so every level explains the same pixels."""
-    images = torch.stack([s.tensor for s in samples[: len(regions)]])
-    fixed = torch.stack(regions)
+    images = torch.stack([s.tensor for s, _ in samples])
+    fixed = torch.stack([region for _, region in samples])
     layers = sorted({k[0] for k in plan.sanity_keys}, key=list(plan.layers).index)
     methods = sorted({k[1] for k in plan.sanity_keys}, key=spec.methods.index)
     target = SegmentationTarget(spec.target_index, "ground_truth", spec.target.threshold,
@@ -502,7 +597,8 @@ def _mean_finite(values: torch.Tensor | None) -> float | None:
 
 
 def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, infos, plan,
-             samples: list[Sample], device: torch.device, warnings: list[str]) -> ReportContext:
+             samples: list[SampleRef], device: torch.device,
+             warnings: list[str]) -> ReportContext:
     from reportgen.cam.methods import get_method
 
     m = spec.model
@@ -556,7 +652,7 @@ def _write_pdf(staging: Path, pdf_rel: Path, context: ReportContext, spec_path: 
         sign_pdf(pdf_path, options.sign, options.sign_password, context)
 
 
-def _write_manifest(staging: Path, spec: Spec, spec_path: Path, samples: list[Sample], sha: str,
+def _write_manifest(staging: Path, spec: Spec, spec_path: Path, samples: list[SampleRef], sha: str,
                     fmt: str, device: torch.device, determinism: list[str],
                     warnings: list[str], clock: Stopwatch, start_time: datetime,
                     context: ReportContext, pdf_rel: Path | None) -> dict[str, object]:
@@ -564,7 +660,33 @@ def _write_manifest(staging: Path, spec: Spec, spec_path: Path, samples: list[Sa
 
     return write_manifest(staging, spec, spec_path, samples, sha, fmt, device_name(device),
                           determinism, warnings, clock.totals, start_time, context.versions,
-                          pdf_rel.as_posix() if pdf_rel else None)
+                          pdf_rel.as_posix() if pdf_rel else None, excluded=context.excluded)
+
+
+def _open_cache(spec: Spec, options: BuildOptions, checkpoint_sha: str,
+                resolved: dict[str, str], device: torch.device) -> ResultCache | None:
+    """The results cache of this build, or None (`--no-cache`, `runtime.cache: null`, or a
+    method that draws random numbers, whose results depend on what was drawn before)."""
+    if not options.cache or spec.runtime.cache is None:
+        return None
+    random = [m for m in spec.methods if m in RANDOM_METHODS]
+    if random:
+        log.info("cache off: %s draws random numbers", ", ".join(random))
+        return None
+    inputs = {"checkpoint": checkpoint_sha,
+              "model": spec.model.model_dump(mode="json", exclude={"checkpoint", "trust_pickle"}),
+              "intensity": spec.data.intensity, "target": spec.target.model_dump(mode="json"),
+              "layers": resolved, "methods": spec.methods,
+              "method_options": spec.method_options.model_dump(mode="json"),
+              "metrics": spec.metrics, "metric_options": spec.metric_options.model_dump(
+                  mode="json"), "precision": spec.runtime.precision, "seed": spec.runtime.seed,
+              "device": device.type}
+    return ResultCache(spec.runtime.cache, inputs)
+
+
+def _relative_name(path: Path, spec_path: Path) -> str:
+    """`path` relative to the spec's folder, as the manifest locates inputs."""
+    return Path(os.path.relpath(path.resolve(), spec_path.resolve().parent)).as_posix()
 
 
 def check_spec(spec_path: Path, device: str | None = None) -> list[dict[str, object]]:

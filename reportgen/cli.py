@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from reportgen.errors import SpecError, UserError
 log = logging.getLogger("reportgen")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+SIGN_PASSWORD_ENV = "REPORTGEN_SIGN_PASSWORD"
 
 
 def _spec_arg(p: argparse.ArgumentParser) -> None:
@@ -135,8 +137,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     from reportgen.build import BuildOptions, build
 
+    password = args.sign_password or os.environ.get(SIGN_PASSWORD_ENV)
     options = BuildOptions(device=args.device, quiet=args.quiet, single_file=args.single_file,
-                           force=args.force)
+                           force=args.force, sign=args.sign, sign_password=password,
+                           keep_going=args.keep_going, cache=not args.no_cache)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, disable=args.quiet or args.json) as bar:
         tasks: dict[str, int] = {}
@@ -151,9 +155,50 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(json.dumps(result.summary()))
     elif not args.quiet:
-        out.print(f"site: {result.site / 'index.html'}")
+        out.print(f"site: {(result.site / 'index.html').resolve()}")
         if result.pdf:
-            out.print(f"pdf:  {result.pdf}")
+            out.print(f"pdf:  {result.pdf.resolve()}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from reportgen.verify import verify
+
+    report = verify(args.path)
+    if args.json:
+        out.print_json(json.dumps(report.to_dict()))
+    elif not args.quiet or not report.ok:
+        for finding in report.problems:
+            detail = f" ({finding.detail})" if finding.detail else ""
+            out.print(f"{finding.problem}: {finding.path}{detail}", markup=False)
+        for note in report.notes:
+            out.print(f"note: {note}", markup=False)
+        if report.signature is not None:
+            signature = report.signature
+            who = f" by {signature.signer}" if signature.signer else ""
+            out.print(f"signature: {signature.status}{who}", markup=False)
+        verdict = "ok" if report.ok else f"FAILED: {len(report.problems)} problem(s)"
+        out.print(f"{verdict}: {report.checked} file(s) checked in {report.target}",
+                  markup=False)
+    return 0 if report.ok else 1
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from reportgen.cache import DEFAULT_FOLDER, clear
+
+    if args.spec is not None:
+        from reportgen.spec import load_spec
+
+        folder = load_spec(args.spec, check_files=False).runtime.cache
+        if folder is None:
+            raise UserError(f"{args.spec}: runtime.cache is null, so this spec keeps no cache")
+    else:
+        folder = Path(DEFAULT_FOLDER).resolve()
+    count = clear(folder)
+    if args.json:
+        out.print_json(json.dumps({"folder": str(folder), "removed": count}))
+    elif not args.quiet:
+        out.print(f"removed {count} cached image result(s) from {folder}", markup=False)
     return 0
 
 
@@ -202,6 +247,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write one self-contained HTML file")
     p.add_argument("--force", action="store_true",
                    help="allow an output folder outside the spec's folder tree")
+    p.add_argument("--sign", type=Path, metavar="CERT.p12",
+                   help="sign the PDF (PAdES) with this PKCS#12 key and certificate")
+    p.add_argument("--sign-password",
+                   help=f"password of the PKCS#12 file (or set {SIGN_PASSWORD_ENV})")
+    p.add_argument("--keep-going", action="store_true",
+                   help="build without unreadable images or masks, listing them as excluded "
+                   "inputs (default: refuse them all before computing anything)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither reuse nor store cached maps and metrics (runtime.cache)")
+
+    p = add("verify", _cmd_verify,
+            "check a built site (or its PDF) against its manifest and checksums; "
+            "exit 1 when a file changed, is missing or is extra")
+    p.add_argument("path", type=Path, help="the site folder or a report PDF")
 
     p = add("validate", _cmd_validate, "check a spec and print a one-line summary")
     _spec_arg(p)
@@ -226,6 +285,11 @@ def _parser() -> argparse.ArgumentParser:
             "run every requested layer x method on one image and print a status table")
     _spec_arg(p)
     p.add_argument("--device", help="override runtime.device")
+
+    p = add("cache", _cmd_cache, "manage the cache of per-image maps and metrics")
+    p.add_argument("action", choices=["clear"], help="clear: remove the cache folder")
+    p.add_argument("spec", type=Path, nargs="?",
+                   help="the spec whose runtime.cache to clear (default: ./.reportgen-cache)")
 
     p = add("serve", _cmd_serve, "serve a built site on 127.0.0.1 (loopback only)")
     p.add_argument("dir", type=Path, nargs="?", default=Path("site"))

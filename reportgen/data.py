@@ -8,7 +8,16 @@ Rules (recorded per image in `Sample.notes`, and so in the manifest):
   palette images are expanded to RGB.
 - Images and masks are resized to the model's input size (images bilinear, masks
   nearest). A mask is foreground where > 0 when its values are {0, 1} or {0, 255};
-  any other values are binarised at half their maximum.
+  any other values are binarised at half their maximum. A colour mask is foreground
+  where any channel is. A mask whose aspect ratio differs from its image's is refused
+  (it cannot be the same field of view); one of another size but the same aspect ratio
+  is resized like the image.
+- Zero-byte, truncated and undecodable files (a non-image with an image extension)
+  are refused with the file named; so are non-finite pixels.
+
+`check_inputs` reads every image and mask once before a build computes anything, so a
+bad file found late never costs a half build: by default it refuses them all at once;
+with keep-going it sets them aside as excluded inputs, each with its reason.
 """
 
 from __future__ import annotations
@@ -65,12 +74,16 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, list[str]]:
     return scaled.astype(np.float32), notes
 
 
-def _read_raster(path: Path) -> np.ndarray:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_PALETTE = 3  # IHDR colour type of an indexed-colour PNG
+
+
+def _read_raster(path: Path) -> tuple[np.ndarray, list[str]]:
     if path.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
 
         try:
-            return np.asarray(tifffile.imread(path))
+            return np.asarray(tifffile.imread(path)), []
         except Exception as exc:  # tifffile raises many types for broken files
             raise DataError(f"{path}: not a readable TIFF image ({exc})") from exc
     raw = np.fromfile(path, dtype=np.uint8)
@@ -80,10 +93,13 @@ def _read_raster(path: Path) -> np.ndarray:
     if image is None:
         raise DataError(f"{path}: not a readable image (truncated, or not the format its "
                         "extension says)")
+    notes = []
+    if raw[:8].tobytes() == PNG_SIGNATURE and raw.size > 25 and raw[25] == PNG_PALETTE:
+        notes.append("palette (indexed colour): expanded to RGB")
     if image.ndim == 3 and image.shape[2] >= 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4
                              else cv2.COLOR_BGR2RGB)
-    return image
+    return image, notes
 
 
 def read_image(path: Path, intensity: str = "dtype") -> tuple[np.ndarray, list[str]]:
@@ -95,8 +111,7 @@ def read_image(path: Path, intensity: str = "dtype") -> tuple[np.ndarray, list[s
     if path.suffix.lower() in DICOM_SUFFIXES:
         values, notes = _read_dicom(path)
     else:
-        notes = []
-        image = _read_raster(path)
+        image, notes = _read_raster(path)
         if image.dtype == np.uint8:
             values = image.astype(np.float32) / 255.0
         elif image.dtype == np.uint16:
@@ -128,11 +143,27 @@ def read_image(path: Path, intensity: str = "dtype") -> tuple[np.ndarray, list[s
     return values, notes
 
 
-def read_mask(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
-    """Read a ground-truth mask as bool [H, W] at `size` (nearest), binarised by the rule above."""
+ASPECT_TOLERANCE = 0.01  # relative; rounding when a mask was saved at another scale
+
+
+def read_mask(path: Path, size: tuple[int, int],
+              image_size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Read a ground-truth mask as bool [H, W] at `size` (nearest), binarised by the rule above.
+
+    `image_size` is its image's [H, W]: a mask of another aspect ratio is refused, since
+    stretching it would mark the wrong pixels as ground truth.
+    """
     values, _ = read_image(path, "dtype")
-    gray = values.max(axis=2)
     notes = []
+    if image_size is not None and values.shape[:2] != image_size:
+        (mh, mw), (ih, iw) = values.shape[:2], image_size
+        if abs(mw / mh - iw / ih) > ASPECT_TOLERANCE * (iw / ih):
+            raise DataError(f"{path}: mask is {mw}x{mh} but its image is {iw}x{ih}; a mask "
+                            "must have its image's size or at least its aspect ratio")
+        notes.append(f"mask {path.name}: {mw}x{mh}, its image {iw}x{ih}: resized")
+    if values.shape[2] > 1:
+        notes.append(f"mask {path.name}: colour mask, foreground where any channel is set")
+    gray = values.max(axis=2)
     levels = np.unique(gray)
     allowed = np.array([0.0, 1.0 / 255.0, 1.0 / 65535.0, 1.0])
     if np.all(np.abs(levels[:, None] - allowed[None, :]).min(axis=1) < 1e-6):
@@ -211,15 +242,59 @@ def load_sample(ref: SampleRef, size: tuple[int, int], in_channels: int,
                 norm: Normalization | None, intensity: str = "dtype") -> Sample:
     """Read and prepare one image and its mask; the conversion notes go to `ref.notes` too."""
     values, notes = read_image(ref.path, intensity)
-    tensor, display = prepare(values, size, in_channels, norm)
-    sample = Sample(ref.id, ref.path, tensor, display, (values.shape[0], values.shape[1]),
-                    notes=notes)
+    channels = values.shape[2]
+    if channels == 1 and in_channels > 1:
+        notes.append(f"grayscale: replicated to {in_channels} channels")
+    elif channels > 1 and in_channels == 1:
+        notes.append("colour: channels averaged to the model's 1 channel")
+    try:
+        tensor, display = prepare(values, size, in_channels, norm)
+    except DataError as exc:
+        raise DataError(f"{ref.path}: {exc}") from exc
+    original = (values.shape[0], values.shape[1])
+    del values  # the full-resolution pixels can be large; only the resized copy is kept
+    sample = Sample(ref.id, ref.path, tensor, display, original, notes=notes)
     if ref.mask_path is not None:
         sample.mask_path = ref.mask_path
-        sample.gt_mask, mask_notes = read_mask(ref.mask_path, size)
+        sample.gt_mask, mask_notes = read_mask(ref.mask_path, size, original)
         sample.notes.extend(mask_notes)
     ref.notes = list(sample.notes)
     return sample
+
+
+def _reason(error: DataError, ref: SampleRef) -> str:
+    """The error without absolute paths: the excluded-inputs table names the files."""
+    text = str(error).replace(f"{ref.path}: ", "")
+    if ref.mask_path is not None:
+        text = text.replace(f"{ref.mask_path}: ", f"mask {ref.mask_path.name}: ")
+    return text
+
+
+def check_inputs(refs: list[SampleRef], size: tuple[int, int], in_channels: int,
+                 norm: Normalization | None, intensity: str = "dtype",
+                 keep_going: bool = False) -> tuple[list[SampleRef], list[tuple[SampleRef, str]]]:
+    """Read every image and mask once, keeping no pixels: (usable refs, excluded with reasons).
+
+    Without `keep_going` any bad file is a DataError naming every bad file, raised
+    before anything is computed or written. With it, bad files are set aside; a
+    DataError is raised only when no image is left.
+    """
+    usable, excluded, messages = [], [], []
+    for ref in refs:
+        try:
+            load_sample(ref, size, in_channels, norm, intensity)
+        except DataError as exc:
+            excluded.append((ref, _reason(exc, ref)))
+            messages.append(f"  {exc}")
+        else:
+            usable.append(ref)
+    if excluded and not keep_going:
+        listed = "\n".join(messages)
+        raise DataError(f"{len(excluded)} of {len(refs)} input(s) cannot be used (pass "
+                        f"--keep-going to build without them):\n{listed}")
+    if not usable:
+        raise DataError(f"none of the {len(refs)} input image(s) can be used")
+    return usable, excluded
 
 
 def load_samples(

@@ -260,6 +260,20 @@ class RuntimeSection(Strict):
     compile: Literal["auto", "always", "never"] = Field(
         "auto", description="torch.compile the model for Score-CAM (auto: on CUDA when the "
         "work repays the compilation)")
+    cache: Path | None = Field(
+        Path(".reportgen-cache"), description="folder of cached per-image maps and metrics, "
+        "so rebuilds and interrupted builds recompute nothing unchanged; null: no cache "
+        "(--no-cache for one build, `reportgen cache clear` empties it)")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: this process (rendering overlaps the computation); ray: "
+        "shard the images over Ray workers, each loading the model once (extra "
+        "`reportgen[ray]`); the report is identical")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (e.g. ray://head:10001 or auto); default: start "
+        "a local Ray instance on this machine")
+    workers: int | None = Field(
+        None, ge=1, description="Ray workers; default: one per GPU of the cluster, else 2 "
+        "(each gets one GPU when the device is CUDA)")
 
     @field_validator("device")
     @classmethod
@@ -508,7 +522,11 @@ def _resolve_paths(spec: Spec, base: Path) -> Spec:
     output = spec.output.model_copy(update={
         "site": _absolute(spec.output.site, base),
         "pdf": None if pdf is None else _absolute(pdf, base)})
-    return spec.model_copy(update={"data": data, "model": model, "output": output})
+    cache = spec.runtime.cache
+    runtime = spec.runtime.model_copy(
+        update={"cache": None if cache is None else _absolute(cache, base)})
+    return spec.model_copy(update={"data": data, "model": model, "output": output,
+                                   "runtime": runtime})
 
 
 def find_images(data: DataSection) -> list[Path]:

@@ -3,6 +3,7 @@ state_dict checkpoint, images and masks in a dataset folder (small size for spee
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -56,4 +57,13 @@ def test_seed_b5_configuration_builds_end_to_end(tmp_path: Path):
     assert result.images == 2
     page = (tmp_path / "site-b5" / "images" / "case0.html").read_text()
     assert "encoder_last" in page and "scorecam" in page
+    with (tmp_path / "site-b5" / "data" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    sanity = [r for r in rows if r["metric"] == "sanity_spearman"]
+    measured = [r for r in sanity if r["status"] == "ok"]
+    assert len(measured) >= len(sanity) // 2
+    assert all(0 <= float(r["value"]) <= 1 for r in measured)
+    assert all(r["reason"] for r in sanity if r["status"] != "ok")  # e.g. a constant map
+    assert {r["metric"] for r in rows} >= {"deletion_auc", "insertion_auc", "dice",
+                                           "attention_ratio", "pointing_game"}
     shutil.rmtree(tmp_path / "site-b5")

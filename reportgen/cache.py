@@ -1,0 +1,246 @@
+"""The per-image results cache: maps and metrics keyed by everything that determines them.
+
+A rebuild after a change of title, text or template, or after an interrupted build,
+should not recompute one map: the expensive part of a build is the engine, and its
+output for an image depends only on the inputs named in the key. The key is the
+sha256 of: the cache format, the source of every module that computes (not the
+renderers or templates), the torch/smp/numpy versions, the checkpoint's sha256, the
+model, target, layers (resolved to module paths), methods, metrics and their options,
+the precision, seed and device type, and per image its page id and the sha256 of the
+image and of its mask.
+
+An entry is a folder `<key[:2]>/<key>/` holding `arrays.npz` and `result.json`. It is
+written under a temporary name and renamed into place, so a killed build leaves whole
+entries or none, and the next build resumes from them. Cache files are data, never
+code: arrays load with `allow_pickle=False`, everything else is JSON. A damaged entry is
+ignored and recomputed.
+
+What comes from the image itself (the display pixels, the ground truth, the notes, the
+file names) is not stored: it is read again, so a cached page is byte-identical to a
+computed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reportgen.data import Sample
+from reportgen.errors import UserError
+from reportgen.hashing import sha256_file, write_npz
+from reportgen.metrics import MetricRow
+from reportgen.report import Cell, ImageResult, MetricValue
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+DEFAULT_FOLDER = ".reportgen-cache"
+# Modules whose code cannot change a computed result: presentation and bookkeeping.
+PRESENTATION = ("render", "templates", "assets", "cli.py", "verify.py", "manifest.py",
+                "output.py")
+# Methods that draw random numbers: which images come from the cache would change
+# what the others draw, so a spec using one is never cached.
+RANDOM_METHODS = ("randomcam",)
+
+CachedImage = tuple[ImageResult, list[MetricRow], dict[str, np.ndarray], torch.Tensor]
+
+
+def code_version() -> str:
+    """sha256 over the source of every module that computes maps or metrics."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative.split("/")[0] in PRESENTATION:
+            continue
+        digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for dist in ("torch", "segmentation-models-pytorch", "numpy", "grad-cam"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
+
+
+def _plain(value: object) -> object:
+    """JSON for numpy scalars (their exact value as a Python number)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _metric(value: MetricValue | None) -> list | None:
+    return None if value is None else [value.value, value.reason]
+
+
+def _unmetric(value: list | None) -> MetricValue | None:
+    return None if value is None else MetricValue(value[0], value[1])
+
+
+class ResultCache:
+    """Per-image results under `folder`, for builds that share `inputs` (see the module)."""
+
+    def __init__(self, folder: Path, inputs: dict[str, object]) -> None:
+        self.folder = folder
+        self._base = json.dumps({"format": CACHE_FORMAT, "code": code_version(),
+                                 "versions": _versions(), **inputs},
+                                sort_keys=True, default=_plain)
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, sample: Sample) -> str:
+        digest = hashlib.sha256(self._base.encode())
+        mask = sha256_file(sample.mask_path) if sample.mask_path else ""
+        for part in (sample.id, sha256_file(sample.path), mask):
+            digest.update(b"\0" + part.encode())
+        return digest.hexdigest()
+
+    def _entry(self, key: str) -> Path:
+        return self.folder / key[:2] / key
+
+    def load(self, key: str, sample: Sample) -> CachedImage | None:
+        """The cached results of `sample`, or None (absent or unreadable: recompute)."""
+        entry = self._entry(key)
+        if not entry.is_dir():
+            self.misses += 1
+            return None
+        try:
+            meta = json.loads((entry / "result.json").read_text(encoding="utf-8"))
+            with np.load(entry / "arrays.npz", allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+            cached = self._decode(meta, arrays, sample)
+        except (OSError, ValueError, KeyError, TypeError, IndexError,
+                zipfile.BadZipFile) as exc:
+            log.warning("cache entry %s is unreadable (%s); recomputing", entry, exc)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return cached
+
+    def store(self, key: str, result: ImageResult, rows: list[MetricRow],
+              maps: dict[str, np.ndarray], region: torch.Tensor) -> None:
+        """Write one entry atomically; a failure to write only costs a later recomputation."""
+        entry = self._entry(key)
+        if entry.is_dir():
+            return
+        meta, arrays = self._encode(result, rows, maps, region)
+        scratch: Path | None = None
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=entry.parent))
+            write_npz(scratch / "arrays.npz", arrays)
+            (scratch / "result.json").write_text(json.dumps(meta, default=_plain),
+                                                 encoding="utf-8")
+            os.replace(scratch, entry)
+        except OSError as exc:
+            log.warning("cannot write the cache entry %s (%s)", entry, exc)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    def around(self, batches: Iterable[list[Sample]],
+               compute: Callable[[Iterable[list[Sample]]], Iterator[tuple[list[Sample], list]]],
+               output: Callable[[CachedImage], Any]) -> Iterator[tuple[list[Sample], list]]:
+        """`(batch, outputs)` in order, computing only the images that miss the cache.
+
+        `compute` is the executor: it gets each batch reduced to its misses (possibly
+        empty) and yields them back in order with their outputs, which are stored; the
+        hits are made into outputs by `output`. The lookup runs wherever the executor
+        draws its batches (a thread, or this one), so it is bound to its batch by identity.
+        """
+        pending: dict[int, tuple[list[Sample], list[Sample], list[str], list]] = {}
+
+        def misses() -> Iterator[list[Sample]]:
+            for batch in batches:
+                keys = [self.key(sample) for sample in batch]
+                hits = [self.load(key, sample) for key, sample in zip(keys, batch, strict=True)]
+                missing = [s for s, hit in zip(batch, hits, strict=True) if hit is None]
+                pending[id(missing)] = (batch, missing, keys, hits)
+                yield missing
+
+        for missing, computed in compute(misses()):
+            batch, _, keys, hits = pending.pop(id(missing))
+            fresh = iter(computed)
+            outputs = []
+            for key, hit in zip(keys, hits, strict=True):
+                if hit is None:
+                    out = next(fresh)
+                    self.store(key, out.result, out.rows, out.maps, out.region)
+                else:
+                    out = output(hit)
+                outputs.append(out)
+            yield batch, outputs
+
+    @staticmethod
+    def _encode(result: ImageResult, rows: list[MetricRow], maps: dict[str, np.ndarray],
+                region: torch.Tensor) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+        arrays = {"probability": result.probability, "prediction": result.prediction,
+                  "region": region.cpu().numpy()}
+        cells = []
+        for index, cell in enumerate(result.cells.values()):
+            if cell.map is not None:
+                arrays[f"cell{index}"] = cell.map
+            cells.append({"layer": cell.layer, "method": cell.method,
+                          "has_map": cell.map is not None, "flags": cell.flags,
+                          "metrics": {k: _metric(v) for k, v in cell.metrics.items()},
+                          "verdict": cell.verdict, "approximate": cell.approximate,
+                          "curves": cell.curves})
+        names = sorted(maps)
+        arrays.update({f"map{index}": maps[name] for index, name in enumerate(names)})
+        meta = {"dice": _metric(result.dice), "iou": _metric(result.iou), "cells": cells,
+                "maps": names, "rows": [asdict(row) for row in rows]}
+        return meta, arrays
+
+    @staticmethod
+    def _decode(meta: dict, arrays: dict[str, np.ndarray], sample: Sample) -> CachedImage:
+        cells = {}
+        for index, c in enumerate(meta["cells"]):
+            cells[(c["layer"], c["method"])] = Cell(
+                layer=c["layer"], method=c["method"],
+                map=arrays[f"cell{index}"] if c["has_map"] else None, flags=c["flags"],
+                metrics={k: _unmetric(v) for k, v in c["metrics"].items()},
+                verdict=c["verdict"], approximate=c["approximate"], curves=c["curves"])
+        result = ImageResult(
+            id=sample.id, source=sample.path, display=sample.display,
+            probability=arrays["probability"], prediction=arrays["prediction"],
+            ground_truth=sample.gt_mask, mask_source=sample.mask_path,
+            dice=_unmetric(meta["dice"]), iou=_unmetric(meta["iou"]), cells=cells,
+            notes=list(sample.notes))
+        rows = [MetricRow(**row) for row in meta["rows"]]
+        maps = {name: arrays[f"map{index}"] for index, name in enumerate(meta["maps"])}
+        return result, rows, maps, torch.from_numpy(arrays["region"])
+
+
+def clear(folder: Path) -> int:
+    """Remove a cache folder; returns how many entries it held.
+
+    Refuses a folder that does not look like a cache (anything but two-hex-digit
+    shards), so a mistyped `runtime.cache` never deletes someone's files.
+    """
+    if not folder.exists():
+        return 0
+    shards = list(folder.iterdir())
+    if any(not (p.is_dir() and len(p.name) == 2 and all(c in "0123456789abcdef"
+                                                        for c in p.name)) for p in shards):
+        raise UserError(f"{folder} holds files that are not reportgen cache entries; "
+                        "remove it by hand if it is really the cache")
+    count = sum(1 for shard in shards for _ in shard.iterdir())
+    shutil.rmtree(folder)
+    return count

@@ -1,0 +1,241 @@
+"""Whole builds under faults: bad weights, numerical trouble, killed and concurrent
+builds, hostile names, no network. Each fault is reported, never a crash, a NaN shown
+as a number, a half-written site or a request leaving the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from pypdf import PdfReader
+
+from reportgen import cli
+from reportgen.build import BuildOptions, build
+from reportgen.data import safe_id
+from reportgen.errors import UserError
+from reportgen.models import build_model
+from reportgen.output import inside
+from tests.helpers import write_images, write_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"metrics": ["attention", "dice", "localisation"], "layers": ["encoder_last"],
+        "methods": ["gradcam"], "output": {"pdf": None}}
+# A NaN or infinity printed where a number belongs (words such as "NaN or infinite" in a
+# reason are fine: they explain the n/a).
+NUMBER_NAN = re.compile(r"(?<![\w./-])-?(nan|inf|infinity)(?![\w./-])(?! or infinite)", re.I)
+
+
+def numbers_shown_as_nan(site: Path) -> list[str]:
+    """Every NaN/inf the site's pages or metric exports show as a number."""
+    found = []
+    for page in [*site.rglob("*.html"), site / "data" / "metrics.json",
+                 site / "data" / "metrics.csv"]:
+        text = re.sub(r"<[^>]+>", " ", page.read_text(encoding="utf-8"))
+        found += [f"{page.name}: {m.group(0)}" for m in NUMBER_NAN.finditer(text)]
+    return found
+
+
+def save_checkpoint(path: Path, change) -> Path:
+    """A UnetPlusPlus/efficientnet-b0 state_dict with `change(state)` applied."""
+    torch.manual_seed(0)
+    state = build_model("UnetPlusPlus", "efficientnet-b0", 1, 3).state_dict()
+    change(state)
+    torch.save(state, path)
+    return path
+
+
+# ---------------------------------------------------------------- 3 + 7. weights and numbers
+
+
+def test_nan_weights_give_invalid_verdicts_never_a_nan_number(tmp_path: Path):
+    write_images(tmp_path, count=2)
+
+    def poison(state):
+        state["segmentation_head.0.weight"].fill_(float("nan"))
+
+    save_checkpoint(tmp_path / "poisoned.pth", poison)
+    spec = write_spec(tmp_path / "spec.yaml", model={"checkpoint": "poisoned.pth"}, **FAST)
+    result = build(spec, BuildOptions(quiet=True))
+    site = tmp_path / "site"
+    assert any("NaN or infinite weights" in w for w in result.warnings)
+    page = (site / "images" / "img00.html").read_text()
+    assert "invalid" in page and "NaN or infinite values" in page
+    rows = json.loads((site / "data" / "metrics.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert rows and all(r["value"] is None for r in rows)
+    assert {r["status"] for r in rows if r["metric"] == "dice"} == {"invalid"}
+    assert numbers_shown_as_nan(site) == []
+
+
+def test_empty_predictions_and_a_constant_image_are_reported_per_image(tmp_path: Path):
+    write_images(tmp_path, count=2)
+    cv2.imwrite(str(tmp_path / "images" / "flat.png"), np.zeros((64, 64), np.uint8))
+    cv2.imwrite(str(tmp_path / "masks" / "flat.png"), np.zeros((64, 64), np.uint8))
+
+    def nothing_predicted(state):
+        state["segmentation_head.0.bias"].fill_(-1e4)
+
+    save_checkpoint(tmp_path / "empty.pth", nothing_predicted)
+    spec = write_spec(tmp_path / "spec.yaml", model={"checkpoint": "empty.pth"}, **FAST)
+    result = build(spec, BuildOptions(quiet=True))
+    site = tmp_path / "site"
+    assert result.images == 3
+    rows = json.loads((site / "data" / "metrics.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    for image in ("img00", "img01", "flat"):
+        ratio = [r for r in rows if r["image"] == image and r["metric"] == "attention_ratio"]
+        assert ratio and ratio[0]["value"] is None and ratio[0]["reason"], ratio
+        page = (site / "images" / f"{image}.html").read_text()
+        assert "empty" in page and "n/a" in page
+    assert numbers_shown_as_nan(site) == []
+
+
+# ---------------------------------------------------------------- 4. atomic and locked builds
+
+
+def _python_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "reportgen.cli", *argv]
+
+
+def test_killed_build_leaves_the_site_and_a_concurrent_build_is_refused(tmp_path: Path):
+    write_images(tmp_path, count=6)
+    spec = write_spec(tmp_path / "spec.yaml", **FAST)
+    build(spec, BuildOptions(quiet=True))
+    site = tmp_path / "site"
+    before = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    # Score-CAM with batch size 1 keeps the next build busy long enough to be caught
+    write_spec(tmp_path / "spec.yaml", **{**FAST, "methods": ["gradcam", "scorecam"]},
+               runtime={"batch_size": 1}, report={"title": "changed"})
+    first = subprocess.Popen(_cli("build", "-q", "--no-cache", str(spec)), env=_python_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    staging = tmp_path / f".site.building-{first.pid}"
+    try:
+        deadline = time.monotonic() + 120
+        while not (staging.is_dir() and any(p.is_file() for p in staging.rglob("*"))):
+            assert first.poll() is None, first.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the build never started writing"
+            time.sleep(0.05)
+        second = subprocess.run(_cli("build", "-q", str(spec)), env=_python_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert first.poll() is None, "the first build ended before it could be killed"
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"another build (pid {first.pid}) is writing" in second.stderr
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        first.stdout.close()
+        first.stderr.close()
+    assert staging.is_dir() and (tmp_path / ".site.lock").is_file()  # killed mid-way
+    after = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    assert after == before  # the previous site, complete and unchanged
+    write_spec(tmp_path / "spec.yaml", **FAST, report={"title": "changed"})
+    build(spec, BuildOptions(quiet=True))
+    assert not staging.exists() and not (tmp_path / ".site.lock").exists()
+    assert "changed" in (site / "index.html").read_text()
+
+
+# ---------------------------------------------------------------- 6. security
+
+HOSTILE = '<script>alert("t")</script> & "q"'
+HOSTILE_STEM = 'x"><img src=x onerror=alert(1)>'
+
+
+def test_hostile_title_and_file_names_are_escaped_in_site_and_pdf(tmp_path: Path):
+    write_images(tmp_path, count=1)
+    for folder in ("images", "masks"):
+        os.replace(tmp_path / folder / "img00.png", tmp_path / folder / f"{HOSTILE_STEM}.png")
+    (tmp_path / "images" / "bad<b>.png").write_bytes(b"")
+    (tmp_path / "masks" / "bad<b>.png").write_bytes(b"")
+    spec = write_spec(tmp_path / "spec.yaml", **{**FAST, "output": {}},
+                      report={"title": HOSTILE, "author": HOSTILE, "description": HOSTILE})
+    build(spec, BuildOptions(quiet=True, keep_going=True))
+    site = tmp_path / "site"
+    pages = list(site.rglob("*.html"))
+    assert [p.name for p in (site / "images").glob("*.html")] == [
+        f"{safe_id(HOSTILE_STEM, set())}.html"]
+    for page in pages:
+        text = page.read_text()
+        assert "<script>alert" not in text and "<img src=x" not in text and "<b>" not in text
+    assert "&lt;script&gt;alert" in (site / "index.html").read_text()
+    assert "bad&lt;b&gt;.png" in (site / "audit.html").read_text()
+    text = " ".join(p.extract_text() or "" for p in PdfReader(site / "report.pdf").pages)
+    text = re.sub(r"\s+", "", text)
+    assert '<script>alert("t")</script>' in text  # printed as text, not interpreted
+    assert "bad<b>.png" in text  # the excluded input, named in the PDF too
+    outside = sorted(p.name for p in tmp_path.iterdir())
+    assert outside == sorted([".reportgen-cache", "images", "masks", "site", "spec.yaml"])
+
+
+@pytest.mark.parametrize("stem", ["..", "../../etc/passwd", "/abs", "a b\\c", "ü.ber", "", "."])
+def test_page_ids_from_file_names_stay_inside_the_output_folder(tmp_path: Path, stem: str):
+    page_id = safe_id(stem, set())
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", page_id)
+    assert inside(tmp_path, tmp_path / "images" / f"{page_id}.html")
+    with pytest.raises(UserError, match="outside the output folder"):
+        inside(tmp_path, tmp_path / "images" / f"{stem}.html" if "/" in stem else
+               tmp_path / ".." / "x.html")
+
+
+def test_serve_binds_the_loopback_address_only(tmp_path: Path, monkeypatch):
+    import http.server
+
+    (tmp_path / "index.html").write_text("<p>report</p>")
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    class Recorded(http.server.ThreadingHTTPServer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            servers.append(self)
+
+    monkeypatch.setattr(http.server, "ThreadingHTTPServer", Recorded)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(
+        cli.main(["serve", "-q", str(tmp_path), "--port", "0"])), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not servers:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    server = servers[0]
+    try:
+        host, port = server.server_address[:2]
+        assert host == "127.0.0.1" and port > 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as reply:
+            assert b"report" in reply.read()
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    assert codes == [0]
+
+
+def test_build_needs_no_network(tmp_path: Path, monkeypatch):
+    write_images(tmp_path, count=1)
+    spec = write_spec(tmp_path / "spec.yaml", **{**FAST, "output": {}})
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access during a build")
+
+    for name in ("socket", "create_connection", "getaddrinfo"):
+        monkeypatch.setattr(socket, name, refuse)
+    result = build(spec, BuildOptions(quiet=True))
+    assert (result.site / "index.html").is_file() and result.pdf and result.pdf.is_file()

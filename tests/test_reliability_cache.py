@@ -1,0 +1,153 @@
+"""The results cache: rebuilds after a presentation change and resumed builds compute no
+map twice, cached pages are byte-identical to computed ones, and cache files stay data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reportgen import cli
+from reportgen.build import BuildOptions, Pipeline, build
+from reportgen.cam import CamEngine
+from tests.helpers import write_images, write_spec
+
+FAST = {"metrics": ["attention", "dice", "localisation"],
+        "layers": ["encoder_last", "decoder_last"], "methods": ["gradcam", "layercam"],
+        "output": {"pdf": None}}
+CACHE = ".reportgen-cache"
+
+
+@pytest.fixture()
+def explain_calls(monkeypatch) -> list[int]:
+    """Counts CamEngine.explain calls (one per engine per computed batch)."""
+    calls: list[int] = []
+    original = CamEngine.explain
+
+    def counted(self, images, *args, **kwargs):
+        calls.append(len(images))
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(CamEngine, "explain", counted)
+    return calls
+
+
+def entries(root: Path) -> list[Path]:
+    return [p for p in (root / CACHE).glob("??/*") if not p.name.startswith(".")]
+
+
+def site_files(site: Path) -> dict[str, bytes]:
+    # the audit page prints the measured stage timings (and the manifest and checksums
+    # hash it), so only those may differ between two builds
+    timed = {"audit.html", "data/manifest.json", "data/checksums.sha256"}
+    return {p.relative_to(site).as_posix(): p.read_bytes() for p in site.rglob("*")
+            if p.is_file() and p.relative_to(site).as_posix() not in timed}
+
+
+def test_presentation_change_recomputes_no_map_and_cached_pages_are_identical(
+        tmp_path: Path, explain_calls, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1738281600")
+    write_images(tmp_path, count=2)
+    spec = write_spec(tmp_path / "spec.yaml", report={"title": "First"}, **FAST)
+    build(spec, BuildOptions(quiet=True, cache=False))
+    assert explain_calls and not (tmp_path / CACHE).exists()
+    computed = site_files(tmp_path / "site")
+    explain_calls.clear()
+    build(spec, BuildOptions(quiet=True))  # fills the cache
+    assert sum(explain_calls) == 2 and len(entries(tmp_path)) == 2
+    explain_calls.clear()
+    build(spec, BuildOptions(quiet=True))  # everything from the cache
+    assert explain_calls == []
+    assert site_files(tmp_path / "site") == computed  # byte-identical to computed pages
+    write_spec(tmp_path / "spec.yaml", report={"title": "Second", "author": "QA"},
+               render={"colormap": "magma", "alpha": 0.3}, **FAST)
+    build(spec, BuildOptions(quiet=True))
+    assert explain_calls == []
+    assert "Second" in (tmp_path / "site" / "index.html").read_text()
+    write_spec(tmp_path / "spec.yaml", report={"title": "Second"},
+               **{**FAST, "methods": ["gradcam", "gradcam++"]})
+    build(spec, BuildOptions(quiet=True))  # the methods changed: every map is recomputed
+    assert sum(explain_calls) == 2
+
+
+def test_interrupted_build_resumes_from_the_cache(tmp_path: Path, explain_calls, monkeypatch):
+    write_images(tmp_path, count=3)
+    spec = write_spec(tmp_path / "spec.yaml", runtime={"batch_size": 1}, **FAST)
+    original = Pipeline.process
+
+    def dies_on_the_second_batch(self, part, clock):
+        if len(explain_calls) >= 1:
+            raise KeyboardInterrupt
+        return original(self, part, clock)
+
+    monkeypatch.setattr(Pipeline, "process", dies_on_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        build(spec, BuildOptions(quiet=True))
+    assert not (tmp_path / "site").exists() and len(entries(tmp_path)) == 1
+    monkeypatch.setattr(Pipeline, "process", original)
+    explain_calls.clear()
+    build(spec, BuildOptions(quiet=True))
+    assert explain_calls == [1, 1]  # only the two images the interrupted build had not done
+    assert len(list((tmp_path / "site" / "images").glob("*.html"))) == 3
+
+
+def test_no_cache_flag_and_null_setting_neither_read_nor_write(tmp_path: Path, explain_calls,
+                                                               capsys):
+    write_images(tmp_path, count=1)
+    spec = write_spec(tmp_path / "spec.yaml", **FAST)
+    assert cli.main(["build", "-q", "--no-cache", str(spec)]) == 0
+    assert not (tmp_path / CACHE).exists() and explain_calls == [1]
+    write_spec(tmp_path / "spec.yaml", runtime={"cache": None}, **FAST)
+    build(spec, BuildOptions(quiet=True))
+    assert not (tmp_path / CACHE).exists() and explain_calls == [1, 1]
+    write_spec(tmp_path / "spec.yaml", runtime={"cache": "elsewhere/cache"}, **FAST)
+    build(spec, BuildOptions(quiet=True))
+    assert len(list((tmp_path / "elsewhere" / "cache").glob("??/*"))) == 1
+
+
+def test_cache_clear_removes_the_spec_cache_and_only_a_cache(tmp_path: Path, capsys,
+                                                             monkeypatch):
+    write_images(tmp_path, count=2)
+    spec = write_spec(tmp_path / "spec.yaml", **FAST)
+    build(spec, BuildOptions(quiet=True))
+    assert cli.main(["cache", "clear", str(spec)]) == 0
+    assert "removed 2 cached image result(s)" in capsys.readouterr().out
+    assert not (tmp_path / CACHE).exists()
+    (tmp_path / CACHE).mkdir()
+    (tmp_path / CACHE / "thesis.tex").write_text("precious")
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["cache", "clear"])
+    assert code == 2 and "not reportgen cache entries" in capsys.readouterr().err
+    assert (tmp_path / CACHE / "thesis.tex").read_text() == "precious"
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_damaged_or_hostile_cache_entries_are_recomputed_never_run(tmp_path: Path,
+                                                                   explain_calls):
+    write_images(tmp_path, count=2)
+    spec = write_spec(tmp_path / "spec.yaml", **FAST)
+    build(spec, BuildOptions(quiet=True))
+    first = sorted(site_files(tmp_path / "site").items())
+    marker = tmp_path / "pwned"
+    hostile, damaged = entries(tmp_path)
+    (hostile / "arrays.npz").unlink()
+    np.savez(hostile / "arrays.npz", probability=np.array([_Payload(str(marker))],
+                                                          dtype=object))
+    (damaged / "result.json").write_text("{")
+    shutil.rmtree(tmp_path / "site")
+    explain_calls.clear()
+    build(spec, BuildOptions(quiet=True))
+    assert not marker.exists()
+    assert sum(explain_calls) == 2  # both recomputed
+    assert sorted(site_files(tmp_path / "site").items()) == first
