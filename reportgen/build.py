@@ -308,6 +308,8 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     sanity_samples: list[tuple[Sample, torch.Tensor]] = []
     done = 0
     cache = _open_cache(spec, options, sha, resolved, device)
+    if options.progress:
+        options.progress("images", 0, len(refs))
     for part, outputs in _computed_batches(pipeline, refs, spec, clock, options, cache):
         for sample, output in zip(part, outputs, strict=True):
             rows.extend(output.rows)
@@ -334,6 +336,8 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
                                       sanity=sanity, image_index=index,
                                       settings=pipeline.settings)
                 rows.extend(evaluate_image(inputs, ["sanity"]))
+        if options.progress:
+            options.progress("sanity check", 1, 1)
     with clock("metrics"):
         aggregates = aggregate(rows)
         write_metrics_csv(rows, staging / "data" / "metrics.csv")
