@@ -5,6 +5,7 @@ Everything is made from a seeded generator, so two calls give equal objects.
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,35 @@ def make_sanity() -> list[SanityRow]:
     return [SanityRow(layer, method, levels, [0.9, 0.4, None], [0.8, 0.3, 0.1], 0.5,
                       passed=method == "gradcam", reason="" if method == "gradcam" else "high ρ")
             for layer in LAYERS for method in METHODS]
+
+
+class PageParser(HTMLParser):
+    """Collects the links, images and element ids of one page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: list[str] = []
+        self.images: list[dict[str, str | None]] = []
+        self.ids: set[str] = set()
+        self.headings: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        values = dict(attrs)
+        if values.get("id"):
+            self.ids.add(values["id"])
+        if tag in {"h1", "h2", "h3", "h4", "h5", "h6"}:
+            self.headings.append(tag)
+        if tag == "img":
+            self.images.append(values)
+        for name, value in attrs:
+            if value and (name in {"href", "src"} or name.startswith("data-src-")):
+                self.links.append(value)
+
+
+def parse(path: Path) -> PageParser:
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    return parser

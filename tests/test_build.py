@@ -9,12 +9,14 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from reportgen.build import BuildOptions, build
 from reportgen.errors import DataError, UserError
 from tests.helpers import write_images, write_spec
+from tests.site_fixtures import parse
 
 FAST = {"metrics": ["attention", "dice", "localisation"]}
 
@@ -24,7 +26,7 @@ def built(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("built")
     write_images(root, count=3)
     spec = write_spec(root / "spec.yaml", report={"title": "Small report", "id": "T-1"},
-                      output={"pdf": None}, **FAST)
+                      **FAST)
     build(spec, BuildOptions(quiet=True))
     return root
 
@@ -47,6 +49,24 @@ def test_build_writes_pages_metrics_and_maps_for_every_image(built: Path):
     assert [i["path"] for i in manifest["inputs"]["images"]] == [
         "img00.png", "img01.png", "img02.png"]
     assert "index.html" in manifest["outputs"]
+
+
+def test_every_link_and_image_of_a_built_site_resolves_inside_it(built: Path):
+    site = (built / "site").resolve()
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= 4 + 3
+    for page in pages:
+        text = page.read_text()
+        assert "http://" not in text and "https://" not in text, page
+        parsed = parse(page)
+        assert all((img.get("alt") or "").strip() for img in parsed.images), page
+        for link in parsed.links:
+            parts = urlsplit(link)
+            if link.startswith("data:") or not parts.path:
+                continue
+            assert not parts.scheme and not parts.netloc, f"{page.name}: {link}"
+            target = (page.parent / unquote(parts.path)).resolve()
+            assert target.is_relative_to(site) and target.is_file(), f"{page.name}: {link}"
 
 
 def test_metric_definitions_printed_come_from_the_registry(built: Path):

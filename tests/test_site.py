@@ -5,7 +5,6 @@ same inputs give the same bytes."""
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -19,44 +18,13 @@ from tests.site_fixtures import (
     make_result,
     make_results,
     make_sanity,
+    parse,
 )
 
 DATA_FILES = {"data/metrics.csv", "data/metrics.json", "data/manifest.json", "report.pdf"}
 """Written by the build next to the site; the only links allowed to point at missing files."""
 
 EXTERNAL = re.compile(r"(?i)(https?:)?//[a-z0-9.-]+\.[a-z]{2,}|https?://")
-
-
-class PageParser(HTMLParser):
-    """Collects the links, images and element ids of one page."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.links: list[str] = []
-        self.images: list[dict[str, str | None]] = []
-        self.ids: set[str] = set()
-        self.headings: list[str] = []
-        self.tags: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-        values = dict(attrs)
-        if values.get("id"):
-            self.ids.add(values["id"])
-        if tag in {"h1", "h2", "h3", "h4", "h5", "h6"}:
-            self.headings.append(tag)
-        if tag == "img":
-            self.images.append(values)
-        for name, value in attrs:
-            if value and (name in {"href", "src"} or name.startswith("data-src-")):
-                self.links.append(value)
-
-
-def parse(path: Path) -> PageParser:
-    parser = PageParser()
-    parser.feed(path.read_text(encoding="utf-8"))
-    parser.close()
-    return parser
 
 
 def build(out: Path, count: int = 3, single_file: bool = False) -> list[Path]:
