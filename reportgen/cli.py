@@ -88,7 +88,11 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         out.print_json(json.dumps(rows))
         return 0
     table = Table(title=f"layers of {type(model).__name__} at {size[0]}x{size[1]}")
-    for col in ("alias", "module path", "channels", "stride", "meaning"):
+    table.add_column("alias", no_wrap=True)
+    # never cut a path the user will copy into a spec
+    table.add_column("module path", overflow="fold",
+                     min_width=max((len(r["path"]) for r in rows), default=11))
+    for col in ("channels", "stride", "meaning"):
         table.add_column(col)
     for r in rows:
         stride = f"{r['stride']:g}" if r["stride"] else "-"
