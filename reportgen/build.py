@@ -687,7 +687,8 @@ def _open_cache(spec: Spec, options: BuildOptions, checkpoint_sha: str,
               "method_options": spec.method_options.model_dump(mode="json"),
               "metrics": spec.metrics, "metric_options": spec.metric_options.model_dump(
                   mode="json"), "precision": spec.runtime.precision, "seed": spec.runtime.seed,
-              "device": device.type}
+              # batched kernels may round differently: a cache hit must equal a fresh build
+              "batch_size": spec.runtime.batch_size, "device": device.type}
     return ResultCache(spec.runtime.cache, inputs)
 
 
