@@ -254,12 +254,6 @@ def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildRe
                        time.perf_counter() - started, warnings)
 
 
-def _metric_value(row: MetricRow) -> MetricValue:
-    if row.status == "ok" and row.value is not None:
-        return MetricValue(row.value)
-    return MetricValue(None, row.reason or row.status)
-
-
 def _load_model(spec: Spec, clock: Stopwatch, warnings: list[str]):
     m = spec.model
     with clock("model"):
@@ -439,12 +433,13 @@ class Pipeline:
         else:
             probability = torch.softmax(logits, 1)[:, spec.target_index]
             prediction = logits.argmax(1) == spec.target_index
+        on_device = images.to(self.device)  # one copy per batch for the metrics' forwards
         outputs = []
         for i, sample in enumerate(part):
             with clock("metrics"):
                 result, rows = _image_result(
-                    sample, i, results, probability[i], prediction[i], regions[i], images[i],
-                    self.model, self.device, self.plan, self.settings, spec)
+                    sample, i, results, probability[i], prediction[i], regions[i],
+                    on_device[i], self.model, self.plan, self.settings, spec)
             outputs.append(ImageOutput(result, rows, _map_arrays(results, i), regions[i]))
         return outputs
 
@@ -476,8 +471,9 @@ def _computed_batches(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clo
 
 def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
                   prediction: torch.Tensor, region: torch.Tensor, image: torch.Tensor,
-                  model: torch.nn.Module, device: torch.device, plan: Plan,
-                  settings: MetricSettings, spec: Spec) -> tuple[ImageResult, list[MetricRow]]:
+                  model: torch.nn.Module, plan: Plan, settings: MetricSettings,
+                  spec: Spec) -> tuple[ImageResult, list[MetricRow]]:
+    """Page data and metric rows of image i of a batch; `image` is on the model's device."""
     maps: dict[tuple[str, str], torch.Tensor] = {}
     flags: dict[tuple[str, str], list[str]] = {}
     approximate: set[tuple[str, str]] = set()
@@ -491,7 +487,7 @@ def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
     gt = torch.from_numpy(sample.gt_mask) if sample.gt_mask is not None else None
     groups = [g for g in spec.metrics if g not in ("faithfulness", "sanity")]
     inputs = MetricInputs(sample.id, maps=defined, prediction=prediction, ground_truth=gt,
-                          image=image.to(device), model=model, class_index=spec.target_index,
+                          image=image, model=model, class_index=spec.target_index,
                           activation=spec.model.output_activation, target_region=region,
                           settings=settings)
     rows = evaluate_image(inputs, groups) if groups else []
@@ -503,8 +499,8 @@ def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
     curves: dict[tuple[str, str], dict[str, list[float]]] = {}
     faith = {k: v for k, v in defined.items() if k in plan.faithfulness_keys}
     if faith:
-        finputs = MetricInputs(sample.id, maps=faith, prediction=prediction, image=image.to(
-            device), model=model, class_index=spec.target_index,
+        finputs = MetricInputs(sample.id, maps=faith, prediction=prediction, image=image,
+                               model=model, class_index=spec.target_index,
             activation=spec.model.output_activation, target_region=region, settings=settings)
         rows += evaluate_image(finputs, ["faithfulness"])
         found = finputs.faithfulness
@@ -522,10 +518,11 @@ def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
     by_cell: dict[tuple[str, str], dict[str, MetricValue]] = {}
     image_level: dict[str, MetricValue] = {}
     for row in rows:
+        shown = MetricValue.of_row(row.value, row.status, row.reason)
         if row.layer or row.method:
-            by_cell.setdefault((row.layer, row.method), {})[row.metric] = _metric_value(row)
+            by_cell.setdefault((row.layer, row.method), {})[row.metric] = shown
         else:
-            image_level[row.metric] = _metric_value(row)
+            image_level[row.metric] = shown
     cells = {}
     for key in order:
         metrics = by_cell.get(key, {})

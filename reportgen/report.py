@@ -11,6 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from reportgen.metrics.export import AggregateRow
+
+__all__ = ["AggregateRow", "Cell", "CellKey", "ImageResult", "LayerRow", "MethodRow",
+           "MetricDefinition", "MetricValue", "ModelCard", "ReportContext", "SanityRow"]
+
 CellKey = tuple[str, str]  # (layer name as in the spec, method name)
 
 
@@ -24,6 +29,13 @@ class MetricValue:
     @property
     def ok(self) -> bool:
         return self.value is not None
+
+    @classmethod
+    def of_row(cls, value: float | str | None, status: str, reason: str) -> MetricValue:
+        """The value shown for one exported metric row (a MetricRow or a metrics.csv row)."""
+        if status == "ok" and value not in ("", None):
+            return cls(float(value))
+        return cls(None, reason or status)
 
 
 @dataclass
@@ -132,23 +144,6 @@ class ReportContext:
     warnings: list[str] = field(default_factory=list)
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     bounds: list[str] = field(default_factory=list)  # what the spec limited, said wherever shown
-
-
-@dataclass
-class AggregateRow:
-    """One metric of one layer x method over the dataset."""
-
-    layer: str
-    method: str
-    metric: str
-    mean: float | None
-    std: float | None
-    median: float | None
-    min: float | None
-    max: float | None
-    n: int
-    n_na: int
-    na_reasons: dict[str, int] = field(default_factory=dict)  # reason -> count
 
 
 @dataclass

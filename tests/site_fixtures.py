@@ -158,13 +158,13 @@ def make_aggregates(results: list[ImageResult]) -> list[AggregateRow]:
                         values.append(value.value)
                 data = np.array(values)
                 rows.append(AggregateRow(
-                    layer, method, metric,
-                    float(data.mean()) if values else None,
-                    float(data.std()) if values else None,
-                    float(np.median(data)) if values else None,
-                    float(data.min()) if values else None,
-                    float(data.max()) if values else None,
-                    len(values), len(results) - len(values), reasons))
+                    layer=layer, method=method, metric=metric, n=len(values),
+                    mean=float(data.mean()) if values else None,
+                    std=float(data.std()) if values else None,
+                    median=float(np.median(data)) if values else None,
+                    min=float(data.min()) if values else None,
+                    max=float(data.max()) if values else None,
+                    n_na=len(results) - len(values), na_reasons=reasons))
     return rows
 
 

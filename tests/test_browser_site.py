@@ -4,6 +4,7 @@ filtering the image index, no console error, and screenshots for review."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -14,16 +15,19 @@ import pytest
 from reportgen.render.site import SiteWriter
 from tests.site_fixtures import make_aggregates, make_context, make_results, make_sanity
 
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_site.py"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+
+
+def _load_script():
+    """The screenshot script, whose Chromium flags (networking off) the test shares."""
+    spec = importlib.util.spec_from_file_location("screenshot_site", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CHROMIUM_ARGS = _load_script().CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
@@ -143,7 +147,7 @@ def test_every_page_opens_without_console_errors(site: Path, browser) -> None:
 
 
 def test_screenshot_script_writes_both_pictures(site: Path, tmp_path: Path) -> None:
-    script = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_site.py"
+    script = SCRIPT
     done = subprocess.run([sys.executable, str(script), str(site), str(tmp_path / "shots")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

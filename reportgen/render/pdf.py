@@ -184,12 +184,6 @@ class PdfView:
     colormap: str
 
 
-def _metric_value(row: dict[str, str]) -> MetricValue:
-    if row["status"] == "ok" and row["value"] not in ("", None):
-        return MetricValue(float(row["value"]))
-    return MetricValue(None, row["reason"] or row["status"])
-
-
 def read_metric_rows(path: Path) -> dict[str, list[dict[str, str]]]:
     """The rows of `metrics.csv` grouped by image id (file order kept)."""
     grouped: dict[str, list[dict[str, str]]] = {}
@@ -214,11 +208,11 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
     image_level: dict[str, MetricValue] = {}
     by_cell: dict[tuple[str, str], dict[str, MetricValue]] = {}
     for row in rows:
+        shown = MetricValue.of_row(row["value"], row["status"], row["reason"])
         if row["layer"] or row["method"]:
-            by_cell.setdefault((row["layer"], row["method"]), {})[row["metric"]] = (
-                _metric_value(row))
+            by_cell.setdefault((row["layer"], row["method"]), {})[row["metric"]] = shown
         else:
-            image_level[row["metric"]] = _metric_value(row)
+            image_level[row["metric"]] = shown
     folder = f"figures/{summary.id}"
     source = summary.source_name
     main = []
