@@ -97,18 +97,38 @@ def demo_spec(folder: Path) -> Path:
     return path
 
 
-def reference_spec(folder: Path, images: int) -> Path:
-    """The reference configuration on random weights and synthetic images."""
-    random_checkpoint(folder / "best_model.pth", "UnetPlusPlus", "efficientnet-b5")
-    write_synthetic_images(folder, images, 640)
+def reference_spec(folder: Path, images: int, variant: str = "full", pdf: bool = True,
+                   encoder: str = "efficientnet-b5", size: int = 640) -> Path:
+    """The reference configuration on random weights and synthetic images.
+
+    Variant "full" is seed-b5.yaml as it stands (every metric, site + PDF); "maps" does
+    the baseline's work only (the maps, the attention statistics and the site's
+    figures: metrics attention, dice and localisation; no faithfulness, sanity or PDF).
+    """
+    if not (folder / "best_model.pth").exists():
+        random_checkpoint(folder / "best_model.pth", "UnetPlusPlus", encoder)
+        write_synthetic_images(folder, images, size)
     spec = yaml.safe_load((ROOT / "specs" / "seed-b5.yaml").read_text())
-    spec["model"]["checkpoint"] = "best_model.pth"
+    spec["model"].update(checkpoint="best_model.pth", encoder=encoder, input_size=size)
     spec["data"] = {"images": "images/*.jpg", "masks": "masks/{stem}.png"}
     spec["target"]["region"] = "ground_truth"
-    spec["output"] = {"site": "site", "pdf": "site/report.pdf"}
-    path = folder / "reference.yaml"
+    spec["output"] = {"site": f"site-{variant}",
+                      "pdf": f"site-{variant}/report.pdf" if pdf and variant == "full" else None}
+    if variant == "maps":
+        spec["metrics"] = ["attention", "dice", "localisation"]
+    path = folder / f"reference-{variant}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def pdf_available() -> bool:
+    """Whether WeasyPrint (and the Pango it loads) can be imported here."""
+    try:
+        import weasyprint  # noqa: F401
+    except (ImportError, OSError) as error:
+        print(f"# no PDF: WeasyPrint cannot be loaded ({error})")
+        return False
+    return True
 
 
 def streaming_spec(folder: Path, images: int, pdf: bool) -> Path:
@@ -337,6 +357,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000", help="streaming: image counts")
     parser.add_argument("--pdf", action="store_true", help="streaming: also write the PDF")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--variants", default="full",
+                        help="gpu: comma-separated; full (seed-b5.yaml: every metric, site + "
+                             "PDF) and/or maps (the baseline's work: maps, attention, figures)")
+    parser.add_argument("--no-pdf", action="store_true", help="gpu: build no PDF")
+    parser.add_argument("--encoder", default="efficientnet-b5",
+                        help="gpu: encoder (a smaller one tries the script out on a CPU)")
+    parser.add_argument("--size", type=int, default=640, help="gpu: image size")
     parser.add_argument("--run", choices=["build", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -364,19 +391,26 @@ def main() -> None:
             print(streaming_table(runs))
             return
         if args.config == "cpu":
-            spec, base_count = demo_spec(folder), args.baseline_images or 2
+            specs = {"demo": demo_spec(folder)}
+            base_count = args.baseline_images or 2
         else:
-            spec = reference_spec(folder, args.images or 100)
+            pdf = not args.no_pdf and pdf_available()
+            specs = {variant: reference_spec(folder, args.images or 100, variant, pdf,
+                                             args.encoder, args.size)
+                     for variant in args.variants.split(",")}
             base_count = args.baseline_images or 10
-        report = measured("build", spec)
-        print(f"# build: {report}", flush=True)
+        reports = {}
+        for variant, spec in specs.items():
+            reports[variant] = measured("build", spec)
+            print(f"# build ({variant}): {reports[variant]}", flush=True)
         baseline = None
         if not args.no_baseline:
+            spec = next(iter(specs.values()))
             baseline = measured("baseline", spec, "--baseline-images", str(base_count))
             print(f"# baseline: {baseline}", flush=True)
-        print(f"# device: {report['device']}")
-        print(build_table(report, baseline))
-
+        for variant, report in reports.items():
+            print(f"\n## {variant}\n# device: {report['device']}")
+            print(build_table(report, baseline))
 
 if __name__ == "__main__":
     main()

@@ -129,7 +129,9 @@ def main() -> None:
     )
     parser.add_argument("--max-channels", type=int, help="engine-only Faster Score-CAM run")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--compile", action="store_true", help="torch.compile for Score-CAM")
+    parser.add_argument(
+        "--compile", action="store_true", help="also run Score-CAM through torch.compile"
+    )
     parser.add_argument("--skip-library-scorecam", action="store_true")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args()
@@ -174,7 +176,10 @@ def main() -> None:
             for path in method_layers.values()
         )
 
-    def run_engine(engine_methods, engine_layers, **options) -> tuple[float, dict]:
+    def run_engine(engine_methods, engine_layers, warm_up=False, **options):
+        """Seconds for the engine over all images, its stage timings, the Score-CAM chunk,
+        and (with `warm_up`) the seconds of a first call on one batch, timed apart (with
+        torch.compile: the compilation)."""
         engine = CamEngine(
             model,
             engine_layers,
@@ -185,13 +190,20 @@ def main() -> None:
             scorecam_chunk=args.scorecam_chunk,
             **options,
         )
+        first = None
+        if warm_up:
+            synchronise(device)
+            start = time.perf_counter()
+            engine.explain(images[:batch_size], target)
+            synchronise(device)
+            first = time.perf_counter() - start
         synchronise(device)
         start = time.perf_counter()
         result = engine.explain(images, target)
         synchronise(device)
-        return time.perf_counter() - start, result.timings
+        return time.perf_counter() - start, result.timings, engine.scorecam_chunk, first
 
-    engine_gradient, gradient_stages = run_engine(gradient_methods, layers)
+    engine_gradient, gradient_stages, _, _ = run_engine(gradient_methods, layers)
     rows = [
         ("floor: 1 forward + 1 backward", None, floor),
         (
@@ -200,13 +212,32 @@ def main() -> None:
             engine_gradient,
         ),
     ]
+    notes = []
     if "scorecam" in methods:
-        engine_score, score_stages = run_engine(
-            ["scorecam"], score_layers, scorecam_compile=args.compile
-        )
-        rows.append(("scorecam (full)", library.get("scorecam"), engine_score))
+        engine_score, score_stages, chunk, _ = run_engine(["scorecam"], score_layers)
+        rows.append((f"scorecam (full), {args.precision}", library.get("scorecam"), engine_score))
+        notes.append(f"  Score-CAM chunk (masked inputs per forward): {chunk}")
+        if args.compile:
+            compiled, _, _, first = run_engine(
+                ["scorecam"], score_layers, warm_up=True, scorecam_compile=True
+            )
+            rows.append(
+                (f"scorecam (full), {args.precision}, compiled", library.get("scorecam"), compiled)
+            )
+            per_image = compiled / count
+            notes.append(
+                f"  torch.compile: first batch of {batch_size} images {first:.1f} s "
+                f"(compilation included), then {per_image:.3f} s/img"
+            )
+            if "scorecam" in library:
+                for total in (count, 100, 1000):
+                    amortised = (first + per_image * total) / total
+                    notes.append(
+                        f"  compiled Score-CAM amortised over {total} images: {amortised:.3f}"
+                        f" s/img, {library['scorecam'] / count / amortised:.1f}x pytorch-grad-cam"
+                    )
         if args.max_channels:
-            engine_fast, _ = run_engine(
+            engine_fast, _, _, _ = run_engine(
                 ["scorecam"], layers, scorecam_max_channels=args.max_channels
             )
             rows.append(
@@ -226,6 +257,8 @@ def main() -> None:
         print(
             f"  engine stages (scorecam run): { {k: round(v, 3) for k, v in score_stages.items()} }"
         )
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

@@ -87,11 +87,16 @@ def score_cam(
     autocast_dtype: torch.dtype | None = None,
     max_channels: int | None = None,
     events: list[str] | None = None,
+    static_shapes: bool = False,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Raw Score-CAM maps [N, h, w] (before the ReLU) and the chunk size that fitted.
 
     Images with an empty target region get zero maps (the caller flags them). On a
-    CUDA out-of-memory error the chunk halves and the work continues.
+    CUDA out-of-memory error the chunk halves and the work continues. With
+    `static_shapes` every forward gets exactly `chunk` inputs (a short last chunk is
+    padded with repeats of its last pair and the extra scores dropped), so a compiled
+    model is not recompiled for a new batch size.
     """
     activations = activations.detach().float()
     n, k = activations.shape[:2]
@@ -110,15 +115,23 @@ def score_cam(
     with torch.no_grad():
         while start < len(pair_image):
             pairs = slice(start, start + chunk)
+            index, channel = pair_image[pairs], pair_channel[pairs]
+            used = len(index)
+            if static_shapes and used < chunk:
+                index = torch.cat([index, index[-1:].expand(chunk - used)])
+                channel = torch.cat([channel, channel[-1:].expand(chunk - used)])
             try:
-                masks = channel_masks(activations[pair_image[pairs], pair_channel[pairs]], size)
+                masks = channel_masks(activations[index, channel], size)
+                masked = images[index] * masks
+                if channels_last:
+                    masked = masked.contiguous(memory_format=torch.channels_last)
                 with _autocast(images.device, autocast_dtype):
-                    logits = logits_of(model(images[pair_image[pairs]] * masks))
-                scores[pairs] = target.scores(logits, regions[pair_image[pairs]])
+                    logits = logits_of(model(masked))
+                scores[pairs] = target.scores(logits, regions[index])[:used]
             except torch.OutOfMemoryError:
                 if chunk == 1:
                     raise
-                masks = logits = None
+                masks = masked = logits = None
             if masks is None:
                 # Outside the except block, so the failed chunk's tensors are released.
                 chunk //= 2

@@ -1,0 +1,105 @@
+"""The engine on CUDA: precision, device agreement, automatic chunks and real out-of-memory.
+
+Skipped without CUDA. Every test works on its own copy of the shared trained model, so
+nothing here (device, memory format) leaks into the CPU tests.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reportgen.cam import CamEngine, SegmentationTarget
+from reportgen.cam.scorecam import CPU_CHUNK, MAX_CHUNK, auto_chunk
+from tests.cam_fixtures import LAYERS, pearson, synthetic_shapes, trained_unetpp
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+PREDICTION = SegmentationTarget(class_index=0, region="prediction")
+
+
+@pytest.fixture()
+def gpu_model():
+    model = copy.deepcopy(trained_unetpp()).cuda()
+    yield model
+    del model
+    torch.cuda.empty_cache()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return synthetic_shapes(4, seed=11)[0]
+
+
+def test_score_cam_in_bf16_agrees_with_fp32_on_gpu(gpu_model, images):
+    layers = {"encoder_early": LAYERS["encoder_early"], "decoder_last": LAYERS["decoder_last"]}
+    fp32 = CamEngine(gpu_model, layers, ["scorecam"], device="cuda", precision="fp32")
+    bf16 = CamEngine(gpu_model, layers, ["scorecam"], device="cuda", precision="bf16")
+    exact = fp32.explain(images[:2], PREDICTION)
+    fast = bf16.explain(images[:2], PREDICTION)
+    for key, maps in exact.maps.items():
+        for index in range(2):
+            assert pearson(maps[index], fast.maps[key][index]) >= 0.99, key
+
+
+def test_gpu_maps_agree_with_cpu_maps(gpu_model, images):
+    """Same model and images on both devices (channels-last and TF32 convolutions on the
+    GPU, plain float32 on the CPU): the normalised maps agree."""
+    methods = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam"]
+    cpu = CamEngine(copy.deepcopy(trained_unetpp()), LAYERS, methods, precision="fp32")
+    gpu = CamEngine(gpu_model, LAYERS, methods, device="cuda", precision="fp32")
+    assert gpu.channels_last and not cpu.channels_last
+    on_cpu = cpu.explain(images, PREDICTION)
+    on_gpu = gpu.explain(images, PREDICTION)
+    for key, maps in on_cpu.maps.items():
+        for index in range(len(images)):
+            if on_cpu.flags[key][index]:
+                continue
+            r = pearson(maps[index], on_gpu.maps[key][index])
+            assert r >= 0.999, (key, index, r)
+
+
+def test_automatic_chunk_comes_from_free_gpu_memory(gpu_model, images):
+    image = images[0].cuda()
+    chunk = auto_chunk(gpu_model, image, torch.bfloat16)
+    assert CPU_CHUNK < chunk <= MAX_CHUNK
+    engine = CamEngine(gpu_model, {"decoder_last": LAYERS["decoder_last"]}, ["scorecam"],
+                       device="cuda")
+    engine.explain(images[:1], PREDICTION)
+    assert engine.scorecam_chunk == chunk or engine.scorecam_chunk > CPU_CHUNK
+
+
+def test_a_real_cuda_out_of_memory_halves_batch_and_chunk_and_the_maps_stay(gpu_model):
+    """The allocator is capped just above what small batches need: the first batch and
+    the first Score-CAM chunk run out of CUDA memory for real, then the work continues."""
+    images = F.interpolate(synthetic_shapes(16, seed=5)[0], size=256, mode="bilinear")
+    layers = {"decoder_last": LAYERS["decoder_last"]}
+    methods = ["gradcam", "scorecam"]
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    expected = CamEngine(gpu_model, layers, methods, device="cuda", precision="fp32",
+                         batch_size=2, scorecam_chunk=2).explain(images, PREDICTION)
+    small_peak = torch.cuda.max_memory_allocated() - before
+    engine = CamEngine(gpu_model, layers, methods, device="cuda", precision="fp32",
+                       batch_size=16, scorecam_chunk=256)
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.empty_cache()
+    # room for batches of 2 and chunks of 2, not for 16 images or 256 masked inputs
+    cap = (torch.cuda.memory_allocated() + 1.5 * small_peak) / total
+    torch.cuda.set_per_process_memory_fraction(cap)
+    try:
+        result = engine.explain(images, PREDICTION)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    assert any(event.startswith("out of memory; batch size halved") for event in result.events)
+    assert any(event.startswith("Score-CAM out of memory") for event in result.events)
+    assert engine.scorecam_chunk < 256
+    for key, maps in expected.maps.items():
+        assert torch.allclose(maps, result.maps[key], atol=1e-3), key
