@@ -176,10 +176,11 @@ def main() -> None:
             for path in method_layers.values()
         )
 
-    def run_engine(engine_methods, engine_layers, warm_up=False, **options):
+    def run_engine(engine_methods, engine_layers, warm_up=1, **options):
         """Seconds for the engine over all images, its stage timings, the Score-CAM chunk,
-        and (with `warm_up`) the seconds of a first call on one batch, timed apart (with
-        torch.compile: the compilation)."""
+        and the seconds of a first call on `warm_up` images, timed apart (kernel loading,
+        the automatic chunk's probe; with torch.compile the compilation), as the floor
+        and the library run after a warm-up of the model."""
         engine = CamEngine(
             model,
             engine_layers,
@@ -190,20 +191,21 @@ def main() -> None:
             scorecam_chunk=args.scorecam_chunk,
             **options,
         )
-        first = None
-        if warm_up:
-            synchronise(device)
-            start = time.perf_counter()
-            engine.explain(images[:batch_size], target)
-            synchronise(device)
-            first = time.perf_counter() - start
+        synchronise(device)
+        start = time.perf_counter()
+        engine.explain(images[:warm_up], target)
+        synchronise(device)
+        first = time.perf_counter() - start
         synchronise(device)
         start = time.perf_counter()
         result = engine.explain(images, target)
         synchronise(device)
         return time.perf_counter() - start, result.timings, engine.scorecam_chunk, first
 
-    engine_gradient, gradient_stages, _, _ = run_engine(gradient_methods, layers)
+    engine_gradient, gradient_stages, _, first = run_engine(
+        gradient_methods, layers, warm_up=batch_size
+    )
+    notes = [f"  engine gradient family: first call on {batch_size} images {first:.2f} s"]
     rows = [
         ("floor: 1 forward + 1 backward", None, floor),
         (
@@ -212,21 +214,19 @@ def main() -> None:
             engine_gradient,
         ),
     ]
-    notes = []
     if "scorecam" in methods:
-        engine_score, score_stages, chunk, _ = run_engine(["scorecam"], score_layers)
+        engine_score, score_stages, chunk, first = run_engine(["scorecam"], score_layers)
+        notes.append(f"  engine Score-CAM: first call on 1 image {first:.2f} s")
         rows.append((f"scorecam (full), {args.precision}", library.get("scorecam"), engine_score))
         notes.append(f"  Score-CAM chunk (masked inputs per forward): {chunk}")
         if args.compile:
-            compiled, _, _, first = run_engine(
-                ["scorecam"], score_layers, warm_up=True, scorecam_compile=True
-            )
+            compiled, _, _, first = run_engine(["scorecam"], score_layers, scorecam_compile=True)
             rows.append(
                 (f"scorecam (full), {args.precision}, compiled", library.get("scorecam"), compiled)
             )
             per_image = compiled / count
             notes.append(
-                f"  torch.compile: first batch of {batch_size} images {first:.1f} s "
+                f"  torch.compile: first call on 1 image {first:.1f} s "
                 f"(compilation included), then {per_image:.3f} s/img"
             )
             if "scorecam" in library:

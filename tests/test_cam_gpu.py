@@ -56,12 +56,14 @@ def test_gpu_maps_agree_with_cpu_maps(gpu_model, images):
     assert gpu.channels_last and not cpu.channels_last
     on_cpu = cpu.explain(images, PREDICTION)
     on_gpu = gpu.explain(images, PREDICTION)
+    lowest = {}
     for key, maps in on_cpu.maps.items():
-        for index in range(len(images)):
-            if on_cpu.flags[key][index]:
-                continue
-            r = pearson(maps[index], on_gpu.maps[key][index])
-            assert r >= 0.999, (key, index, r)
+        lowest[key] = min((pearson(maps[i], on_gpu.maps[key][i]) for i in range(len(images))
+                           if not on_cpu.flags[key][i] and not on_gpu.flags[key][i]),
+                          default=1.0)
+    print("lowest Pearson r, GPU vs CPU:", {"/".join(k): round(r, 5) for k, r in lowest.items()})
+    assert {k: on_gpu.flags[k] for k in lowest} == {k: on_cpu.flags[k] for k in lowest}
+    assert min(lowest.values()) >= 0.999, lowest
 
 
 def test_automatic_chunk_comes_from_free_gpu_memory(gpu_model, images):

@@ -62,19 +62,29 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def auto_chunk(model: nn.Module, image: torch.Tensor, dtype: torch.dtype | None) -> int:
-    """Masked inputs per forward: half the free CUDA memory over the measured peak memory
-    of one inference sample. On the CPU a small fixed chunk: larger ones gain no
-    parallelism and lose cache locality (2 was fastest on U-Net++ at 256 px)."""
+    """Masked inputs per forward: half the available CUDA memory over the memory one more
+    inference sample costs. Available is the device's free memory plus what PyTorch's
+    allocator holds unused (earlier work leaves it cached); the cost per sample is the
+    difference of two probe forwards (_PROBE and 2 x _PROBE samples), so fixed costs
+    such as convolution workspaces are not counted per sample. On the CPU a small
+    fixed chunk: larger ones gain no parallelism and lose cache locality (2 was fastest
+    on U-Net++ at 256 px)."""
     if image.device.type != "cuda":
         return CPU_CHUNK
-    torch.cuda.synchronize(image.device)
-    free, _ = torch.cuda.mem_get_info(image.device)
-    baseline = torch.cuda.memory_allocated(image.device)
-    torch.cuda.reset_peak_memory_stats(image.device)
-    with torch.no_grad(), _autocast(image.device, dtype):
-        model(image[None].expand(_PROBE, *image.shape).contiguous())
-    per_sample = max(1, (torch.cuda.max_memory_allocated(image.device) - baseline) // _PROBE)
-    return int(min(MAX_CHUNK, max(1, 0.5 * free // per_sample)))
+    device = image.device
+    torch.cuda.synchronize(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    peaks = []
+    for count in (_PROBE, 2 * _PROBE):
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with torch.no_grad(), _autocast(device, dtype):
+            model(image[None].expand(count, *image.shape).contiguous())
+        peaks.append(torch.cuda.max_memory_allocated(device) - baseline)
+    per_sample = max(1, (peaks[1] - peaks[0]) // _PROBE, peaks[1] // (8 * _PROBE))
+    fixed = max(0, peaks[0] - _PROBE * per_sample)
+    return int(min(MAX_CHUNK, max(1, (0.5 * free - fixed) // per_sample)))
 
 
 def score_cam(
