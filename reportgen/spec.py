@@ -255,7 +255,9 @@ class RuntimeSection(Strict):
     batch_size: int = Field(8, ge=1, description="images per engine call (halved on CUDA "
                             "out-of-memory)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Score-CAM autocast on CUDA; auto = bf16 on CUDA, fp32 on CPU")
+        "auto", description="CAM arithmetic on CUDA: bf16/fp16 = Score-CAM under autocast; "
+        "fp32 = float32 throughout, TF32 off; auto = bf16 Score-CAM and PyTorch's default "
+        "TF32 convolutions. Float32 on the CPU")
     seed: int = Field(0, description="seed of every random generator")
     compile: Literal["auto", "always", "never"] = Field(
         "auto", description="torch.compile the model for Score-CAM (auto: on CUDA when the "

@@ -20,6 +20,7 @@ from reportgen.cam import (
 )
 from reportgen.cam.hooks import ActivationRecorder
 from reportgen.cam.normalise import normalise
+from reportgen.cam.scorecam import strict_fp32
 from reportgen.errors import LayerError, UserError
 from tests.cam_fixtures import LAYERS, one_thread, pearson, synthetic_shapes, trained_unetpp
 
@@ -341,3 +342,19 @@ def test_channels_last_and_static_chunk_shapes_change_no_map(model, images):
     assert weight.is_contiguous(memory_format=torch.channels_last)
     for key, maps in plain.maps.items():
         assert torch.allclose(maps, fast.maps[key], atol=1e-4), key
+
+
+def test_strict_fp32_turns_tf32_off_inside_and_restores_the_settings():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        with strict_fp32():
+            assert not cudnn.allow_tf32 and not matmul.allow_tf32
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+        with strict_fp32(enabled=False):
+            assert cudnn.allow_tf32
+        engine = CamEngine(nn.Conv2d(3, 1, 1), {"conv": ""}, ["gradcam"], precision="fp32")
+        assert not engine.strict_fp32  # on the CPU there is no TF32 to turn off
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved

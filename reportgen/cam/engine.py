@@ -24,7 +24,7 @@ from reportgen.cam.adapter import adapter_maps
 from reportgen.cam.hooks import ActivationRecorder, LayerSpec, resolve_layers
 from reportgen.cam.methods import MethodEntry, get_method
 from reportgen.cam.normalise import FLAG_REASONS, normalise
-from reportgen.cam.scorecam import auto_chunk, resolve_precision, score_cam
+from reportgen.cam.scorecam import auto_chunk, resolve_precision, score_cam, strict_fp32
 from reportgen.cam.target import SegmentationTarget, logits_of
 from reportgen.errors import LayerError, UserError
 
@@ -123,6 +123,8 @@ class CamEngine:
         self.layers = resolve_layers(self.model, layers)
         self.methods: list[MethodEntry] = [get_method(name) for name in dict.fromkeys(methods)]
         self.autocast_dtype = resolve_precision(precision, self.device)
+        # "fp32" asks for float32 arithmetic: no TF32 on CUDA either
+        self.strict_fp32 = precision == "fp32" and self.device.type == "cuda"
         self.batch_size = batch_size
         self.scorecam_max_channels = scorecam_max_channels
         self.scorecam_chunk = scorecam_chunk
@@ -149,7 +151,7 @@ class CamEngine:
         clock = _Stopwatch(self.device)
         parts: dict[str, list] = defaultdict(list)
         batch_size, start = self.batch_size, 0
-        with clock("total"):
+        with clock("total"), strict_fp32(self.strict_fp32):
             while start < len(images):
                 stop = min(start + batch_size, len(images))
                 masks = None if gt_masks is None else gt_masks[start:stop]

@@ -18,7 +18,8 @@ runs over those ("Faster Score-CAM"): an approximation, reported as such.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,23 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+@contextmanager
+def strict_fp32(enabled: bool = True) -> Iterator[None]:
+    """Float32 arithmetic without TF32 in CUDA convolutions and matrix products while
+    inside (PyTorch runs cuDNN convolutions in TF32 by default: 10-bit mantissas, enough
+    to flip numerically fragile maps, e.g. Grad-CAM++ at an early layer); the previous
+    settings come back on exit. No effect on the CPU."""
+    if not enabled:
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
