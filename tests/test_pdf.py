@@ -17,6 +17,7 @@ from pypdf import PdfReader
 
 from reportgen.manifest import TIME_FIELDS
 from reportgen.render.pdf_figures import PrintFigures, pixels_for
+from reportgen.verify import verify_pdf
 from tests.pdf_fixtures import REPORT, build_project
 
 
@@ -185,3 +186,79 @@ def test_pdf_dates_and_identifier_come_from_the_report(project: Path):
         identifier = bytes(pdf.trailer.ID[0])
     assert creation == "D:20250131000000Z"
     assert identifier == pdf_module.pdf_identifier(REPORT["id"])
+
+
+@pytest.fixture(scope="module")
+def parted(tmp_path_factory) -> Path:
+    """A 5-image dossier laid out in parts of 2 image sections (3 image parts)."""
+    root = tmp_path_factory.mktemp("pdf-parts")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("reportgen.render.pdf.CHUNK_IMAGES", 2)
+        build_project(root, images=5)
+    return root
+
+
+def test_a_dossier_laid_out_in_parts_numbers_its_pages_and_contents(parted: Path):
+    pdf = parted / "site" / "report.pdf"
+    texts = page_texts(pdf)
+    total = len(texts)
+    assert REPORT["title"] in texts[0] and "Page" not in texts[0]  # the cover has no footer
+    for number, text in enumerate(texts[1:], 2):
+        assert f"Page {number} of {total}" in text, number
+    contents = texts[1]
+    listed = {}
+    for line in contents.splitlines():
+        words = line.rstrip(". ").split()
+        if words and words[-1].strip(".").isdigit():
+            listed[" ".join(words[:-1]).rstrip(". ")] = int(words[-1].strip("."))
+    images = {label: page for label, page in listed.items() if label.startswith("Image")}
+    assert len(images) == 5
+    for label, page in images.items():
+        assert label.split(" —")[0] in texts[page - 1], label
+    audit = next(page for label, page in listed.items() if "Audit appendix" in label)
+    assert "A Audit appendix" in texts[audit - 1]
+    sign = next(page for label, page in listed.items() if "Reviewer sign-off" in label)
+    assert "B Reviewer sign-off" in texts[sign - 1] and "Dr. A. Reviewer" in texts[sign - 1]
+
+
+def test_a_dossier_laid_out_in_parts_is_one_pdfa3u_with_its_attachments(parted: Path):
+    site = parted / "site"
+    with pikepdf.open(site / "report.pdf") as pdf:
+        meta = pdf.open_metadata()
+        assert meta["pdfaid:part"] == "3" and meta["pdfaid:conformance"] == "U"
+        assert str(pdf.docinfo["/Title"]) == REPORT["title"]
+        assert "/OutputIntents" in pdf.Root and str(pdf.Root.Lang) == "en"
+        assert "/StructTreeRoot" not in pdf.Root  # parts are untagged: no UA claim
+        assert "pdfuaid" not in pdf.Root.Metadata.read_bytes().decode()
+        files = {name: spec.get_file().read_bytes() for name, spec in pdf.attachments.items()}
+        assert len(pdf.Root.AF) == 3
+        with pdf.open_outline() as outline:
+            titles = []
+            stack = list(outline.root)
+            while stack:
+                item = stack.pop(0)
+                titles.append(item.title)
+                stack.extend(item.children)
+    assert files == {"spec.yaml": (parted / "spec.yaml").read_bytes(),
+                     "manifest.json": (site / "data" / "manifest.json").read_bytes(),
+                     "metrics.csv": (site / "data" / "metrics.csv").read_bytes()}
+    assert sum("Image img0" in title for title in titles) == 5
+    assert any("Audit appendix" in title for title in titles)
+    head = (site / "report.pdf").read_bytes()[:32].splitlines()
+    assert head[0] == b"%PDF-1.7"  # WeasyPrint's PDF/A-3 version, kept by the merge
+    assert head[1].startswith(b"%") and all(byte > 127 for byte in head[1][1:5])  # binary
+    assert verify_pdf(site / "report.pdf").ok
+
+
+def test_a_dossier_laid_out_in_parts_rebuilds_byte_identical(parted: Path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1738281600")
+    monkeypatch.setattr("reportgen.render.pdf.CHUNK_IMAGES", 2)
+    default_site = parted / "default-site"
+    shutil.move(parted / "site", default_site)
+    try:
+        first = (build_project(parted) / "report.pdf").read_bytes()
+        second = (build_project(parted) / "report.pdf").read_bytes()
+    finally:
+        shutil.rmtree(parted / "site", ignore_errors=True)
+        shutil.move(default_site, parted / "site")
+    assert first == second

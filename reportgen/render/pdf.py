@@ -23,6 +23,14 @@ tagging shortcoming of the experimental WeasyPrint tagger cannot void the
 archival claim. Figures are flattened to RGB (no soft masks) and colours are sRGB
 with WeasyPrint's sRGB output intent.
 
+Memory. WeasyPrint keeps a whole document's layout until it writes it (about 1-2 MiB
+per image section). A dossier of more than `CHUNK_IMAGES` images is therefore laid out
+in parts (front matter, `CHUNK_IMAGES` image sections at a time, appendices), each
+written as a PDF of its own and concatenated (pypdf), in two passes so that "page X of
+Y" and the contents carry the final numbers; see `_write_in_parts`. Such a dossier is
+still PDF/A-3u with its attachments, outline and metadata, but untagged: the parts'
+structure trees cannot be joined, so it makes no PDF/UA claim.
+
 Determinism. The creation and modification dates are the report date (midnight
 UTC), attachment dates are the same instant, and the file identifier is derived
 from the report id; WeasyPrint's second identifier is an MD5 of the content. Two
@@ -39,8 +47,8 @@ import hashlib
 import io
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from importlib import resources
 from pathlib import Path
@@ -95,6 +103,7 @@ PLOTS = (("attention_ratio", "Attention ratio per layer and method"),
          ("sanity", "Sanity check"))
 DECISIONS = ("Approved", "Approved with conditions", "Rejected")
 BLANK_REVIEWERS = 2
+CHUNK_IMAGES = 40  # image sections per separately laid-out part of a larger dossier
 UA_IDENTIFICATION = (b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
                      b'<rdf:Description rdf:about="" '
                      b'xmlns:pdfuaid="http://www.aiim.org/pdfua/ns/id/" pdfuaid:part="1"/>'
@@ -182,6 +191,12 @@ class PdfView:
     image_toc: list[tuple[str, str]]  # (anchor, label)
     colorbar: str | None
     colormap: str
+    sections: Callable[[int, int], Iterator[ImageSection]]  # image sections [start, stop)
+    # What one rendering holds: "all" (the whole dossier in one layout), or a part of
+    # a dossier laid out in parts: "front" (cover to the images' introduction),
+    # "images" (the sections `images` yields) or "back" (appendices).
+    part: str = "all"
+    page_refs: dict[str, int] | None = None  # anchor -> page, printed in the contents
 
 
 def read_metric_rows(path: Path) -> dict[str, list[dict[str, str]]]:
@@ -311,8 +326,9 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
     summaries = list(stats.summaries)
     layer_names, method_names = list(stats.layers), list(stats.methods)
 
-    def sections() -> Iterator[ImageSection]:
-        for position, summary in enumerate(summaries):
+    def sections(start: int = 0, stop: int | None = None) -> Iterator[ImageSection]:
+        for position in range(start, len(summaries) if stop is None else stop):
+            summary = summaries[position]
             yield image_section(context, summary, metric_rows.get(summary.id, []), figures,
                                 layer_names, method_names, position, len(summaries))
 
@@ -355,6 +371,7 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
         image_toc=[(f"image-{s.id}", f"Image {s.id} — {s.source_name}") for s in summaries],
         colorbar=figures.get("figures/colorbar.png", 60.0),
         colormap=context.colormap,
+        sections=sections,
     )
 
 
@@ -399,20 +416,137 @@ def _unique_associated_files(document: object, pdf: pydyf.PDF) -> None:
 
 
 def render_html(view: PdfView) -> str:
-    """The print HTML of the whole dossier."""
+    """The print HTML of the dossier (or of the part `view.part`)."""
     return template_environment().get_template("report.html").render(view=view)
+
+
+def _layout(view: PdfView, site: Path, stylesheets: Sequence[str], tags: bool):
+    """WeasyPrint's layout of `view` (a `weasyprint.Document`)."""
+    from weasyprint import CSS, HTML
+
+    progress = logging.getLogger("weasyprint.progress")
+    level = progress.level
+    progress.setLevel(max(level, logging.WARNING))  # one line per page otherwise
+    try:
+        return HTML(string=render_html(view), base_url=str(site.resolve()) + "/").render(
+            stylesheets=[CSS(string=text) for text in stylesheets], pdf_tags=tags)
+    finally:
+        progress.setLevel(level)
+
+
+def _set_metadata(document: object, stamp: str, tagged: bool) -> None:
+    metadata = document.metadata
+    metadata.created = metadata.modified = stamp
+    metadata.lang = LANG
+    if tagged:
+        metadata.xmp_metadata.append(UA_IDENTIFICATION)
+
+
+def _page_css(first_page: int | None, total: int) -> str:
+    """Page numbering of one part of a dossier laid out in parts: "Page X of `total`",
+    X counting from `first_page` (None: the front part, whose first page is the cover
+    without header or footer)."""
+    footer = f'"Page " counter(page) " of {total}"'
+    css = f"@page {{ @bottom-right {{ content: {footer}; }} }}"
+    if first_page is not None:
+        css += (f"@page :first {{ counter-reset: page {first_page}; "
+                "@top-left { content: element(header); } "
+                "@bottom-left { content: element(footer); } "
+                f"@bottom-right {{ content: {footer}; }} }}")
+    return css
+
+
+def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_count: int,
+                    chunk_images: int, stamp: str, scratch: Path, write_options: dict) -> None:
+    """Lay the dossier out in parts (front matter, `chunk_images` image sections at a
+    time, appendices) so that memory does not grow with the number of images: WeasyPrint
+    holds a whole document's layout until it is written. Each part is written as a PDF
+    of its own and the parts are concatenated.
+
+    A first pass lays every part out to count its pages and find where each contents
+    entry lands; the second lays them out again with the page numbers ("Page X of Y",
+    the contents) and writes them. Numbers in a footer do not move anything, so each
+    image part's pages are the same in both passes; the front part is laid out again
+    until its contents' numbers no longer change its length. The parts are untagged:
+    tagged parts' structure trees cannot be joined into one, and PDF/A-3u needs none.
+    """
+    from pypdf import PdfWriter
+
+    parts = [("front", 0, 0)]
+    parts += [("images", start, min(start + chunk_images, image_count))
+              for start in range(0, image_count, chunk_images)]
+    parts.append(("back", 0, 0))
+    toc = ["summary", "methods", "results", "images", *(a for a, _ in view.image_toc),
+           "audit", "signoff"]
+
+    def part_view(index: int, refs: dict[str, int] | None = None) -> PdfView:
+        kind, start, stop = parts[index]
+        images = view.sections(start, stop) if kind == "images" else iter(())
+        return replace(view, part=kind, images=images, page_refs=refs)
+
+    def first_pages(counts: list[int]) -> list[int]:
+        return [1 + sum(counts[:index]) for index in range(len(counts))]
+
+    counts: list[int] = []
+    where: dict[str, tuple[int, int]] = {}  # anchor -> (part, page within the part)
+
+    def record(index: int, document: object) -> None:
+        for number, page in enumerate(document.pages):
+            for anchor in page.anchors:
+                if anchor in toc:
+                    where.setdefault(anchor, (index, number))
+
+    estimate = dict.fromkeys(toc, 10 ** len(str(30 + 3 * image_count)) - 1)
+    for index in range(len(parts)):
+        document = _layout(part_view(index, estimate if index == 0 else None), site,
+                           [css, _page_css(None if index == 0 else 1, 0)], tags=False)
+        counts.append(len(document.pages))
+        record(index, document)
+        del document
+
+    for _ in range(4):
+        starts, total = first_pages(counts), sum(counts)
+        refs = {anchor: starts[part] + number for anchor, (part, number) in where.items()}
+        front = _layout(part_view(0, refs), site, [css, _page_css(None, total)], tags=False)
+        if len(front.pages) == counts[0]:
+            break
+        counts[0] = len(front.pages)
+        where = {a: place for a, place in where.items() if place[0] != 0}
+        record(0, front)
+    else:
+        raise RuntimeError("the PDF's contents do not settle on a page count")
+    files = [scratch / f"part-{index:05d}.pdf" for index in range(len(parts))]
+    _set_metadata(front, stamp, tagged=False)
+    front.write_pdf(files[0], pdf_tags=False, **write_options)
+    del front
+    part_options = {k: v for k, v in write_options.items() if k != "attachments"}
+    for index in range(1, len(parts)):
+        document = _layout(part_view(index), site, [css, _page_css(starts[index], total)],
+                           tags=False)
+        if len(document.pages) != counts[index]:
+            raise RuntimeError(f"PDF part {index} changed its page count between passes")
+        _set_metadata(document, stamp, tagged=False)
+        document.write_pdf(files[index], pdf_tags=False, **part_options)
+        del document
+
+    writer = PdfWriter(clone_from=files[0])  # catalog: metadata, output intent, files
+    for path in files[1:]:
+        writer.append(path)
+    with pdf_path.open("wb") as handle:
+        writer.write(handle)
 
 
 def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Path,
               manifest: dict, stats: DatasetStats, aggregates: Sequence[AggregateRow],
-              sanity: Sequence[SanityRow]) -> Path:
+              sanity: Sequence[SanityRow], chunk_images: int | None = None) -> Path:
     """Write the PDF/A-3u dossier of the site in `site` to `pdf_path`.
 
     `manifest` is the content of the site's `data/manifest.json` (already written);
     the spec is attached from `spec_path`, whose bytes must still hash to the
-    manifest's record of it.
+    manifest's record of it. A dossier of more than `chunk_images` images (default
+    `CHUNK_IMAGES`) is laid out in parts, so that its memory stays bounded.
     """
-    from weasyprint import CSS, HTML, Attachment
+    from weasyprint import Attachment
 
     spec_bytes = spec_path.read_bytes()
     recorded = manifest.get("inputs", {}).get("spec", {}).get("sha256")
@@ -421,41 +555,38 @@ def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Pat
     when = document_date(context.date)
     stamp = when.isoformat().replace("+00:00", "Z")
     css = resources.files("reportgen").joinpath("assets", "pdf.css").read_text(encoding="utf-8")
-    with tempfile.TemporaryDirectory(prefix="reportgen-pdf-") as scratch:
-        figures = PrintFigures(site, Path(scratch))
-        view = pdf_view(site, context, manifest, stats, aggregates, sanity, figures,
-                        spec_path.name)
-        html = render_html(view)
-        progress = logging.getLogger("weasyprint.progress")
-        level = progress.level
-        progress.setLevel(max(level, logging.WARNING))  # one line per page otherwise
-        try:
-            document = HTML(string=html, base_url=str(site.resolve()) + "/").render(
-                stylesheets=[CSS(string=css)], pdf_tags=True)
-        finally:
-            progress.setLevel(level)
-        metadata = document.metadata
-        metadata.created = metadata.modified = stamp
-        metadata.lang = LANG
-        metadata.xmp_metadata.append(UA_IDENTIFICATION)
+    chunk_images = CHUNK_IMAGES if chunk_images is None else chunk_images
 
-        def attachment(data: bytes, name: str, description: str,
-                       relationship: str) -> Attachment:
-            return Attachment(file_obj=io.BytesIO(data), name=name, description=description,
-                              created=when, modified=when, relationship=relationship)
+    def attachment(data: bytes, name: str, description: str, relationship: str) -> Attachment:
+        return Attachment(file_obj=io.BytesIO(data), name=name, description=description,
+                          created=when, modified=when, relationship=relationship)
 
-        attachments = [
+    write_options = {
+        "pdf_variant": PDF_VARIANT,
+        "attachments": [
             attachment(spec_bytes, spec_path.name, "The report's spec, as given", "Source"),
             attachment((site / MANIFEST).read_bytes(), "manifest.json",
                        "Audit manifest: inputs, versions, device, timings, output hashes",
                        "Data"),
             attachment((site / METRICS_CSV).read_bytes(), "metrics.csv",
                        "Every metric value of every image, layer and method", "Data"),
-        ]
-        pdf_path.parent.mkdir(parents=True, exist_ok=True)
-        document.write_pdf(pdf_path, pdf_variant=PDF_VARIANT, attachments=attachments,
-                           pdf_identifier=pdf_identifier(context.report_id), pdf_tags=True,
-                           finisher=_unique_associated_files)
+        ],
+        "pdf_identifier": pdf_identifier(context.report_id),
+        "finisher": _unique_associated_files,
+    }
+    pdf_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="reportgen-pdf-") as scratch:
+        figures = PrintFigures(site, Path(scratch))
+        view = pdf_view(site, context, manifest, stats, aggregates, sanity, figures,
+                        spec_path.name)
+        image_count = len(stats.summaries)
+        if image_count > chunk_images:
+            _write_in_parts(view, css, site, pdf_path, image_count, chunk_images, stamp,
+                            Path(scratch), write_options)
+        else:
+            document = _layout(view, site, [css], tags=True)
+            _set_metadata(document, stamp, tagged=True)
+            document.write_pdf(pdf_path, pdf_tags=True, **write_options)
     log.info("PDF %s: %s bytes, sha256 %s", pdf_path.name, pdf_path.stat().st_size,
              sha256_file(pdf_path))
     return pdf_path
