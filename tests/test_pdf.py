@@ -262,3 +262,16 @@ def test_a_dossier_laid_out_in_parts_rebuilds_byte_identical(parted: Path, monke
         shutil.rmtree(parted / "site", ignore_errors=True)
         shutil.move(default_site, parted / "site")
     assert first == second
+
+
+def test_a_dossier_laid_out_in_parts_can_be_signed_and_verified(parted: Path, tmp_path: Path):
+    pytest.importorskip("pyhanko")
+    from reportgen.render.pdf_sign import sign_pdf
+    from tests.site_fixtures import make_context
+    from tests.test_verify import _self_signed_p12
+
+    pdf = tmp_path / "signed.pdf"
+    shutil.copy(parted / "site" / "report.pdf", pdf)
+    sign_pdf(pdf, _self_signed_p12(tmp_path, b"secret"), "secret", make_context())
+    report = verify_pdf(pdf)
+    assert report.ok and report.signature.status == "valid", report

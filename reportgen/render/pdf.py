@@ -48,6 +48,7 @@ import io
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from importlib import resources
@@ -424,12 +425,18 @@ def _layout(view: PdfView, site: Path, stylesheets: Sequence[str], tags: bool):
     """WeasyPrint's layout of `view` (a `weasyprint.Document`)."""
     from weasyprint import CSS, HTML
 
+    return HTML(string=render_html(view), base_url=str(site.resolve()) + "/").render(
+        stylesheets=[CSS(string=text) for text in stylesheets], pdf_tags=tags)
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Silence WeasyPrint's progress messages (a line per step and page) while inside."""
     progress = logging.getLogger("weasyprint.progress")
     level = progress.level
-    progress.setLevel(max(level, logging.WARNING))  # one line per page otherwise
+    progress.setLevel(max(level, logging.WARNING))
     try:
-        return HTML(string=render_html(view), base_url=str(site.resolve()) + "/").render(
-            stylesheets=[CSS(string=text) for text in stylesheets], pdf_tags=tags)
+        yield
     finally:
         progress.setLevel(level)
 
@@ -546,7 +553,8 @@ def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Pat
     manifest's record of it. A dossier of more than `chunk_images` images (default
     `CHUNK_IMAGES`) is laid out in parts, so that its memory stays bounded.
     """
-    from weasyprint import Attachment
+    with _quiet_progress():  # importing WeasyPrint parses its stylesheets, with messages
+        from weasyprint import Attachment
 
     spec_bytes = spec_path.read_bytes()
     recorded = manifest.get("inputs", {}).get("spec", {}).get("sha256")
@@ -575,7 +583,7 @@ def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Pat
         "finisher": _unique_associated_files,
     }
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="reportgen-pdf-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="reportgen-pdf-") as scratch, _quiet_progress():
         figures = PrintFigures(site, Path(scratch))
         view = pdf_view(site, context, manifest, stats, aggregates, sanity, figures,
                         spec_path.name)
