@@ -241,8 +241,8 @@ class CamEngine:
         with clock("to_cpu"):
             return {
                 "keys": list(raw),
-                "maps": {key: value.cpu() for key, value in maps.items()},
-                "raw": {key: value.float().cpu() for key, value in raw.items()},
+                "maps": _to_host(maps),
+                "raw": _to_host({key: value.float() for key, value in raw.items()}),
                 "flags": flags,
                 "logits": logits.float().cpu(),
                 "regions": regions.cpu(),
@@ -277,6 +277,23 @@ class CamEngine:
             max_channels = self.scorecam_max_channels
             if max_channels is not None and max_channels < layer_activations.shape[1]:
                 result.approximate.add((layer, "scorecam"))
+
+
+def _to_host(tensors: dict[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
+    """The tensors on the CPU. From a GPU they are copied into page-locked memory,
+    asynchronously, with one wait at the end: a copy into ordinary (pageable) memory
+    goes through a staging buffer and was the largest cost after the forward and
+    backward (24 of 147 ms for 15 maps of 8 images at 640 px on an H100)."""
+    if not any(value.is_cuda for value in tensors.values()):
+        return {key: value.cpu() for key, value in tensors.items()}
+    host = {key: torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            for key, value in tensors.items()}
+    for key, value in tensors.items():
+        host[key].copy_(value, non_blocking=True)
+    devices = {value.device for value in tensors.values() if value.is_cuda}
+    for device in devices:
+        torch.cuda.current_stream(device).synchronize()
+    return host
 
 
 def compute_cam(
