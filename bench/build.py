@@ -51,8 +51,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 ALL_LAYERS = ["encoder_early", "encoder_mid", "encoder_last", "decoder_last", "seg_head"]
 SEED_METHODS = ["gradcam", "gradcam++", "scorecam", "layercam"]
-STAGES = ["model", "data", "cam", "scorecam", "metrics", "sanity", "maps", "figures", "html",
-          "pdf"]
+STAGES = ["model", "data", "cam", "scorecam", "metrics", "sanity", "maps", "cache", "figures",
+          "html", "pdf"]
 
 
 # ------------------------------------------------------------------ inputs

@@ -464,7 +464,7 @@ def _computed_batches(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clo
         return
     yield from cache.around(
         loaded(), lambda misses: computed_batches(misses, pipeline, len(refs), clock),
-        lambda cached: ImageOutput(*cached))
+        lambda cached: ImageOutput(*cached), clock)
     log.info("cache: %d image(s) reused, %d computed (%s)", cache.hits, cache.misses,
              cache.folder)
 

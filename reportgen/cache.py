@@ -30,6 +30,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -146,7 +147,9 @@ class ResultCache:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             scratch = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=entry.parent))
-            write_npz(scratch / "arrays.npz", arrays)
+            # stored, not deflated: float maps shrink by a fifth at most, and deflating
+            # 640 px maps cost seconds per image on the thread that writes the pages
+            write_npz(scratch / "arrays.npz", arrays, compress=False)
             (scratch / "result.json").write_text(json.dumps(meta, default=_plain),
                                                  encoding="utf-8")
             os.replace(scratch, entry)
@@ -157,13 +160,16 @@ class ResultCache:
 
     def around(self, batches: Iterable[list[Sample]],
                compute: Callable[[Iterable[list[Sample]]], Iterator[tuple[list[Sample], list]]],
-               output: Callable[[CachedImage], Any]) -> Iterator[tuple[list[Sample], list]]:
+               output: Callable[[CachedImage], Any],
+               clock: Callable[[str], AbstractContextManager] | None = None,
+               ) -> Iterator[tuple[list[Sample], list]]:
         """`(batch, outputs)` in order, computing only the images that miss the cache.
 
         `compute` is the executor: it gets each batch reduced to its misses (possibly
         empty) and yields them back in order with their outputs, which are stored; the
         hits are made into outputs by `output`. The lookup runs wherever the executor
         draws its batches (a thread, or this one), so it is bound to its batch by identity.
+        Storing is timed as the stage "cache" of `clock`, when given.
         """
         pending: dict[int, tuple[list[Sample], list[Sample], list[str], list]] = {}
 
@@ -182,7 +188,8 @@ class ResultCache:
             for key, hit in zip(keys, hits, strict=True):
                 if hit is None:
                     out = next(fresh)
-                    self.store(key, out.result, out.rows, out.maps, out.region)
+                    with clock("cache") if clock else nullcontext():
+                        self.store(key, out.result, out.rows, out.maps, out.region)
                 else:
                     out = output(hit)
                 outputs.append(out)

@@ -28,17 +28,19 @@ def sha256_path(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like numpy.savez_compressed, but byte-identical for identical arrays.
+def write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = True) -> None:
+    """Like numpy.savez_compressed (or numpy.savez without `compress`), but
+    byte-identical for identical arrays.
 
     numpy stamps each member with the current time; here every member gets the
     same fixed date so that rebuilding the same report gives the same bytes.
     """
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method) as archive:
         for name in sorted(arrays):
             buffer = io.BytesIO()
             np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[name]),
                                       allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = method
             archive.writestr(info, buffer.getvalue())
