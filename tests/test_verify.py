@@ -59,6 +59,16 @@ def test_verify_fails_naming_a_file_changed_by_one_byte(site: Path, capsys, name
     assert f"changed: {name}" in output
 
 
+def test_a_manifest_changed_into_broken_json_is_a_changed_file(site: Path, capsys):
+    path = site / "data" / "manifest.json"
+    path.write_bytes(b"[" + path.read_bytes()[1:])
+    code = main(["verify", str(site)])
+    output = capsys.readouterr().out
+    assert code == 1
+    assert "changed: data/manifest.json" in output
+    assert "checksums.sha256 alone" in output
+
+
 def test_verify_fails_on_a_deleted_and_on_an_extra_file(site: Path):
     (site / "thumbs" / "img01.jpg").unlink()
     (site / "notes.txt").write_text("added later")
