@@ -96,20 +96,48 @@ def _load_manifest(site: Path) -> dict:
     return manifest
 
 
+def _manifest_in_pdf(site: Path) -> dict | None:
+    """The manifest attached to the site's one PDF (as listed in the checksums), if it
+    reads; its "pdf" names that PDF."""
+    listed = parse_checksums((site / CHECKSUMS).read_text(encoding="utf-8"))
+    pdfs = [name for name in listed if name.lower().endswith(".pdf")]
+    if len(pdfs) != 1 or not (site / pdfs[0]).is_file():
+        return None
+    attached = verify_pdf(site / pdfs[0]).attachments_manifest
+    try:
+        manifest = json.loads(attached) if attached is not None else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), dict):
+        return None
+    return {**manifest, "pdf": pdfs[0]}
+
+
 def verify_site(site: Path) -> VerifyReport:
     """Re-hash every file of `site` and every reachable input against the records.
 
     A manifest that no longer reads (one changed byte can break its JSON) is itself a
-    changed output: the files are then checked against `data/checksums.sha256` alone.
+    changed output; the records are then the manifest attached to the site's PDF, or
+    `data/checksums.sha256` alone where there is none.
     """
     report = VerifyReport(str(site), "site")
+    broken = False
     try:
         manifest = _load_manifest(site)
     except UserError as error:
         if not (site / MANIFEST).is_file() or not (site / CHECKSUMS).is_file():
             raise
-        manifest = {"outputs": {}}
-        report.notes.append(f"{error}; files checked against {CHECKSUMS.as_posix()} alone")
+        broken = True
+        report.problems.append(Finding(MANIFEST.as_posix(), "changed",
+                                       "no longer a readable manifest"))
+        manifest = _manifest_in_pdf(site)
+        if manifest is None:
+            manifest = {"outputs": {}}
+            report.notes.append(f"{error}; the other files checked against "
+                                f"{CHECKSUMS.as_posix()} alone")
+        else:
+            report.notes.append(f"{error}; the records are the manifest attached to "
+                                f"{manifest['pdf']}")
     expected: dict[str, str | None] = dict(manifest["outputs"])
     checksums_path = site / CHECKSUMS
     if checksums_path.is_file():
@@ -119,6 +147,8 @@ def verify_site(site: Path) -> VerifyReport:
                 report.problems.append(Finding(name, "changed", "the manifest and "
                                                f"{CHECKSUMS.as_posix()} disagree"))
             expected[name] = digest
+        if broken:
+            expected[MANIFEST.as_posix()] = None  # reported above
     else:
         report.problems.append(Finding(CHECKSUMS.as_posix(), "missing"))
         expected[MANIFEST.as_posix()] = None

@@ -20,7 +20,7 @@ from reportgen.cam import (
 )
 from reportgen.cam.hooks import ActivationRecorder
 from reportgen.cam.normalise import normalise
-from reportgen.cam.scorecam import strict_fp32
+from reportgen.cam.scorecam import _fp32_switches, strict_fp32
 from reportgen.errors import LayerError, UserError
 from tests.cam_fixtures import LAYERS, one_thread, pearson, synthetic_shapes, trained_unetpp
 
@@ -345,16 +345,33 @@ def test_channels_last_and_static_chunk_shapes_change_no_map(model, images):
 
 
 def test_strict_fp32_turns_tf32_off_inside_and_restores_the_settings():
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32
+    switches = _fp32_switches()
+    saved = [getattr(owner, name) for owner, name, _ in switches]
     try:
-        cudnn.allow_tf32 = matmul.allow_tf32 = True
         with strict_fp32():
-            assert not cudnn.allow_tf32 and not matmul.allow_tf32
-        assert cudnn.allow_tf32 and matmul.allow_tf32
+            assert [getattr(owner, name) for owner, name, _ in switches] == [
+                value for _, _, value in switches]
+        assert [getattr(owner, name) for owner, name, _ in switches] == saved
         with strict_fp32(enabled=False):
-            assert cudnn.allow_tf32
+            assert [getattr(owner, name) for owner, name, _ in switches] == saved
         engine = CamEngine(nn.Conv2d(3, 1, 1), {"conv": ""}, ["gradcam"], precision="fp32")
         assert not engine.strict_fp32  # on the CPU there is no TF32 to turn off
     finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
+        for (owner, name, _), value in zip(switches, saved, strict=True):
+            setattr(owner, name, value)
+
+
+def test_a_chunk_below_one_is_a_user_error_not_an_endless_loop(model):
+    with pytest.raises(UserError, match="chunk size must be >= 1"):
+        CamEngine(model, {"decoder_last": LAYERS["decoder_last"]}, ["scorecam"],
+                  scorecam_chunk=0)
+
+
+def test_channels_last_is_skipped_for_a_model_it_cannot_convert():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                          nn.Unflatten(1, (1, 4)), nn.Conv3d(1, 1, 1), nn.Flatten(1, 2),
+                          nn.Conv2d(4, 1, 1))
+    engine = CamEngine(model, {"first": "0"}, ["gradcam"], channels_last=True)
+    assert not engine.channels_last
+    maps = engine.explain(torch.randn(2, 3, 16, 16), SegmentationTarget(region="image"))
+    assert maps.maps["first", "gradcam"].shape == (2, 16, 16)

@@ -66,7 +66,25 @@ def test_a_manifest_changed_into_broken_json_is_a_changed_file(site: Path, capsy
     output = capsys.readouterr().out
     assert code == 1
     assert "changed: data/manifest.json" in output
-    assert "checksums.sha256 alone" in output
+    assert "the records are the manifest attached to report.pdf" in output
+
+
+def test_a_broken_manifest_with_rewritten_checksums_still_fails(site: Path):
+    """Change a result, break the manifest and rewrite the checksums to match: the
+    broken manifest fails by itself, and the manifest attached to the PDF, taken as the
+    record instead, catches the result."""
+    from reportgen.manifest import write_checksums
+
+    metrics = site / "data" / "metrics.csv"
+    metrics.write_text(metrics.read_text().replace("attention", "attentiom", 1))
+    path = site / "data" / "manifest.json"
+    path.write_bytes(b"[" + path.read_bytes()[1:])
+    write_checksums(site)
+    report = verify(site)
+    assert not report.ok
+    problems = {(f.path, f.problem) for f in report.problems}
+    assert ("data/manifest.json", "changed") in problems
+    assert ("data/metrics.csv", "changed") in problems, problems
 
 
 def test_verify_fails_on_a_deleted_and_on_an_extra_file(site: Path):

@@ -113,13 +113,18 @@ class CamEngine:
     ):
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
+        if scorecam_chunk is not None and scorecam_chunk < 1:
+            raise UserError(f"Score-CAM chunk size must be >= 1, got {scorecam_chunk}")
         if not methods:
             raise UserError("no CAM methods given")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            try:
+                self.model.to(memory_format=torch.channels_last)
+            except RuntimeError:  # parameters of another rank (e.g. Conv3d): as they are
+                self.channels_last = False
         self.layers = resolve_layers(self.model, layers)
         self.methods: list[MethodEntry] = [get_method(name) for name in dict.fromkeys(methods)]
         self.autocast_dtype = resolve_precision(precision, self.device)
@@ -241,8 +246,8 @@ class CamEngine:
         with clock("to_cpu"):
             return {
                 "keys": list(raw),
-                "maps": _to_host(maps),
-                "raw": _to_host({key: value.float() for key, value in raw.items()}),
+                "maps": {key: value.cpu() for key, value in maps.items()},
+                "raw": {key: value.float().cpu() for key, value in raw.items()},
                 "flags": flags,
                 "logits": logits.float().cpu(),
                 "regions": regions.cpu(),
@@ -260,6 +265,13 @@ class CamEngine:
         if self.scorecam_chunk is None:
             # probed eagerly: a compiled probe would compile for the probe's shape
             self.scorecam_chunk = auto_chunk(self.model, inputs[0], self.autocast_dtype)
+            if self.scorecam_compile:
+                # every forward is padded to the chunk: no larger than a batch's masked
+                # inputs at its widest layer
+                widest = max(value.shape[1] for value in activations.values())
+                if self.scorecam_max_channels is not None:
+                    widest = min(widest, self.scorecam_max_channels)
+                self.scorecam_chunk = min(self.scorecam_chunk, self.batch_size * widest)
         for layer, layer_activations in activations.items():
             raw[layer, "scorecam"], self.scorecam_chunk = score_cam(
                 self._scorecam_model,
@@ -277,23 +289,6 @@ class CamEngine:
             max_channels = self.scorecam_max_channels
             if max_channels is not None and max_channels < layer_activations.shape[1]:
                 result.approximate.add((layer, "scorecam"))
-
-
-def _to_host(tensors: dict[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
-    """The tensors on the CPU. From a GPU they are copied into page-locked memory,
-    asynchronously, with one wait at the end: a copy into ordinary (pageable) memory
-    goes through a staging buffer and was the largest cost after the forward and
-    backward (24 of 147 ms for 15 maps of 8 images at 640 px on an H100)."""
-    if not any(value.is_cuda for value in tensors.values()):
-        return {key: value.cpu() for key, value in tensors.items()}
-    host = {key: torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-            for key, value in tensors.items()}
-    for key, value in tensors.items():
-        host[key].copy_(value, non_blocking=True)
-    devices = {value.device for value in tensors.values() if value.is_cuda}
-    for device in devices:
-        torch.cuda.current_stream(device).synchronize()
-    return host
 
 
 def compute_cam(

@@ -58,6 +58,18 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def _fp32_switches() -> list[tuple[object, str, object]]:
+    """(owner, attribute, value meaning float32 without TF32) for CUDA convolutions and
+    matrix products: the `fp32_precision` settings where torch has them (reading the
+    old `allow_tf32` flags raises once they are used), else the old flags."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(
+            matmul, "fp32_precision"):
+        return [(conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    return [(torch.backends.cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+
+
 @contextmanager
 def strict_fp32(enabled: bool = True) -> Iterator[None]:
     """Float32 arithmetic without TF32 in CUDA convolutions and matrix products while
@@ -67,12 +79,15 @@ def strict_fp32(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    switches = _fp32_switches()
+    saved = [getattr(owner, name) for owner, name, _ in switches]
+    for owner, name, value in switches:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        for (owner, name, _), value in zip(switches, saved, strict=True):
+            setattr(owner, name, value)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -84,22 +99,27 @@ def auto_chunk(model: nn.Module, image: torch.Tensor, dtype: torch.dtype | None)
     inference sample costs. Available is the device's free memory plus what PyTorch's
     allocator holds unused (earlier work leaves it cached); the cost per sample is the
     difference of two probe forwards (_PROBE and 2 x _PROBE samples), so fixed costs
-    such as convolution workspaces are not counted per sample. On the CPU a small
+    such as convolution workspaces are not counted per sample (an untimed first probe
+    makes the lasting ones, e.g. library handles, before measuring). On the CPU a small
     fixed chunk: larger ones gain no parallelism and lose cache locality (2 was fastest
-    on U-Net++ at 256 px)."""
+    on U-Net++ at 256 px). Side effect on CUDA: the device's peak-memory statistics
+    are reset (`torch.cuda.reset_peak_memory_stats`)."""
     if image.device.type != "cuda":
         return CPU_CHUNK
     device = image.device
-    torch.cuda.synchronize(device)
-    free, _ = torch.cuda.mem_get_info(device)
-    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    peaks = []
-    for count in (_PROBE, 2 * _PROBE):
+
+    def probe(count: int) -> int:
         baseline = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         with torch.no_grad(), _autocast(device, dtype):
             model(image[None].expand(count, *image.shape).contiguous())
-        peaks.append(torch.cuda.max_memory_allocated(device) - baseline)
+        return torch.cuda.max_memory_allocated(device) - baseline
+
+    probe(_PROBE)
+    torch.cuda.synchronize(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    peaks = [probe(_PROBE), probe(2 * _PROBE)]
     per_sample = max(1, (peaks[1] - peaks[0]) // _PROBE, peaks[1] // (8 * _PROBE))
     fixed = max(0, peaks[0] - _PROBE * per_sample)
     return int(min(MAX_CHUNK, max(1, (0.5 * free - fixed) // per_sample)))
@@ -126,6 +146,8 @@ def score_cam(
     padded with repeats of its last pair and the extra scores dropped), so a compiled
     model is not recompiled for a new batch size.
     """
+    if chunk < 1:
+        raise ValueError(f"Score-CAM chunk must be >= 1, got {chunk}")
     activations = activations.detach().float()
     n, k = activations.shape[:2]
     size = tuple(images.shape[-2:])
