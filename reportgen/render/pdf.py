@@ -477,7 +477,7 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
     until its contents' numbers no longer change its length. The parts are untagged:
     tagged parts' structure trees cannot be joined into one, and PDF/A-3u needs none.
     """
-    from pypdf import PdfWriter
+    from pypdf import PdfReader, PdfWriter
 
     parts = [("front", 0, 0)]
     parts += [("images", start, min(start + chunk_images, image_count))
@@ -537,10 +537,42 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
         del document
 
     writer = PdfWriter(clone_from=files[0])  # catalog: metadata, output intent, files
-    for path in files[1:]:
-        writer.append(path)
+    # The outline as one layout gives it: rebuilt from the parts' outlines, the image
+    # sections under "4 Images" (the front part's last chapter), the appendices under
+    # the title.
+    del writer.root_object["/Outlines"]
+    front = _copy_outline(writer, PdfReader(files[0]), PdfReader(files[0]).outline, 0, None)
+    title, chapters = front[0] if front else (None, [])
+    images_chapter = chapters[-1][0] if chapters else title
+    for index, path in enumerate(files[1:], 1):
+        offset = len(writer.pages)
+        writer.append(path, import_outline=False)
+        reader = PdfReader(path)
+        parent = images_chapter if parts[index][0] == "images" else title
+        _copy_outline(writer, reader, reader.outline, offset, parent)
     with pdf_path.open("wb") as handle:
         writer.write(handle)
+
+
+def _copy_outline(writer: object, reader: object, items: list, offset: int,
+                  parent: object) -> list[tuple[object, list]]:
+    """Add `reader`'s outline `items` (pypdf's nested list) under `parent` in `writer`,
+    whose pages from `offset` on are `reader`'s; returns the added items as
+    (item, its children) pairs."""
+    from pypdf.generic import Fit
+
+    added: list[tuple[object, list]] = []
+    for entry in items:
+        if isinstance(entry, list):
+            if added:
+                added[-1][1].extend(_copy_outline(writer, reader, entry, offset,
+                                                  added[-1][0]))
+            continue
+        item = writer.add_outline_item(
+            title=entry.title, page_number=offset + reader.get_destination_page_number(entry),
+            parent=parent, fit=Fit.xyz(left=entry.left, top=entry.top, zoom=entry.zoom))
+        added.append((item, []))
+    return added
 
 
 def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Path,
