@@ -219,6 +219,13 @@ def test_a_dossier_laid_out_in_parts_numbers_its_pages_and_contents(parted: Path
     assert "A Audit appendix" in texts[audit - 1]
     sign = next(page for label, page in listed.items() if "Reviewer sign-off" in label)
     assert "B Reviewer sign-off" in texts[sign - 1] and "Dr. A. Reviewer" in texts[sign - 1]
+    # the entries that lead into other parts are links to the pages they name
+    with pikepdf.open(pdf) as document:
+        number = {page.objgen: n for n, page in enumerate(document.pages, 1)}
+        targets = {number[a.Dest[0].objgen] for a in document.pages[1].Annots
+                   if isinstance(a.get("/Dest"), pikepdf.Array)}
+        assert all(int(a.F) & 4 for a in document.pages[1].Annots)  # printable (PDF/A)
+    assert targets == {*images.values(), audit, sign}
 
 
 def test_a_dossier_laid_out_in_parts_is_one_pdfa3u_with_its_attachments(parted: Path):

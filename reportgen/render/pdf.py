@@ -28,8 +28,8 @@ per image section). A dossier of more than `CHUNK_IMAGES` images is therefore la
 in parts (front matter, `CHUNK_IMAGES` image sections at a time, appendices), each
 written as a PDF of its own and concatenated (pypdf), in two passes so that "page X of
 Y" and the contents carry the final numbers; see `_write_in_parts`. Such a dossier is
-still PDF/A-3u with its attachments, outline and metadata, but untagged: the parts'
-structure trees cannot be joined, so it makes no PDF/UA claim.
+still PDF/A-3u with its attachments, metadata, outline and linked contents, but
+untagged: the parts' structure trees cannot be joined, so it makes no PDF/UA claim.
 
 Determinism. The creation and modification dates are the report date (midnight
 UTC), attachment dates are the same instant, and the file identifier is derived
@@ -105,6 +105,7 @@ PLOTS = (("attention_ratio", "Attention ratio per layer and method"),
 DECISIONS = ("Approved", "Approved with conditions", "Rejected")
 BLANK_REVIEWERS = 2
 CHUNK_IMAGES = 40  # image sections per separately laid-out part of a larger dossier
+PT = 0.75  # PDF points per CSS pixel
 UA_IDENTIFICATION = (b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
                      b'<rdf:Description rdf:about="" '
                      b'xmlns:pdfuaid="http://www.aiim.org/pdfua/ns/id/" pdfuaid:part="1"/>'
@@ -478,6 +479,8 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
     tagged parts' structure trees cannot be joined into one, and PDF/A-3u needs none.
     """
     from pypdf import PdfReader, PdfWriter
+    from pypdf.annotations import Link
+    from pypdf.generic import Fit, NameObject, NumberObject
 
     parts = [("front", 0, 0)]
     parts += [("images", start, min(start + chunk_images, image_count))
@@ -495,13 +498,14 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
         return [1 + sum(counts[:index]) for index in range(len(counts))]
 
     counts: list[int] = []
-    where: dict[str, tuple[int, int]] = {}  # anchor -> (part, page within the part)
+    # anchor -> (part, page within the part, its top and the page's height in CSS px)
+    where: dict[str, tuple[int, int, float, float]] = {}
 
     def record(index: int, document: object) -> None:
         for number, page in enumerate(document.pages):
-            for anchor in page.anchors:
+            for anchor, box in page.anchors.items():
                 if anchor in toc:
-                    where.setdefault(anchor, (index, number))
+                    where.setdefault(anchor, (index, number, box[1], page.height))
 
     estimate = dict.fromkeys(toc, 10 ** len(str(30 + 3 * image_count)) - 1)
     for index in range(len(parts)):
@@ -513,7 +517,7 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
 
     for _ in range(4):
         starts, total = first_pages(counts), sum(counts)
-        refs = {anchor: starts[part] + number for anchor, (part, number) in where.items()}
+        refs = {anchor: starts[place[0]] + place[1] for anchor, place in where.items()}
         front = _layout(part_view(0, refs), site, [css, _page_css(None, total)], tags=False)
         if len(front.pages) == counts[0]:
             break
@@ -522,6 +526,15 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
         record(0, front)
     else:
         raise RuntimeError("the PDF's contents do not settle on a page count")
+    # Contents entries that lead into other parts become links after the join (left in,
+    # WeasyPrint would report their anchors missing and drop them).
+    crossing = []  # (front page, rectangle in CSS px, page height, anchor)
+    for number, page in enumerate(front.pages):
+        local = [link for link in page.links if link[0] != "internal" or where.get(
+            link[1], (0,))[0] == 0]
+        crossing += [(number, link[2], page.height, link[1]) for link in page.links
+                     if link not in local]
+        page.links[:] = local
     files = [scratch / f"part-{index:05d}.pdf" for index in range(len(parts))]
     _set_metadata(front, stamp, tagged=False)
     front.write_pdf(files[0], pdf_tags=False, **write_options)
@@ -550,6 +563,13 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
         reader = PdfReader(path)
         parent = images_chapter if parts[index][0] == "images" else title
         _copy_outline(writer, reader, reader.outline, offset, parent)
+    for number, (left, top, right, bottom), height, anchor in crossing:
+        part, page, anchor_top, target_height = where[anchor]
+        link = Link(rect=(left * PT, (height - bottom) * PT, right * PT, (height - top) * PT),
+                    target_page_index=starts[part] - 1 + page,
+                    fit=Fit.xyz(top=(target_height - anchor_top) * PT))
+        link[NameObject("/F")] = NumberObject(4)  # printable, as PDF/A wants
+        writer.add_annotation(page_number=number, annotation=link)
     with pdf_path.open("wb") as handle:
         writer.write(handle)
 
