@@ -530,10 +530,12 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
     # WeasyPrint would report their anchors missing and drop them).
     crossing = []  # (front page, rectangle in CSS px, page height, anchor)
     for number, page in enumerate(front.pages):
-        local = [link for link in page.links if link[0] != "internal" or where.get(
-            link[1], (0,))[0] == 0]
-        crossing += [(number, link[2], page.height, link[1]) for link in page.links
-                     if link not in local]
+        local = []
+        for kind, target, rectangle, box in page.links:
+            if kind == "internal" and where.get(target, (0,))[0] != 0:
+                crossing.append((number, rectangle, page.height, target))
+            else:
+                local.append((kind, target, rectangle, box))
         page.links[:] = local
     files = [scratch / f"part-{index:05d}.pdf" for index in range(len(parts))]
     _set_metadata(front, stamp, tagged=False)
@@ -554,7 +556,8 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
     # sections under "4 Images" (the front part's last chapter), the appendices under
     # the title.
     del writer.root_object["/Outlines"]
-    front = _copy_outline(writer, PdfReader(files[0]), PdfReader(files[0]).outline, 0, None)
+    reader = PdfReader(files[0])
+    front = _copy_outline(writer, reader, reader.outline, 0, None)
     title, chapters = front[0] if front else (None, [])
     images_chapter = chapters[-1][0] if chapters else title
     for index, path in enumerate(files[1:], 1):
