@@ -41,6 +41,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -171,6 +172,7 @@ def run_build(spec_path: Path) -> dict[str, object]:
     from reportgen.render.site import SiteWriter
 
     seconds = {"render": 0.0, "figures": 0.0, "pdf": 0.0}
+    lock = threading.Lock()  # images are drawn on several render threads at once
 
     def timed(owner: object, name: str, stage: str) -> None:
         method = getattr(owner, name)
@@ -180,11 +182,12 @@ def run_build(spec_path: Path) -> dict[str, object]:
             try:
                 return method(*args, **kwargs)
             finally:
-                seconds[stage] += time.perf_counter() - start
+                with lock:
+                    seconds[stage] += time.perf_counter() - start
 
         setattr(owner, name, wrapper)
 
-    for name in ("add_image", "finish"):
+    for name in ("prepare_image", "commit_image", "finish"):
         timed(SiteWriter, name, "render")
     for name in ("_figures", "_plots"):
         timed(SiteWriter, name, "figures")

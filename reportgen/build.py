@@ -13,11 +13,14 @@ import platform
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -69,6 +72,9 @@ from reportgen.report import (
 )
 from reportgen.report import MethodRow as ReportMethodRow
 from reportgen.spec import Spec, parse_spec
+
+if TYPE_CHECKING:
+    from reportgen.render.site import PreparedImage
 
 log = logging.getLogger(__name__)
 
@@ -304,19 +310,42 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     cache = _open_cache(spec, options, sha, resolved, device)
     if options.progress:
         options.progress("images", 0, len(refs))
-    for part, outputs in _computed_batches(pipeline, refs, spec, clock, options, cache):
-        for sample, output in zip(part, outputs, strict=True):
-            rows.extend(output.rows)
-            if len(sanity_samples) < spec.metric_options.sanity.images:
-                sanity_samples.append((sample, output.region))
-            with clock("maps"):
-                write_npz(staging / "data" / "maps" / f"{sample.id}.npz", output.maps)
-            with clock("render"):
-                writer.add_image(output.result)
-            done += 1
-            if options.progress:
-                options.progress("images", done, len(refs))
-        del part, outputs  # nothing of a batch outlives it but its rows and page
+
+    def prepare(image_id: str, output: ImageOutput) -> PreparedImage:
+        with clock("maps"):
+            write_npz(staging / "data" / "maps" / f"{image_id}.npz", output.maps,
+                      level=MAPS_COMPRESSION)
+        with clock("render"):
+            return writer.prepare_image(output.result)
+
+    def commit(future: Future[PreparedImage]) -> None:
+        nonlocal done
+        prepared = future.result()
+        with clock("render"):
+            writer.commit_image(prepared)
+        done += 1
+        if options.progress:
+            options.progress("images", done, len(refs))
+
+    workers = render_workers(spec)
+    # at most this many images wait for (or on) the render workers: memory stays bounded
+    pending: deque[Future[PreparedImage]] = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="reportgen-render") as pool:
+        try:
+            for part, outputs in _computed_batches(pipeline, refs, spec, clock, options, cache):
+                for sample, output in zip(part, outputs, strict=True):
+                    rows.extend(output.rows)
+                    if len(sanity_samples) < spec.metric_options.sanity.images:
+                        sanity_samples.append((sample, output.region))
+                    pending.append(pool.submit(prepare, sample.id, output))
+                    while len(pending) > workers + 1 or (pending and pending[0].done()):
+                        commit(pending.popleft())
+                del part, outputs  # nothing of a batch outlives it but its rows and page
+            while pending:
+                commit(pending.popleft())
+        finally:
+            for future in pending:
+                future.cancel()
     sanity_rows: list[SanityRow] = []
     if plan.sanity_keys and sanity_samples:
         if options.progress:
@@ -349,6 +378,20 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
                        sanity_rows, options)
     write_checksums(staging)
     return warnings, len(refs)
+
+
+MAPS_COMPRESSION = 1
+"""zlib level of the exported maps (data/maps/*.npz): CAM maps are smooth floats that
+deflate to about 80 % at any level; level 1 takes half the time of the default 6."""
+MAX_RENDER_WORKERS = 8
+
+
+def render_workers(spec: Spec) -> int:
+    """Threads drawing figures and pages and writing maps (`runtime.render_workers`;
+    default: half the CPU cores, 2 to 8)."""
+    if spec.runtime.render_workers is not None:
+        return spec.runtime.render_workers
+    return max(2, min(MAX_RENDER_WORKERS, (os.cpu_count() or 2) // 2))
 
 
 # torch.compile costs about a minute once; it repays itself past this many masked forwards

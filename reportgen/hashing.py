@@ -28,12 +28,14 @@ def sha256_path(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = True) -> None:
+def write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = True,
+              level: int | None = None) -> None:
     """Like numpy.savez_compressed (or numpy.savez without `compress`), but
     byte-identical for identical arrays.
 
     numpy stamps each member with the current time; here every member gets the
     same fixed date so that rebuilding the same report gives the same bytes.
+    `level` is the zlib level when compressing (default: zlib's, 6).
     """
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with zipfile.ZipFile(path, "w", compression=method) as archive:
@@ -43,4 +45,4 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = True) 
                                       allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = method
-            archive.writestr(info, buffer.getvalue())
+            archive.writestr(info, buffer.getvalue(), compresslevel=level if compress else None)

@@ -22,6 +22,7 @@ import pytest
 import torch
 from pypdf import PdfReader
 
+from reportgen import build as build_module
 from reportgen import cli
 from reportgen.build import BuildOptions, build
 from reportgen.data import safe_id
@@ -239,3 +240,47 @@ def test_build_needs_no_network(tmp_path: Path, monkeypatch):
         monkeypatch.setattr(socket, name, refuse)
     result = build(spec, BuildOptions(quiet=True))
     assert (result.site / "index.html").is_file() and result.pdf and result.pdf.is_file()
+
+
+def _site_bytes(site: Path) -> dict[str, bytes]:
+    return {p.relative_to(site).as_posix(): p.read_bytes() for p in site.rglob("*")
+            if p.is_file()}
+
+
+def test_render_workers_change_no_byte_and_a_failing_one_leaves_no_site(
+        tmp_path: Path, monkeypatch):
+    from reportgen.render.site import SiteWriter
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1738281600")  # no timings on the audit page
+    write_images(tmp_path, count=5)
+    sections = {**FAST, "layers": ["encoder_last", "decoder_last"],
+                "methods": ["gradcam", "layercam"], "output": {"pdf": None, "single_file": True}}
+    spec = write_spec(tmp_path / "spec.yaml", runtime={"batch_size": 2}, **sections)
+    original = SiteWriter.prepare_image
+    threads: set[str] = set()
+
+    def recorded(self, result):
+        threads.add(threading.current_thread().name)
+        return original(self, result)
+
+    monkeypatch.setattr(SiteWriter, "prepare_image", recorded)
+    built = {}
+    for workers in (1, 4):  # the same spec (the audit page prints it), so set from here
+        monkeypatch.setattr(build_module, "render_workers", lambda spec, n=workers: n)
+        build(spec, BuildOptions(quiet=True, cache=False, force=True))
+        built[workers] = _site_bytes(tmp_path / "site")
+    assert len(built[1]) > 40 and "report-single.html" in built[1]
+    assert built[4] == built[1]  # pages, figures, maps, agreement sums, single file
+    assert threads and all(name.startswith("reportgen-render") for name in threads)
+
+    def failing(self, result):
+        if result.id.endswith("03"):
+            raise RuntimeError("figure encoder failed")
+        return original(self, result)
+
+    monkeypatch.setattr(SiteWriter, "prepare_image", failing)
+    before = _site_bytes(tmp_path / "site")
+    with pytest.raises(RuntimeError, match="figure encoder failed"):
+        build(spec, BuildOptions(quiet=True, cache=False, force=True))
+    assert _site_bytes(tmp_path / "site") == before  # the previous site, untouched
+    assert not list(tmp_path.glob(".site.*"))

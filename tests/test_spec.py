@@ -58,6 +58,7 @@ BAD_SPECS = [
     ("masks unmatched", {"data": {"masks": "other/{stem}.png"}},
      ["data.masks", "no mask for 4 of 4"]),
     ("limit zero", {"data": {"limit": 0}}, ["data.limit", "positive"]),
+    ("no render worker", {"runtime": {"render_workers": 0}}, ["runtime.render_workers"]),
     ("unknown class name", {"target": {"class": "tumour"}, "model": {"class_names": ["lesion"]}},
      ["target.class", "'tumour'", "lesion"]),
     ("input size", {"model": {"input_size": 100}}, ["model.input_size", "multiples of 32"]),

@@ -5,6 +5,10 @@
         writer.add_image(result)      # images/<id>.html and its figures, now
     files = writer.finish(aggregates, sanity)   # index, methods, layers, audit, plots
 
+`add_image` is `commit_image(prepare_image(result))`: the drawing and encoding
+(`prepare_image`) may run on worker threads for several images at once, the
+writing (`commit_image`) in the images' order on the writer's thread.
+
 `add_image` keeps only a small summary of each image (see `stats.ImageSummary`)
 and running sums for the method/layer agreement and the mean curves, so memory
 stays flat for thousands of images. Every page links relatively and loads only
@@ -16,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tempfile
+import threading
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -63,6 +68,16 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SECTIONS_MARKER = "<!--reportgen:image-sections-->"
 
 
+@dataclasses.dataclass
+class PreparedImage:
+    """One image drawn and encoded, ready to be written (`SiteWriter.prepare_image`)."""
+
+    result: ImageResult
+    files: list[tuple[str, bytes]]  # (path in the site, bytes)
+    worst: str  # worst verdict over the image's cells
+    single: str | None  # its section of report-single.html, when one is written
+
+
 def template_environment() -> jinja2.Environment:
     """The Jinja2 environment of the site templates (autoescaping on, strict undefined)."""
     return jinja2.Environment(
@@ -97,6 +112,7 @@ class SiteWriter:
         self.single_file = single_file
         self._positions = {image_id: index for index, image_id in enumerate(self.image_ids)}
         self._added: set[str] = set()
+        self._lock = threading.Lock()
         self._written: list[Path] = []
         self._env = template_environment()
         self._lut = fig.colormap_lut(context.colormap)
@@ -128,48 +144,65 @@ class SiteWriter:
 
     def add_image(self, result: ImageResult) -> None:
         """Write images/<id>.html with its figures and thumbnail; keep its summary."""
-        if result.id not in self._positions:
-            raise ValueError(f"image {result.id!r} is not among the writer's image ids")
-        if result.id in self._added:
-            raise ValueError(f"image {result.id!r} was already added")
-        self._added.add(result.id)
+        self.commit_image(self.prepare_image(result))
+
+    def prepare_image(self, result: ImageResult) -> PreparedImage:
+        """Draw and encode everything of one image without writing it (thread-safe).
+
+        The costly part of `add_image`: several images may be prepared at once, on
+        worker threads, and committed afterwards in any order (see `commit_image`).
+        """
+        with self._lock:
+            if result.id not in self._positions:
+                raise ValueError(f"image {result.id!r} is not among the writer's image ids")
+            if result.id in self._added:
+                raise ValueError(f"image {result.id!r} was already added")
+            self._added.add(result.id)
         position = self._positions[result.id]
         previous = self.image_ids[position - 1] if position > 0 else None
         following = (self.image_ids[position + 1]
                      if position + 1 < len(self.image_ids) else None)
 
-        sources = self._figures(result)
+        files, sources = self._figures(result)
         view = image_page_view(self.context, result, sources, position, len(self.image_ids),
                                previous, following)
-        self._write_text(f"images/{result.id}.html", self._render("image.html", view=view,
-                                                                  page=view.page))
+        page = self._render("image.html", view=view, page=view.page)
+        files.append((f"images/{result.id}.html", page.encode("utf-8")))
         small = fig.fit(fig.as_rgb(result.display), THUMB_SIZE)
         thumb = fig.draw_outline(small, fig.fit_mask(result.prediction, small.shape[:2]),
                                  fig.PREDICTION_COLOUR)
-        self._write_bytes(f"thumbs/{result.id}.jpg", fig.encode_jpeg(thumb, 85))
-
+        files.append((f"thumbs/{result.id}.jpg", fig.encode_jpeg(thumb, 85)))
+        single = (self._single_section(result, position, previous, following)
+                  if self.single_file else None)
         worst = worst_verdict(cell.verdict for cell in result.cells.values())
-        self.stats.add(result, worst)
-        if self._single_parts is not None:
-            self._single_parts.write(self._single_section(result, position, previous,
-                                                          following))
+        return PreparedImage(result, files, worst, single)
 
-    def _figures(self, result: ImageResult) -> dict[str, str]:
-        """Write the figures of one image; return figure name -> src relative to its page."""
+    def commit_image(self, prepared: PreparedImage) -> None:
+        """Write a prepared image's files and keep its summary (on the writer's thread).
+
+        Commit in the order the images are computed, as `add_image` would be called:
+        the running sums (agreement, mean curves) and report-single.html follow it.
+        """
+        for relative, data in prepared.files:
+            self._write_bytes(relative, data)
+        self.stats.add(prepared.result, prepared.worst)
+        if self._single_parts is not None and prepared.single is not None:
+            self._single_parts.write(prepared.single)
+
+    def _figures(self, result: ImageResult) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+        """The encoded figures of one image as (path in the site, bytes), and figure name ->
+        src relative to its page."""
         folder = f"figures/{result.id}"
+        files: list[tuple[str, bytes]] = []
         sources: dict[str, str] = {}
-
-        def save(name: str, image: np.ndarray) -> None:
+        for name, image in self._composed(result, MAIN_SIZE, CELL_SIZE, with_variants=True):
             if name.startswith("cell-") and GRID_FORMAT == "jpeg":
                 data, suffix = fig.encode_jpeg(image, GRID_JPEG_QUALITY, full_chroma=True), "jpg"
             else:
                 data, suffix = fig.encode_png(image), "png"
-            self._write_bytes(f"{folder}/{name}.{suffix}", data)
+            files.append((f"{folder}/{name}.{suffix}", data))
             sources[name] = href(f"../{folder}/{name}.{suffix}")
-
-        for name, image in self._composed(result, MAIN_SIZE, CELL_SIZE, with_variants=True):
-            save(name, image)
-        return sources
+        return files, sources
 
     def _composed(self, result: ImageResult, main_size: int, cell_size: int,
                   with_variants: bool) -> list[tuple[str, np.ndarray]]:
