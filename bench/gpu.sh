@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one go: the CUDA tests, then the engine and the
+# Every check that needs a GPU, in one go: the CUDA tests, then the engine, render and
 # whole-build benchmarks in their reference configuration (U-Net++ efficientnet-b5,
 # 640 px, random weights). Logs go to LOG_DIR (default bench/logs).
 #
@@ -15,11 +15,13 @@ mkdir -p "$logs"
 export PYTHONUNBUFFERED=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$logs/gpu.txt"
-timeout 100 python3 -m pytest -v -p no:cacheprovider --timeout 50 -m gpu tests/test_cam_gpu.py 2>&1 \
+timeout 90 python3 -m pytest -v -p no:cacheprovider --timeout 50 -m gpu tests/test_cam_gpu.py 2>&1 \
     | tee "$logs/tests.log" || status=1
 timeout 200 python3 bench/engine.py --config gpu --scorecam-layers encoder_last --compile 2>&1 \
     | grep -v "it/s]" | tee "$logs/engine.log" || status=1
-timeout 280 python3 bench/build.py --config gpu --images "${BUILD_IMAGES:-8}" \
+timeout 40 python3 bench/render.py --threads 1,2,4,8 --images 8 2>&1 | tee "$logs/render.log" \
+    || status=1
+timeout 260 python3 bench/build.py --config gpu --images "${BUILD_IMAGES:-8}" \
     --baseline-images 2 --variants "${VARIANTS:-full}" 2>&1 | grep -v "it/s]" | tee "$logs/build.log" \
     || status=1
 exit $status
