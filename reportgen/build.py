@@ -7,6 +7,7 @@ its page before the next batch starts, so memory does not grow with the data.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -44,6 +45,7 @@ from reportgen.hashing import sha256_path, write_npz
 from reportgen.manifest import source_date, write_checksums
 from reportgen.metrics import (
     METRICS,
+    FaithfulnessCurves,
     MetricInputs,
     MetricRow,
     MetricSettings,
@@ -306,6 +308,7 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     (staging / "data" / "maps").mkdir(parents=True)
     rows: list[MetricRow] = []
     sanity_samples: list[tuple[Sample, torch.Tensor]] = []
+    events: list[str] = []  # what the run adapted to (out-of-memory halvings), for the manifest
     done = 0
     cache = _open_cache(spec, options, sha, resolved, device)
     if options.progress:
@@ -335,6 +338,7 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
             for part, outputs in _computed_batches(pipeline, refs, spec, clock, options, cache):
                 for sample, output in zip(part, outputs, strict=True):
                     rows.extend(output.rows)
+                    events.extend(output.events)
                     if len(sanity_samples) < spec.metric_options.sanity.images:
                         sanity_samples.append((sample, output.region))
                     pending.append(pool.submit(prepare, sample.id, output))
@@ -352,7 +356,7 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
             options.progress("sanity check", 0, 1)
         with clock("sanity"):
             sanity, sanity_rows = _sanity(model, sanity_samples, plan, spec, device,
-                                          pipeline.settings)
+                                          pipeline.settings, events)
             for index, (sample, _) in enumerate(sanity_samples):
                 inputs = MetricInputs(sample.id, maps={k: torch.zeros(1) for k in
                                                        plan.sanity_keys}, model=model,
@@ -371,7 +375,8 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     with clock("render"):
         writer.finish(aggregates, sanity_rows)
     manifest = _write_manifest(staging, spec, spec_path, refs, sha, fmt, device,
-                               determinism, warnings, clock, start_time, context, pdf_rel)
+                               determinism, warnings, clock, start_time, context, pdf_rel,
+                               events, {"scorecam_compiled": pipeline.scorecam_compiled})
     if pdf_rel is not None:
         with clock("pdf"):
             _write_pdf(staging, pdf_rel, context, spec_path, manifest, writer.stats, aggregates,
@@ -418,6 +423,7 @@ class ImageOutput:
     rows: list[MetricRow]
     maps: dict[str, np.ndarray]  # "layer|method|normalised" / "...|raw" -> array
     region: torch.Tensor  # the target region the maps explain
+    events: list[str] = field(default_factory=list)  # e.g. out-of-memory halvings (manifest)
 
 
 class Pipeline:
@@ -439,13 +445,15 @@ class Pipeline:
             self.engines.append(CamEngine(model, resolved, plan.gradient_methods, device=device,
                                           precision=precision,
                                           batch_size=spec.runtime.batch_size))
+        self.scorecam_compiled = bool(plan.scorecam_layers) and _compile_pays(
+            spec, device, infos, plan, image_count)
         if plan.scorecam_layers:
             score = spec.method_options.scorecam
             self.engines.append(CamEngine(
                 model, {k: resolved[k] for k in plan.scorecam_layers}, ["scorecam"],
                 device=device, precision=precision, batch_size=spec.runtime.batch_size,
                 scorecam_max_channels=score.max_channels, scorecam_chunk=score.chunk_size,
-                scorecam_compile=_compile_pays(spec, device, infos, plan, image_count)))
+                scorecam_compile=self.scorecam_compiled))
         self.settings = MetricSettings(
             bands=VerdictBands(**spec.metric_options.attention.bands.model_dump()),
             faithfulness_steps=spec.metric_options.faithfulness.steps,
@@ -480,10 +488,17 @@ class Pipeline:
         outputs = []
         for i, sample in enumerate(part):
             with clock("metrics"):
-                result, rows = _image_result(
+                result, rows, curves = _image_result(
                     sample, i, results, probability[i], prediction[i], regions[i],
                     on_device[i], self.model, self.plan, self.settings, spec)
-            outputs.append(ImageOutput(result, rows, _map_arrays(results, i), regions[i]))
+            events = [event for r in results for event in r.events] if i == 0 else []
+            if curves is not None:
+                events += curves.events
+                if curves.batch_size < self.settings.batch_size:  # what fitted, from now on
+                    self.settings = dataclasses.replace(self.settings,
+                                                        batch_size=curves.batch_size)
+            outputs.append(ImageOutput(result, rows, _map_arrays(results, i), regions[i],
+                                       [f"{sample.id}: {event}" for event in events]))
         return outputs
 
 
@@ -515,8 +530,9 @@ def _computed_batches(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clo
 def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
                   prediction: torch.Tensor, region: torch.Tensor, image: torch.Tensor,
                   model: torch.nn.Module, plan: Plan, settings: MetricSettings,
-                  spec: Spec) -> tuple[ImageResult, list[MetricRow]]:
-    """Page data and metric rows of image i of a batch; `image` is on the model's device."""
+                  spec: Spec) -> tuple[ImageResult, list[MetricRow], FaithfulnessCurves | None]:
+    """Page data and metric rows of image i of a batch, and its faithfulness curves when
+    computed; `image` is on the model's device."""
     maps: dict[tuple[str, str], torch.Tensor] = {}
     flags: dict[tuple[str, str], list[str]] = {}
     approximate: set[tuple[str, str]] = set()
@@ -541,6 +557,7 @@ def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
                           NON_FINITE_OUTPUT) if not (r.layer or r.method) else r for r in rows]
     curves: dict[tuple[str, str], dict[str, list[float]]] = {}
     faith = {k: v for k, v in defined.items() if k in plan.faithfulness_keys}
+    found: FaithfulnessCurves | str | None = None
     if faith:
         finputs = MetricInputs(sample.id, maps=faith, prediction=prediction, image=image,
                                model=model, class_index=spec.target_index,
@@ -584,7 +601,7 @@ def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
         ground_truth=sample.gt_mask, mask_source=sample.mask_path,
         dice=image_level.get("dice"), iou=image_level.get("iou"), cells=cells,
         notes=list(sample.notes))
-    return result, rows
+    return result, rows, found if isinstance(found, FaithfulnessCurves) else None
 
 
 def _map_arrays(results, i: int) -> dict[str, np.ndarray]:
@@ -598,10 +615,11 @@ def _map_arrays(results, i: int) -> dict[str, np.ndarray]:
 
 
 def _sanity(model, samples: list[tuple[Sample, torch.Tensor]], plan: Plan, spec: Spec,
-            device: torch.device, settings: MetricSettings) -> tuple[SanityResult,
-                                                                     list[SanityRow]]:
+            device: torch.device, settings: MetricSettings,
+            events: list[str]) -> tuple[SanityResult, list[SanityRow]]:
     """Cascading randomisation on the first images; the target region stays the trained
-    model's, so every level explains the same pixels."""
+    model's, so every level explains the same pixels. The engines' events are added to
+    `events`."""
     images = torch.stack([s.tensor for s, _ in samples])
     fixed = torch.stack([region for _, region in samples])
     layers = sorted({k[0] for k in plan.sanity_keys}, key=list(plan.layers).index)
@@ -616,8 +634,9 @@ def _sanity(model, samples: list[tuple[Sample, torch.Tensor]], plan: Plan, spec:
                            batch_size=spec.runtime.batch_size,
                            scorecam_max_channels=score.max_channels,
                            scorecam_chunk=score.chunk_size)
-        maps = engine.explain(images, target, fixed).maps
-        return {k: v for k, v in maps.items() if k in plan.sanity_keys}
+        explained = engine.explain(images, target, fixed)
+        events.extend(f"sanity check: {event}" for event in explained.events)
+        return {k: v for k, v in explained.maps.items() if k in plan.sanity_keys}
 
     result = sanity_check(model, explain, seed=spec.runtime.seed,
                           levels=spec.metric_options.sanity.levels,
@@ -702,12 +721,14 @@ def _write_pdf(staging: Path, pdf_rel: Path, context: ReportContext, spec_path: 
 def _write_manifest(staging: Path, spec: Spec, spec_path: Path, samples: list[SampleRef], sha: str,
                     fmt: str, device: torch.device, determinism: list[str],
                     warnings: list[str], clock: Stopwatch, start_time: datetime,
-                    context: ReportContext, pdf_rel: Path | None) -> dict[str, object]:
+                    context: ReportContext, pdf_rel: Path | None, events: list[str],
+                    engine: dict[str, object]) -> dict[str, object]:
     from reportgen.manifest import write_manifest
 
     return write_manifest(staging, spec, spec_path, samples, sha, fmt, device_name(device),
                           determinism, warnings, clock.totals, start_time, context.versions,
-                          pdf_rel.as_posix() if pdf_rel else None, excluded=context.excluded)
+                          pdf_rel.as_posix() if pdf_rel else None, excluded=context.excluded,
+                          events=events, engine=engine)
 
 
 def _open_cache(spec: Spec, options: BuildOptions, checkpoint_sha: str,

@@ -83,14 +83,18 @@ def write_manifest(site: Path, spec: Spec, spec_path: Path, samples: list[Sample
                    fmt: str, device: str, determinism: list[str], warnings: list[str],
                    timings: dict[str, float], started: datetime, versions: dict[str, str],
                    pdf: str | None = None,
-                   excluded: Sequence[tuple[str, str]] = ()) -> dict[str, object]:
+                   excluded: Sequence[tuple[str, str]] = (),
+                   events: Sequence[str] = (),
+                   engine: dict[str, object] | None = None) -> dict[str, object]:
     """Write `data/manifest.json` and return it.
 
     `pdf` is the PDF's path relative to the site (written after the manifest, so
     listed by name only; its hash is in `data/checksums.sha256`). Inputs carry a
     `location`: the spec's relative to the site folder, the others relative to the
     spec's folder, so `reportgen verify` can find and re-hash them later. `excluded`
-    lists the inputs a keep-going build left out: (location, reason).
+    lists the inputs a keep-going build left out: (location, reason). `events` are what
+    the run adapted to (e.g. a batch halved on out-of-memory: same results, more time);
+    `engine` how the maps were computed (e.g. whether Score-CAM ran compiled).
     """
     base = spec_path.resolve().parent
     checkpoint = spec.model.checkpoint
@@ -117,6 +121,8 @@ def write_manifest(site: Path, spec: Spec, spec_path: Path, samples: list[Sample
         "precision": spec.runtime.precision,
         "seed": spec.runtime.seed,
         "determinism": determinism,
+        "engine": engine or {},
+        "events": list(events),
         "inputs": inputs,
         "warnings": warnings,
         "excluded": [{"location": location, "reason": reason} for location, reason in excluded],

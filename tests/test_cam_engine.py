@@ -195,16 +195,20 @@ def test_out_of_memory_halves_the_batch_and_continues(model, images):
     layers = {"decoder_last": LAYERS["decoder_last"]}
     expected = CamEngine(model, layers, ["gradcam"], batch_size=4).explain(images, PREDICTION)
     handle = model.register_forward_pre_hook(fake_oom_above(1))
+    engine = CamEngine(model, layers, ["gradcam"], batch_size=8)
     try:
-        result = CamEngine(model, layers, ["gradcam"], batch_size=8).explain(images, PREDICTION)
+        result = engine.explain(images, PREDICTION)
+        again = engine.explain(images, PREDICTION)  # starts from the size that fitted
     finally:
         handle.remove()
     assert result.events == [
         "out of memory; batch size halved to 2",
         "out of memory; batch size halved to 1",
     ]
+    assert again.events == [] and engine.batch_size == 1
     key = ("decoder_last", "gradcam")
     assert torch.allclose(result.maps[key], expected.maps[key], atol=1e-5)
+    assert torch.equal(again.maps[key], result.maps[key])
 
 
 def test_out_of_memory_in_score_cam_halves_the_chunk(model, images):

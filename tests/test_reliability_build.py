@@ -4,6 +4,7 @@ as a number, a half-written site or a request leaving the machine."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -284,3 +285,61 @@ def test_render_workers_change_no_byte_and_a_failing_one_leaves_no_site(
         build(spec, BuildOptions(quiet=True, cache=False, force=True))
     assert _site_bytes(tmp_path / "site") == before  # the previous site, untouched
     assert not list(tmp_path.glob(".site.*"))
+
+
+def test_out_of_memory_halves_batches_keeps_the_numbers_and_is_in_the_manifest(
+        tmp_path: Path, monkeypatch):
+    from reportgen.cam import CamEngine
+    from reportgen.metrics import registry
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1738281600")
+    write_images(tmp_path, count=3)
+    spec = write_spec(tmp_path / "spec.yaml", runtime={"batch_size": 4},
+                      metrics=["attention", "faithfulness"], layers=["decoder_last"],
+                      methods=["gradcam"], metric_options={"faithfulness": {"steps": 4}},
+                      output={"pdf": None})
+    build(spec, BuildOptions(quiet=True, cache=False))
+    site = tmp_path / "site"
+    expected = _metric_values(site)
+    manifest = json.loads((site / "data" / "manifest.json").read_text())
+    assert manifest["events"] == [] and manifest["engine"] == {"scorecam_compiled": False}
+
+    original_batch = CamEngine._explain_batch
+
+    def engine_oom(self, images, *args, **kwargs):
+        if len(images) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original_batch(self, images, *args, **kwargs)
+
+    original_score = registry.target_score_fn
+
+    def score_oom(*args, **kwargs):
+        score = original_score(*args, **kwargs)
+
+        def limited(images):
+            if len(images) > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return score(images)
+
+        return limited
+
+    monkeypatch.setattr(CamEngine, "_explain_batch", engine_oom)
+    monkeypatch.setattr(registry, "target_score_fn", score_oom)
+    build(spec, BuildOptions(quiet=True, cache=False))
+    manifest = json.loads((site / "data" / "manifest.json").read_text())
+    assert manifest["events"] == [
+        "img00: out of memory; batch size halved to 1",
+        "img00: faithfulness out of memory; batch halved to 2",
+    ]  # once each: later batches and images start from the size that fitted
+    found = _metric_values(site)  # equal up to float rounding (batch size changes the sums)
+    assert found.keys() == expected.keys()
+    for key, value in expected.items():
+        assert found[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def _metric_values(site: Path) -> dict[tuple[str, ...], float | str]:
+    with (site / "data" / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows
+    return {(r["image"], r["layer"], r["method"], r["metric"]):
+            float(r["value"]) if r["value"] else r["status"] for r in rows}

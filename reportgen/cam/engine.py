@@ -148,7 +148,7 @@ class CamEngine:
         """Maps for `images` [N, 3, H, W], streamed in batches of `batch_size`.
 
         On a CUDA out-of-memory error the batch size halves and the work continues
-        (recorded in `events`).
+        (recorded in `events`); later calls start from the halved size.
         """
         if images.ndim != 4:
             raise UserError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
@@ -171,7 +171,7 @@ class CamEngine:
                     part = None
                 if part is None:
                     # Outside the except block, so the failed batch's tensors are released.
-                    batch_size = max(1, (stop - start) // 2)
+                    batch_size = self.batch_size = max(1, (stop - start) // 2)
                     message = f"out of memory; batch size halved to {batch_size}"
                     log.warning(message)
                     result.events.append(message)

@@ -13,6 +13,7 @@ insertion (high AUC).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -21,7 +22,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
+from reportgen.errors import UserError
 from reportgen.metrics.values import as_mask, non_finite_maps
+
+log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[Tensor], Tensor]
 """images [B, C, H, W] -> target score [B]."""
@@ -47,6 +51,8 @@ class FaithfulnessCurves:
     insertion: Tensor  # [M, steps + 1]
     deletion_auc: Tensor  # [M]
     insertion_auc: Tensor  # [M]
+    batch_size: int = 0  # perturbed images per forward that fitted (halved on out-of-memory)
+    events: tuple[str, ...] = ()  # e.g. "out of memory; ..."
 
 
 def target_score_fn(model: nn.Module, class_index: int, region_mask: Tensor,
@@ -89,7 +95,9 @@ def deletion_insertion(score_fn: ScoreFn, image: Tensor, maps: Tensor, steps: in
     AUC = ∫₀¹ s(x) dx by the trapezoid rule over x = k / steps, k = 0 .. steps.
     The perturbed images of all maps are scored together in chunks of
     `batch_size`; the two endpoints (the original image and the baseline) are
-    shared by every map and scored once.
+    shared by every map and scored once. On a CUDA out-of-memory error the chunk
+    halves and the work continues (the scores do not depend on it); the result
+    says which size fitted and what happened.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -114,12 +122,28 @@ def deletion_insertion(score_fn: ScoreFn, image: Tensor, maps: Tensor, steps: in
         torch.arange(len(valid), device=device), torch.arange(1, steps, device=device),
         torch.arange(2, device=device)).reshape(-1, 3)
     curves = torch.stack([deletion, insertion])
-    for chunk in jobs.split(batch_size):
-        row, step, curve = chunk.unbind(dim=1)
-        changed = ranks[row] < (step * pixels // steps)[:, None]
-        show_original = (changed ^ (curve == 0)[:, None]).reshape(-1, 1, height, width)
-        scores = score_fn(torch.where(show_original, image, base)).double()
+    events: list[str] = []
+    done = 0
+    while done < len(jobs):
+        row, step, curve = jobs[done:done + batch_size].unbind(dim=1)
+        try:
+            changed = ranks[row] < (step * pixels // steps)[:, None]
+            show_original = (changed ^ (curve == 0)[:, None]).reshape(-1, 1, height, width)
+            scores = score_fn(torch.where(show_original, image, base)).double()
+        except torch.OutOfMemoryError as error:
+            if batch_size == 1:
+                raise UserError("out of memory scoring a single perturbed image for the "
+                                "faithfulness curves; lower the input size or leave the "
+                                "faithfulness metrics out") from error
+            scores = None
+        if scores is None:  # outside the except block, so the failed chunk is released
+            batch_size = max(1, batch_size // 2)
+            events.append(f"faithfulness out of memory; batch halved to {batch_size}")
+            log.warning(events[-1])
+            torch.cuda.empty_cache()
+            continue
         curves[curve, valid[row], step] = scores
+        done += len(row)
     deletion, insertion = curves.unbind()
     return FaithfulnessCurves(
         fractions=fractions,
@@ -127,4 +151,6 @@ def deletion_insertion(score_fn: ScoreFn, image: Tensor, maps: Tensor, steps: in
         insertion=insertion,
         deletion_auc=torch.trapezoid(deletion, fractions, dim=1),
         insertion_auc=torch.trapezoid(insertion, fractions, dim=1),
+        batch_size=batch_size,
+        events=tuple(events),
     )
