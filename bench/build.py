@@ -317,8 +317,17 @@ def build_table(report: dict, baseline: dict | None) -> str:
             lines.append(f"| {stage} | {stages[stage]:.1f} | "
                          f"{100 * stages[stage] / report['wall']:.0f} % |")
     per_second = report["images"] / report["wall"]
+    # the images are computed in one thread while render threads draw the previous ones
+    compute = sum(stages.get(k, 0.0) for k in ("data", "cam", "scorecam", "metrics"))
+    render = sum(stages.get(k, 0.0) for k in ("maps", "cache", "figures", "html"))
     lines += [
         f"| **wall (whole build)** | **{report['wall']:.1f}** | 100 % |",
+        "",
+        f"Per-image work: computation (data, CAM, Score-CAM, metrics) {compute:.1f} s, "
+        f"rendering (maps, cache, figures, HTML; summed over the render threads) "
+        f"{render:.1f} s. They run at the same time: the wall time of that part is at least "
+        f"the larger ({max(compute, render):.1f} s), at most their sum "
+        f"({compute + render:.1f} s).",
         "",
         "| | reportgen build | seed-style loop |",
         "|---|---:|---:|",
