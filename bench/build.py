@@ -167,9 +167,10 @@ def peaks() -> dict[str, float | None]:
 
 def run_build(spec_path: Path) -> dict[str, object]:
     """Build the report of `spec_path` and return its stage times and peaks."""
-    from reportgen.build import BuildOptions, build
+    from reportgen.build import BuildOptions, build, render_workers
     from reportgen.render import pdf
     from reportgen.render.site import SiteWriter
+    from reportgen.spec import parse_spec
 
     seconds = {"render": 0.0, "figures": 0.0, "pdf": 0.0}
     lock = threading.Lock()  # images are drawn on several render threads at once
@@ -203,6 +204,7 @@ def run_build(spec_path: Path) -> dict[str, object]:
     if result.pdf is not None:
         stages["pdf"] = seconds["pdf"]
     return {"wall": wall, "images": result.images, "stages": stages,
+            "render_workers": render_workers(parse_spec(spec_path)[0]),
             "device": manifest["device"], "pdf": result.pdf is not None, **peaks()}
 
 
@@ -311,6 +313,7 @@ def mib(value: object) -> str:
 def build_table(report: dict, baseline: dict | None) -> str:
     """The Markdown table of one configuration."""
     stages = report["stages"]
+    # seconds summed per stage: stages overlap, and the render threads' add up
     lines = ["| stage | seconds | share of wall |", "|---|---:|---:|"]
     for stage in STAGES:
         if stage in stages:
@@ -320,14 +323,15 @@ def build_table(report: dict, baseline: dict | None) -> str:
     # the images are computed in one thread while render threads draw the previous ones
     compute = sum(stages.get(k, 0.0) for k in ("data", "cam", "scorecam", "metrics"))
     render = sum(stages.get(k, 0.0) for k in ("maps", "cache", "figures", "html"))
+    threads = report.get("render_workers") or 1
     lines += [
         f"| **wall (whole build)** | **{report['wall']:.1f}** | 100 % |",
         "",
-        f"Per-image work: computation (data, CAM, Score-CAM, metrics) {compute:.1f} s, "
-        f"rendering (maps, cache, figures, HTML; summed over the render threads) "
-        f"{render:.1f} s. They run at the same time: the wall time of that part is at least "
-        f"the larger ({max(compute, render):.1f} s), at most their sum "
-        f"({compute + render:.1f} s).",
+        f"Per-image work: computation (data, CAM, Score-CAM, metrics; one thread) "
+        f"{compute:.1f} s, rendering (maps, cache, figures, HTML) {render:.1f} s summed over "
+        f"{threads} render thread(s), so at least {render / threads:.1f} s of wall time. The "
+        f"two run at the same time: that part of the build takes at least "
+        f"{max(compute, render / threads):.1f} s, at most {compute + render:.1f} s.",
         "",
         "| | reportgen build | seed-style loop |",
         "|---|---:|---:|",

@@ -19,6 +19,7 @@ import argparse
 import datetime
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,13 +117,27 @@ def device_name(device: torch.device) -> str:
     return name
 
 
-def warm_compile(args: argparse.Namespace, chunk: int) -> float:
+def warm_compile(args: argparse.Namespace, chunk: int, device: torch.device) -> float | None:
     """Seconds of the first compiled Score-CAM call in a new process that finds this
-    run's compile cache warm (what a second build on the same machine pays)."""
+    run's compile cache warm (what a second build on the same machine pays), or None
+    (with the reason printed) when the probe fails. This process's cached GPU memory is
+    released first, so the probe can use the same chunk (a different one would compile
+    a new shape)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     command = [sys.executable, __file__, *sys.argv[1:], "--compile-probe", str(chunk),
                "--compile-cache", args.compile_cache]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        print("  warm compilation probe: no answer in 300 s")
+        return None
+    lines = done.stdout.strip().splitlines()
+    try:
+        return float(lines[-1])
+    except (IndexError, ValueError):
+        print(f"  warm compilation probe failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+        return None
 
 
 def probe_compile(model, images, score_layers, target, device, args, batch_size: int,
@@ -175,7 +190,8 @@ def main() -> None:
     batch_size = args.batch_size or preset["batch_size"]
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.compile and not args.compile_cache:
+    own_cache = bool(args.compile and not args.compile_cache and not args.compile_probe)
+    if own_cache:
         args.compile_cache = tempfile.mkdtemp(prefix="bench-inductor-")
     if args.compile_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(args.compile_cache).resolve())
@@ -255,6 +271,7 @@ def main() -> None:
             engine_gradient,
         ),
     ]
+    warm_probe = None
     if "scorecam" in methods:
         engine_score, score_stages, chunk, first = run_engine(["scorecam"], score_layers)
         notes.append(f"  engine Score-CAM: first call on 1 image {first:.2f} s")
@@ -272,20 +289,7 @@ def main() -> None:
                 f"  torch.compile: first call on 1 image {first:.1f} s "
                 f"(cold compilation included), then {per_image:.3f} s/img, chunk {compiled_chunk}"
             )
-            warm = warm_compile(args, compiled_chunk)
-            notes.append(
-                f"  torch.compile in a new process with torch's on-disk cache warm (a later "
-                f"build on this machine): first call {warm:.1f} s"
-            )
-            if "scorecam" in library:
-                for label, seconds in (("cold", first), ("warm", warm)):
-                    for total in (count, 100, 1000):
-                        amortised = (seconds + per_image * total) / total
-                        notes.append(
-                            f"  compiled Score-CAM, {label} compilation amortised over {total}"
-                            f" images: {amortised:.3f} s/img,"
-                            f" {library['scorecam'] / count / amortised:.1f}x pytorch-grad-cam"
-                        )
+            warm_probe = (compiled_chunk, first, per_image)
         if args.max_channels:
             engine_fast, _, _, _ = run_engine(
                 ["scorecam"], layers, scorecam_max_channels=args.max_channels
@@ -309,6 +313,22 @@ def main() -> None:
         )
     for note in notes:
         print(note)
+    if warm_probe is not None:  # last: printed results survive a failed probe
+        compiled_chunk, cold, per_image = warm_probe
+        warm = warm_compile(args, compiled_chunk, device)
+        if warm is not None:
+            print(f"  torch.compile in a new process with torch's on-disk cache warm (a later "
+                  f"build on this machine): first call {warm:.1f} s")
+        for label, seconds in (("cold", cold), ("warm", warm)):
+            if seconds is None or "scorecam" not in library:
+                continue
+            for total in (count, 100, 1000):
+                amortised = (seconds + per_image * total) / total
+                print(f"  compiled Score-CAM, {label} compilation amortised over {total}"
+                      f" images: {amortised:.3f} s/img,"
+                      f" {library['scorecam'] / count / amortised:.1f}x pytorch-grad-cam")
+    if own_cache:
+        shutil.rmtree(args.compile_cache, ignore_errors=True)
 
 
 if __name__ == "__main__":

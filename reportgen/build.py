@@ -1,8 +1,10 @@
 """The build pipeline: spec -> model -> data -> cam -> metrics -> render -> output.
 
 One straight pipeline. Images stream through in batches of `runtime.batch_size`:
-each batch gets its maps from one engine call, its metrics, its .npz file and
-its page before the next batch starts, so memory does not grow with the data.
+each batch gets its maps from one engine call and its metrics in a background
+thread (or on Ray workers), while render threads write the previous images'
+.npz files, figures and pages, in order; only a bounded number of images is held
+at any time, so memory does not grow with the data.
 """
 
 from __future__ import annotations
@@ -627,15 +629,18 @@ def _sanity(model, samples: list[tuple[Sample, torch.Tensor]], plan: Plan, spec:
     target = SegmentationTarget(spec.target_index, "ground_truth", spec.target.threshold,
                                 spec.model.output_activation)
     score = spec.method_options.scorecam
+    fitted = {"batch_size": spec.runtime.batch_size, "chunk": score.chunk_size}
 
     def explain(candidate: torch.nn.Module) -> dict[tuple[str, str], torch.Tensor]:
         engine = CamEngine(candidate, {la: plan.layers[la] for la in layers}, methods,
                            device=device, precision=spec.runtime.precision,
-                           batch_size=spec.runtime.batch_size,
+                           batch_size=fitted["batch_size"],
                            scorecam_max_channels=score.max_channels,
-                           scorecam_chunk=score.chunk_size)
+                           scorecam_chunk=fitted["chunk"])
         explained = engine.explain(images, target, fixed)
         events.extend(f"sanity check: {event}" for event in explained.events)
+        if explained.events:  # the next levels start from the sizes that fitted
+            fitted.update(batch_size=engine.batch_size, chunk=engine.scorecam_chunk)
         return {k: v for k, v in explained.maps.items() if k in plan.sanity_keys}
 
     result = sanity_check(model, explain, seed=spec.runtime.seed,

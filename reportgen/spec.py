@@ -277,7 +277,7 @@ class RuntimeSection(Strict):
         None, ge=1, description="Ray workers; default: one per GPU of the cluster, else 2 "
         "(each gets one GPU when the device is CUDA)")
     render_workers: int | None = Field(
-        None, ge=1, description="threads drawing the figures and pages and writing the maps "
+        None, ge=1, le=64, description="threads drawing the figures and pages and writing the maps "
         "while the next images are computed; default: half the CPU cores, 2 to 8")
 
     @field_validator("device")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
+from reportgen.errors import UserError
 from reportgen.metrics import baseline_image, deletion_insertion, target_score_fn
 
 SIZE = 20
@@ -105,3 +106,33 @@ def test_target_score_is_the_mean_class_probability_over_the_region():
 def test_empty_target_region_is_refused():
     with pytest.raises(ValueError, match="target region is empty"):
         target_score_fn(LogitsAreTheImage(), 0, torch.zeros(SIZE, SIZE))
+
+
+def test_out_of_memory_halves_the_failing_chunk_and_gives_the_same_curves():
+    maps = torch.rand(2, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    image = bright_square()
+    expected = deletion_insertion(image_mean, image, maps, steps=4, baseline="zero")
+    sizes: list[int] = []
+
+    def limited(images: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(images))
+        if len(images) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return image_mean(images)
+
+    # 2 maps x 3 interior steps x 2 curves = 12 jobs: the first chunk (12) fails, then 6
+    curves = deletion_insertion(limited, image, maps, steps=4, baseline="zero", batch_size=64)
+    assert curves.events == ("faithfulness out of memory; batch halved to 6",
+                             "faithfulness out of memory; batch halved to 3",
+                             "faithfulness out of memory; batch halved to 1")
+    assert curves.batch_size == 1 and sizes[:4] == [2, 12, 6, 3]
+    torch.testing.assert_close(curves.deletion, expected.deletion)
+    torch.testing.assert_close(curves.insertion, expected.insertion)
+
+    def never(images: torch.Tensor) -> torch.Tensor:  # only the two endpoints fit
+        if len(images) != 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return image_mean(images)
+
+    with pytest.raises(UserError, match="single perturbed image"):
+        deletion_insertion(never, image, maps, steps=4, baseline="zero")

@@ -96,8 +96,8 @@ def deletion_insertion(score_fn: ScoreFn, image: Tensor, maps: Tensor, steps: in
     The perturbed images of all maps are scored together in chunks of
     `batch_size`; the two endpoints (the original image and the baseline) are
     shared by every map and scored once. On a CUDA out-of-memory error the chunk
-    halves and the work continues (the scores do not depend on it); the result
-    says which size fitted and what happened.
+    halves and the work continues (the scores change only by float rounding); the
+    result says which size fitted and what happened.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -122,22 +122,26 @@ def deletion_insertion(score_fn: ScoreFn, image: Tensor, maps: Tensor, steps: in
         torch.arange(len(valid), device=device), torch.arange(1, steps, device=device),
         torch.arange(2, device=device)).reshape(-1, 3)
     curves = torch.stack([deletion, insertion])
+
+    def scored(row: Tensor, step: Tensor, curve: Tensor) -> Tensor:
+        changed = ranks[row] < (step * pixels // steps)[:, None]
+        show_original = (changed ^ (curve == 0)[:, None]).reshape(-1, 1, height, width)
+        return score_fn(torch.where(show_original, image, base)).double()
+
     events: list[str] = []
     done = 0
     while done < len(jobs):
         row, step, curve = jobs[done:done + batch_size].unbind(dim=1)
         try:
-            changed = ranks[row] < (step * pixels // steps)[:, None]
-            show_original = (changed ^ (curve == 0)[:, None]).reshape(-1, 1, height, width)
-            scores = score_fn(torch.where(show_original, image, base)).double()
+            scores = scored(row, step, curve)
         except torch.OutOfMemoryError as error:
-            if batch_size == 1:
+            if len(row) == 1:
                 raise UserError("out of memory scoring a single perturbed image for the "
                                 "faithfulness curves; lower the input size or leave the "
                                 "faithfulness metrics out") from error
             scores = None
         if scores is None:  # outside the except block, so the failed chunk is released
-            batch_size = max(1, batch_size // 2)
+            batch_size = max(1, len(row) // 2)
             events.append(f"faithfulness out of memory; batch halved to {batch_size}")
             log.warning(events[-1])
             torch.cuda.empty_cache()

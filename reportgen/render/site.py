@@ -150,7 +150,7 @@ class SiteWriter:
         """Draw and encode everything of one image without writing it (thread-safe).
 
         The costly part of `add_image`: several images may be prepared at once, on
-        worker threads, and committed afterwards in any order (see `commit_image`).
+        worker threads, then committed in the images' order (see `commit_image`).
         """
         with self._lock:
             if result.id not in self._positions:
