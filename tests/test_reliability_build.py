@@ -343,3 +343,28 @@ def _metric_values(site: Path) -> dict[tuple[str, ...], float | str]:
     assert rows
     return {(r["image"], r["layer"], r["method"], r["metric"]):
             float(r["value"]) if r["value"] else r["status"] for r in rows}
+
+
+def test_sanity_levels_start_from_the_batch_size_that_fitted(tmp_path: Path, monkeypatch):
+    from reportgen.cam import CamEngine
+
+    write_images(tmp_path, count=2)
+    spec = write_spec(tmp_path / "spec.yaml", runtime={"batch_size": 2},
+                      metrics=["attention", "sanity"], layers=["decoder_last"],
+                      methods=["gradcam"],
+                      metric_options={"sanity": {"images": 2, "levels": 3}},
+                      output={"pdf": None})
+    original_batch = CamEngine._explain_batch
+
+    def engine_oom(self, images, *args, **kwargs):
+        if len(images) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original_batch(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(CamEngine, "_explain_batch", engine_oom)
+    build(spec, BuildOptions(quiet=True, cache=False))
+    manifest = json.loads((tmp_path / "site" / "data" / "manifest.json").read_text())
+    # the images' batch halves once; the sanity check's engines (one per level plus the
+    # trained model) halve once, then start from one image
+    assert manifest["events"] == ["img00: out of memory; batch size halved to 1",
+                                  "sanity check: out of memory; batch size halved to 1"]
