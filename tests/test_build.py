@@ -133,3 +133,29 @@ def test_stale_lock_of_a_killed_build_is_taken_over(built: Path):
     build(built / "spec.yaml", BuildOptions(quiet=True))
     assert not (built / ".site.lock").exists() and not stale.exists()
     assert os.path.isfile(built / "site" / "index.html")
+
+
+@pytest.mark.parametrize(("images", "size", "compile_option", "device", "expected"), [
+    (100, 640, "auto", "cuda", True),  # 51,200 masked forwards of 640 px: repays
+    (50, 640, "auto", "cuda", False),  # 25,600: the cold compilation would not
+    (100, 320, "auto", "cuda", False),  # a quarter of the pixels saves a quarter per forward
+    (1000, 640, "auto", "cpu", False),  # auto compiles on CUDA only
+    (1, 64, "always", "cpu", True),
+    (1000, 640, "never", "cuda", False),
+])
+def test_score_cam_compiles_when_the_work_repays_it(tmp_path: Path, images, size,
+                                                    compile_option, device, expected):
+    from types import SimpleNamespace
+
+    import torch
+
+    from reportgen.build import _compile_pays
+    from reportgen.spec import load_spec
+
+    write_images(tmp_path, count=1)
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", model={"input_size": size},
+                                runtime={"compile": compile_option}))
+    infos = [SimpleNamespace(name="encoder_last", channels=512),
+             SimpleNamespace(name="decoder_last", channels=16)]
+    plan = SimpleNamespace(scorecam_layers=["encoder_last"])
+    assert _compile_pays(spec, torch.device(device), infos, plan, images) is expected
