@@ -248,6 +248,10 @@ class OutputSection(Strict):
     pdf: Path | None = Field(Path("site/report.pdf"), description="the PDF, inside the site "
                              "folder; null for none")
     single_file: bool = Field(False, description="also write one self-contained HTML file")
+    compress_maps: bool = Field(True, description="deflate the exported maps (data/maps/*.npz, "
+                                "zlib level 1): about 20 % smaller, but 25x the CPU time of "
+                                "storing them (at 640 px, 0.5 s instead of 0.02 s per image "
+                                "of 20 maps)")
 
 
 class RuntimeSection(Strict):

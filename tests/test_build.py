@@ -159,3 +159,24 @@ def test_score_cam_compiles_when_the_work_repays_it(tmp_path: Path, images, size
              SimpleNamespace(name="decoder_last", channels=16)]
     plan = SimpleNamespace(scorecam_layers=["encoder_last"])
     assert _compile_pays(spec, torch.device(device), infos, plan, images) is expected
+
+
+def test_maps_are_deflated_unless_asked_to_be_stored_and_load_the_same(tmp_path: Path):
+    import numpy as np
+
+    write_images(tmp_path, count=1)
+    loaded = {}
+    for compress in (True, False):
+        spec = write_spec(tmp_path / "spec.yaml", layers=["decoder_last"], methods=["gradcam"],
+                          output={"pdf": None, "compress_maps": compress}, **FAST)
+        build(spec, BuildOptions(quiet=True, force=True))
+        path = tmp_path / "site" / "data" / "maps" / "img00.npz"
+        with zipfile.ZipFile(path) as npz:
+            kinds = {info.compress_type for info in npz.infolist()}
+        assert kinds == {zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED}
+        with np.load(path, allow_pickle=False) as arrays:
+            loaded[compress] = {name: arrays[name] for name in arrays.files}
+    assert loaded[True].keys() == loaded[False].keys() == {
+        "decoder_last|gradcam|normalised", "decoder_last|gradcam|raw"}
+    for name, value in loaded[True].items():
+        assert np.array_equal(value, loaded[False][name])
