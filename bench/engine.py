@@ -233,7 +233,7 @@ def main() -> None:
             for path in method_layers.values()
         )
 
-    def run_engine(engine_methods, engine_layers, warm_up=1, **options):
+    def run_engine(engine_methods, engine_layers, warm_up=1, on_device=False, **options):
         """Seconds for the engine over all images, its stage timings, the Score-CAM chunk,
         and the seconds of a first call on `warm_up` images, timed apart (kernel loading,
         the automatic chunk's probe; with torch.compile the compilation), as the floor
@@ -250,12 +250,12 @@ def main() -> None:
         )
         synchronise(device)
         start = time.perf_counter()
-        engine.explain(images[:warm_up], target)
+        engine.explain(images[:warm_up], target, on_device=on_device)
         synchronise(device)
         first = time.perf_counter() - start
         synchronise(device)
         start = time.perf_counter()
-        result = engine.explain(images, target)
+        result = engine.explain(images, target, on_device=on_device)
         synchronise(device)
         return time.perf_counter() - start, result.timings, engine.scorecam_chunk, first
 
@@ -263,6 +263,9 @@ def main() -> None:
         gradient_methods, layers, warm_up=batch_size
     )
     notes = [f"  engine gradient family: first call on {batch_size} images {first:.2f} s"]
+    kept, _, _, _ = run_engine(
+        gradient_methods, layers, warm_up=batch_size, on_device=True
+    )
     rows = [
         ("floor: 1 forward + 1 backward", None, floor),
         (
@@ -270,7 +273,16 @@ def main() -> None:
             sum(library[m] for m in gradient_methods),
             engine_gradient,
         ),
+        (
+            "same, maps left on the device (explain(on_device=True))",
+            sum(library[m] for m in gradient_methods),
+            kept,
+        ),
     ]
+    notes.append(
+        f"  engine / floor: {engine_gradient / floor:.2f}x (maps copied to the host), "
+        f"{kept / floor:.2f}x (left on the device)"
+    )
     warm_probe = None
     if "scorecam" in methods:
         engine_score, score_stages, chunk, first = run_engine(["scorecam"], score_layers)

@@ -114,3 +114,16 @@ def test_a_real_cuda_out_of_memory_halves_batch_and_chunk_and_the_maps_stay(gpu_
     assert engine.scorecam_chunk < 256
     for key, maps in expected.maps.items():
         assert torch.allclose(maps, result.maps[key], atol=1e-3), key
+
+
+def test_maps_left_on_the_device_equal_the_copied_ones(gpu_model, images):
+    layers = {"encoder_last": LAYERS["encoder_last"], "decoder_last": LAYERS["decoder_last"]}
+    engine = CamEngine(gpu_model, layers, ["gradcam", "layercam"], device="cuda")
+    host = engine.explain(images, PREDICTION)
+    kept = engine.explain(images, PREDICTION, on_device=True)
+    for key, maps in host.maps.items():
+        assert maps.device.type == "cpu" and kept.maps[key].device.type == "cuda"
+        # two runs: cuDNN may pick other kernels, so equal up to rounding
+        assert torch.allclose(kept.maps[key].cpu(), maps, atol=1e-4), key
+        assert torch.allclose(kept.raw[key].cpu(), host.raw[key], rtol=1e-3, atol=1e-6), key
+    assert kept.logits.device.type == "cuda" and kept.flags == host.flags

@@ -144,11 +144,15 @@ class CamEngine:
         images: torch.Tensor,
         target: SegmentationTarget,
         gt_masks: torch.Tensor | None = None,
+        on_device: bool = False,
     ) -> CamResult:
         """Maps for `images` [N, 3, H, W], streamed in batches of `batch_size`.
 
-        On a CUDA out-of-memory error the batch size halves and the work continues
-        (recorded in `events`); later calls start from the halved size.
+        The result's tensors are on the host, unless `on_device`: then they stay on the
+        engine's device (no copy, for callers that go on computing there; the device
+        then holds every image's maps). On a CUDA out-of-memory error the batch size
+        halves and the work continues (recorded in `events`); later calls start from the
+        halved size.
         """
         if images.ndim != 4:
             raise UserError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
@@ -161,7 +165,8 @@ class CamEngine:
                 stop = min(start + batch_size, len(images))
                 masks = None if gt_masks is None else gt_masks[start:stop]
                 try:
-                    part = self._explain_batch(images[start:stop], masks, target, clock, result)
+                    part = self._explain_batch(images[start:stop], masks, target, clock, result,
+                                               on_device)
                 except torch.OutOfMemoryError as error:
                     if stop - start == 1:
                         raise UserError(
@@ -196,6 +201,7 @@ class CamEngine:
         target: SegmentationTarget,
         clock: _Stopwatch,
         result: CamResult,
+        on_device: bool = False,
     ) -> dict[str, object]:
         gradient_methods = self._family("gradient")
         # inference_mode(False) + clone: works when the caller is in no_grad/inference mode.
@@ -243,14 +249,15 @@ class CamEngine:
         with clock("normalise"):
             for key, value in raw.items():
                 maps[key], flags[key] = normalise(value, tuple(inputs.shape[-2:]), empty)
+        out = "cpu" if not on_device else self.device
         with clock("to_cpu"):
             return {
                 "keys": list(raw),
-                "maps": {key: value.cpu() for key, value in maps.items()},
-                "raw": {key: value.float().cpu() for key, value in raw.items()},
+                "maps": {key: value.to(out) for key, value in maps.items()},
+                "raw": {key: value.float().to(out) for key, value in raw.items()},
                 "flags": flags,
-                "logits": logits.float().cpu(),
-                "regions": regions.cpu(),
+                "logits": logits.float().to(out),
+                "regions": regions.to(out),
             }
 
     def _score_cam(
