@@ -69,7 +69,8 @@ def test_click_keyboard_zoom_and_sort_without_console_errors(
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
 
-    page.goto((site / "index.html").as_uri())
+    # lazy images may still load after the load event; a reader clicks a settled page
+    page.goto((site / "index.html").as_uri(), wait_until="networkidle")
     assert page.locator("h1").inner_text().startswith("Validation <script>")
     page.screenshot(path=str(tmp_path / "index.png"))
 

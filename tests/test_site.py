@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from reportgen.render import figures as fig
 from reportgen.render.site import SiteWriter
 from tests.site_fixtures import (
     HOSTILE,
@@ -143,6 +144,15 @@ def test_index_lists_model_card_verdicts_tables_plots_and_downloads(site: Path) 
                  "data/manifest.json", "report.pdf", 'id="gallery"'):
         assert text in page, text
     assert page.count('class="gallery-item"') == 3
+    # plots carry their pixel size, so the page does not shift under a reader's click
+    # while they load (the gallery's thumbnails keep their place by CSS aspect-ratio)
+    plots = re.findall(r'<img class="zoomable" src="plots/(\w+)\.png"[^>]*>', page)
+    sized = re.findall(r'<img class="zoomable" src="plots/(\w+)\.png"[^>]* width="(\d+)" '
+                       r'height="(\d+)"', page)
+    assert plots and [name for name, _, _ in sized] == plots
+    for name, width, height in sized:
+        data = (site / "plots" / f"{name}.png").read_bytes()
+        assert (int(width), int(height)) == fig.png_size(data)
 
 
 def test_audit_has_spec_versions_hashes_and_exclusions(site: Path) -> None:

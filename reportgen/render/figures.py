@@ -201,6 +201,13 @@ def encode_jpeg(image: np.ndarray, quality: int = 80, full_chroma: bool = False)
     return data.tobytes()
 
 
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's header."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def data_uri(data: bytes, mime: str) -> str:
     """`data` as a base64 data URI."""
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

@@ -264,7 +264,8 @@ class SiteWriter:
 
         drawn = self._plots(sanity)
         page_plots = {name: PlotView(p.title, href(f"plots/{p.name}.png") if p.png else None,
-                                     p.alt, p.caption, p.reason)
+                                     p.alt, p.caption, p.reason,
+                                     *(fig.png_size(p.png) if p.png else (0, 0)))
                       for name, p in drawn.items()}
 
         def pick(names: Sequence[str], table: dict[str, PlotView]) -> list[PlotView]:
@@ -316,7 +317,8 @@ class SiteWriter:
                       aggregates: list[AggregateRow], sanity: list[SanityRow]) -> None:
         """report-single.html: every page in one file, figures embedded as data URIs."""
         embedded = {name: PlotView(p.title, fig.data_uri(p.png, "image/png") if p.png else None,
-                                   p.alt, p.caption, p.reason)
+                                   p.alt, p.caption, p.reason,
+                                   *(fig.png_size(p.png) if p.png else (0, 0)))
                     for name, p in drawn.items()}
 
         def pick(names: Sequence[str]) -> list[PlotView]:

@@ -447,6 +447,8 @@ class PlotView:
     alt: str
     caption: str
     reason: str = ""
+    width: int = 0  # pixels, so the page keeps the plot's place before it loads
+    height: int = 0
 
 
 @dataclass
