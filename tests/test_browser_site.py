@@ -154,3 +154,22 @@ def test_screenshot_script_writes_both_pictures(site: Path, tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     for name in ("index.png", "image.png"):
         assert (tmp_path / "shots" / name).stat().st_size > 10_000
+
+
+def test_figures_and_plots_keep_their_place_before_they_load(site: Path, browser) -> None:
+    """With every picture held back (as on a slow disk), the boxes already have the
+    pictures' shape, so nothing moves under a click when they arrive."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.route("**/*.{png,jpg}", lambda route: route.abort())
+    page.goto((site / "images" / "img-001.html").as_uri())
+    boxes = page.locator(".tile img, table.cam-grid img").evaluate_all(
+        "images => images.map(image => [image.getBoundingClientRect().width,"
+        " image.getBoundingClientRect().height])")
+    assert len(boxes) > 4
+    for width, height in boxes:  # the synthetic images are square
+        assert width > 50 and abs(height - width) <= 2, (width, height)
+    page.goto((site / "index.html").as_uri())
+    plots = page.locator("figure.plot img").evaluate_all(
+        "images => images.map(image => image.getBoundingClientRect().height)")
+    assert plots and all(height > 100 for height in plots), plots
+    page.close()
