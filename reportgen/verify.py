@@ -96,21 +96,22 @@ def _load_manifest(site: Path) -> dict:
     return manifest
 
 
-def _manifest_in_pdf(site: Path) -> dict | None:
+def _manifest_in_pdf(site: Path) -> tuple[dict | None, PdfReport | None]:
     """The manifest attached to the site's one PDF (as listed in the checksums), if it
-    reads; its "pdf" names that PDF."""
+    reads (its "pdf" names that PDF), and that PDF's report, so it is read once."""
     listed = parse_checksums((site / CHECKSUMS).read_text(encoding="utf-8"))
     pdfs = [name for name in listed if name.lower().endswith(".pdf")]
     if len(pdfs) != 1 or not (site / pdfs[0]).is_file():
-        return None
-    attached = verify_pdf(site / pdfs[0]).attachments_manifest
+        return None, None
+    inner = verify_pdf(site / pdfs[0])
+    attached = inner.attachments_manifest
     try:
         manifest = json.loads(attached) if attached is not None else None
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
+        return None, inner
     if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), dict):
-        return None
-    return {**manifest, "pdf": pdfs[0]}
+        return None, inner
+    return {**manifest, "pdf": pdfs[0]}, inner
 
 
 def verify_site(site: Path) -> VerifyReport:
@@ -122,6 +123,7 @@ def verify_site(site: Path) -> VerifyReport:
     """
     report = VerifyReport(str(site), "site")
     broken = False
+    read_pdf: PdfReport | None = None  # the PDF's report, when already read
     try:
         manifest = _load_manifest(site)
     except UserError as error:
@@ -130,7 +132,7 @@ def verify_site(site: Path) -> VerifyReport:
         broken = True
         report.problems.append(Finding(MANIFEST.as_posix(), "changed",
                                        "no longer a readable manifest"))
-        manifest = _manifest_in_pdf(site)
+        manifest, read_pdf = _manifest_in_pdf(site)
         if manifest is None:
             manifest = {"outputs": {}}
             report.notes.append(f"{error}; the other files checked against "
@@ -168,7 +170,7 @@ def verify_site(site: Path) -> VerifyReport:
     _verify_inputs(site, manifest, report)
     pdf_name = manifest.get("pdf")
     if pdf_name and (site / pdf_name).is_file():
-        inner = verify_pdf(site / pdf_name)
+        inner = read_pdf if read_pdf is not None else verify_pdf(site / pdf_name)
         report.problems += [Finding(f"{pdf_name}:{f.path}", f.problem, f.detail)
                             for f in inner.problems]
         report.notes += [f"{pdf_name}: {note}" for note in inner.notes]

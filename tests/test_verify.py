@@ -59,7 +59,14 @@ def test_verify_fails_naming_a_file_changed_by_one_byte(site: Path, capsys, name
     assert f"changed: {name}" in output
 
 
-def test_a_manifest_changed_into_broken_json_is_a_changed_file(site: Path, capsys):
+def test_a_manifest_changed_into_broken_json_is_a_changed_file(site: Path, capsys,
+                                                               monkeypatch):
+    from reportgen import verify as verify_module
+
+    reads: list[Path] = []
+    original = verify_module.verify_pdf
+    monkeypatch.setattr(verify_module, "verify_pdf",
+                        lambda pdf: reads.append(pdf) or original(pdf))
     path = site / "data" / "manifest.json"
     path.write_bytes(b"[" + path.read_bytes()[1:])
     code = main(["verify", str(site)])
@@ -67,6 +74,7 @@ def test_a_manifest_changed_into_broken_json_is_a_changed_file(site: Path, capsy
     assert code == 1
     assert "changed: data/manifest.json" in output
     assert "the records are the manifest attached to report.pdf" in output
+    assert len(reads) == 1  # the PDF is read once, for its manifest and its own checks
 
 
 def test_a_broken_manifest_with_rewritten_checksums_still_fails(site: Path):
