@@ -93,7 +93,7 @@ def write_manifest(site: Path, spec: Spec, spec_path: Path, samples: list[Sample
     `location`: the spec's relative to the site folder, the others relative to the
     spec's folder, so `reportgen verify` can find and re-hash them later. `excluded`
     lists the inputs a keep-going build left out: (location, reason). `events` are what
-    the run adapted to (e.g. a batch halved on out-of-memory: same results, more time);
+    the run adapted to (e.g. a batch halved on out-of-memory: results equal up to float rounding);
     `engine` how the maps were computed (e.g. whether Score-CAM ran compiled).
     """
     base = spec_path.resolve().parent

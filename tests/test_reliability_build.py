@@ -289,7 +289,6 @@ def test_render_workers_change_no_byte_and_a_failing_one_leaves_no_site(
 
 def test_out_of_memory_halves_batches_keeps_the_numbers_and_is_in_the_manifest(
         tmp_path: Path, monkeypatch):
-    from reportgen.cam import CamEngine
     from reportgen.metrics import registry
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1738281600")
@@ -304,13 +303,6 @@ def test_out_of_memory_halves_batches_keeps_the_numbers_and_is_in_the_manifest(
     manifest = json.loads((site / "data" / "manifest.json").read_text())
     assert manifest["events"] == [] and manifest["engine"] == {"scorecam_compiled": False}
 
-    original_batch = CamEngine._explain_batch
-
-    def engine_oom(self, images, *args, **kwargs):
-        if len(images) > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original_batch(self, images, *args, **kwargs)
-
     original_score = registry.target_score_fn
 
     def score_oom(*args, **kwargs):
@@ -323,7 +315,7 @@ def test_out_of_memory_halves_batches_keeps_the_numbers_and_is_in_the_manifest(
 
         return limited
 
-    monkeypatch.setattr(CamEngine, "_explain_batch", engine_oom)
+    _engine_oom_above_one_image(monkeypatch)
     monkeypatch.setattr(registry, "target_score_fn", score_oom)
     build(spec, BuildOptions(quiet=True, cache=False))
     manifest = json.loads((site / "data" / "manifest.json").read_text())
@@ -346,25 +338,30 @@ def _metric_values(site: Path) -> dict[tuple[str, ...], float | str]:
 
 
 def test_sanity_levels_start_from_the_batch_size_that_fitted(tmp_path: Path, monkeypatch):
-    from reportgen.cam import CamEngine
-
     write_images(tmp_path, count=2)
     spec = write_spec(tmp_path / "spec.yaml", runtime={"batch_size": 2},
                       metrics=["attention", "sanity"], layers=["decoder_last"],
                       methods=["gradcam"],
                       metric_options={"sanity": {"images": 2, "levels": 3}},
                       output={"pdf": None})
-    original_batch = CamEngine._explain_batch
-
-    def engine_oom(self, images, *args, **kwargs):
-        if len(images) > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original_batch(self, images, *args, **kwargs)
-
-    monkeypatch.setattr(CamEngine, "_explain_batch", engine_oom)
+    _engine_oom_above_one_image(monkeypatch)
     build(spec, BuildOptions(quiet=True, cache=False))
     manifest = json.loads((tmp_path / "site" / "data" / "manifest.json").read_text())
     # the images' batch halves once; the sanity check's engines (one per level plus the
     # trained model) halve once, then start from one image
     assert manifest["events"] == ["img00: out of memory; batch size halved to 1",
                                   "sanity check: out of memory; batch size halved to 1"]
+
+
+def _engine_oom_above_one_image(monkeypatch) -> None:
+    """Every engine batch of more than one image fails as a CUDA out-of-memory would."""
+    from reportgen.cam import CamEngine
+
+    original = CamEngine._explain_batch
+
+    def engine_oom(self, images, *args, **kwargs):
+        if len(images) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(CamEngine, "_explain_batch", engine_oom)

@@ -5,9 +5,10 @@
         writer.add_image(result)      # images/<id>.html and its figures, now
     files = writer.finish(aggregates, sanity)   # index, methods, layers, audit, plots
 
-`add_image` is `commit_image(prepare_image(result))`: the drawing and encoding
-(`prepare_image`) may run on worker threads for several images at once, the
-writing (`commit_image`) in the images' order on the writer's thread.
+`add_image` is `commit_image(prepare_image(result))`: the drawing, encoding and
+writing of an image's files (`prepare_image`) may run on worker threads for several
+images at once; its summary and running sums are kept (`commit_image`) in the
+images' order on the writer's thread.
 
 `add_image` keeps only a small summary of each image (see `stats.ImageSummary`)
 and running sums for the method/layer agreement and the mean curves, so memory
@@ -70,11 +71,11 @@ SECTIONS_MARKER = "<!--reportgen:image-sections-->"
 
 @dataclasses.dataclass
 class PreparedImage:
-    """One image drawn and encoded, ready to be written (`SiteWriter.prepare_image`)."""
+    """One image's files written, its summary not yet kept (`SiteWriter.prepare_image`)."""
 
     result: ImageResult
-    files: list[tuple[str, bytes]]  # (path in the site, bytes)
     worst: str  # worst verdict over the image's cells
+    ranks: dict  # its maps' standardised ranks (`DatasetStats.map_ranks`)
     single: str | None  # its section of report-single.html, when one is written
 
 
@@ -132,7 +133,8 @@ class SiteWriter:
         path = self.out_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        self._written.append(path)
+        with self._lock:  # images are written from several threads
+            self._written.append(path)
 
     def _write_text(self, relative: str, text: str) -> None:
         self._write_bytes(relative, text.encode("utf-8"))
@@ -147,7 +149,7 @@ class SiteWriter:
         self.commit_image(self.prepare_image(result))
 
     def prepare_image(self, result: ImageResult) -> PreparedImage:
-        """Draw and encode everything of one image without writing it (thread-safe).
+        """Draw, encode and write one image's page, figures and thumbnail (thread-safe).
 
         The costly part of `add_image`: several images may be prepared at once, on
         worker threads, then committed in the images' order (see `commit_image`).
@@ -163,46 +165,42 @@ class SiteWriter:
         following = (self.image_ids[position + 1]
                      if position + 1 < len(self.image_ids) else None)
 
-        files, sources = self._figures(result)
+        sources = self._figures(result)
         view = image_page_view(self.context, result, sources, position, len(self.image_ids),
                                previous, following)
-        page = self._render("image.html", view=view, page=view.page)
-        files.append((f"images/{result.id}.html", page.encode("utf-8")))
+        self._write_text(f"images/{result.id}.html", self._render("image.html", view=view,
+                                                                  page=view.page))
         small = fig.fit(fig.as_rgb(result.display), THUMB_SIZE)
         thumb = fig.draw_outline(small, fig.fit_mask(result.prediction, small.shape[:2]),
                                  fig.PREDICTION_COLOUR)
-        files.append((f"thumbs/{result.id}.jpg", fig.encode_jpeg(thumb, 85)))
+        self._write_bytes(f"thumbs/{result.id}.jpg", fig.encode_jpeg(thumb, 85))
         single = (self._single_section(result, position, previous, following)
                   if self.single_file else None)
         worst = worst_verdict(cell.verdict for cell in result.cells.values())
-        return PreparedImage(result, files, worst, single)
+        return PreparedImage(result, worst, DatasetStats.map_ranks(result), single)
 
     def commit_image(self, prepared: PreparedImage) -> None:
-        """Write a prepared image's files and keep its summary (on the writer's thread).
+        """Keep a prepared image's summary (on the writer's thread).
 
         Commit in the order the images are computed, as `add_image` would be called:
         the running sums (agreement, mean curves) and report-single.html follow it.
         """
-        for relative, data in prepared.files:
-            self._write_bytes(relative, data)
-        self.stats.add(prepared.result, prepared.worst)
+        self.stats.add(prepared.result, prepared.worst, prepared.ranks)
         if self._single_parts is not None and prepared.single is not None:
             self._single_parts.write(prepared.single)
 
-    def _figures(self, result: ImageResult) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
-        """The encoded figures of one image as (path in the site, bytes), and figure name ->
-        src relative to its page."""
+    def _figures(self, result: ImageResult) -> dict[str, str]:
+        """Write the figures of one image; return figure name -> src relative to its page."""
         folder = f"figures/{result.id}"
-        files: list[tuple[str, bytes]] = []
         sources: dict[str, str] = {}
         for name, image in self._composed(result, MAIN_SIZE, CELL_SIZE, with_variants=True):
             if name.startswith("cell-") and GRID_FORMAT == "jpeg":
                 data, suffix = fig.encode_jpeg(image, GRID_JPEG_QUALITY, full_chroma=True), "jpg"
             else:
                 data, suffix = fig.encode_png(image), "png"
-            files.append((f"{folder}/{name}.{suffix}", data))
+            self._write_bytes(f"{folder}/{name}.{suffix}", data)
             sources[name] = href(f"../{folder}/{name}.{suffix}")
-        return files, sources
+        return sources
 
     def _composed(self, result: ImageResult, main_size: int, cell_size: int,
                   with_variants: bool) -> list[tuple[str, np.ndarray]]:

@@ -134,9 +134,23 @@ class DatasetStats:
         self.layer_agreement = PairAgreement()
         self.curves = CurveMeans()
 
-    def add(self, result: ImageResult, worst_verdict: str) -> ImageSummary:
-        """Record one image and return its summary."""
+    @staticmethod
+    def map_ranks(result: ImageResult) -> dict[CellKey, np.ndarray]:
+        """The standardised ranks of every usable map of one image (the costly part of
+        `add`, a function of the image alone: it may run on another thread first)."""
         ranks: dict[CellKey, np.ndarray] = {}
+        for key in sorted(result.cells):
+            cell = result.cells[key]
+            if usable_map(cell.map, cell.flags):
+                standardised = standardised_ranks(cell.map)
+                if standardised is not None:
+                    ranks[key] = standardised
+        return ranks
+
+    def add(self, result: ImageResult, worst_verdict: str,
+            ranks: dict[CellKey, np.ndarray] | None = None) -> ImageSummary:
+        """Record one image and return its summary (`ranks`: its `map_ranks`, when
+        already computed)."""
         metrics: dict[CellKey, dict[str, float | None]] = {}
         verdicts: dict[CellKey, str] = {}
         for key in sorted(result.cells):
@@ -146,11 +160,7 @@ class DatasetStats:
             verdicts[key] = cell.verdict
             for name, curve in sorted(cell.curves.items()):
                 self.curves.add(cell.layer, cell.method, name, curve)
-            if usable_map(cell.map, cell.flags):
-                standardised = standardised_ranks(cell.map)
-                if standardised is not None:
-                    ranks[key] = standardised
-        self._add_pairs(ranks)
+        self._add_pairs(self.map_ranks(result) if ranks is None else ranks)
         dice = None if result.dice is None else metric_float(result.dice)
         if result.dice is None:
             dice_reason = "no ground truth"
