@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from reportgen import __version__
-from reportgen.cache import RANDOM_METHODS, ResultCache
+from reportgen.cache import GB, RANDOM_METHODS, ResultCache
 from reportgen.cam import CamEngine, SegmentationTarget
 from reportgen.cam.methods import METHODS
 from reportgen.cam.normalise import FLAG_REASONS
@@ -306,13 +306,14 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
         warnings.append(f"{len(excluded)} input(s) excluded (--keep-going): see Excluded inputs")
     writer = SiteWriter(staging, context, [r.id for r in refs],
                         single_file=options.single_file or spec.output.single_file)
-    pipeline = Pipeline(spec, model, resolved, plan, infos, device, len(refs))
+    cache = _open_cache(spec, options, sha, resolved, device)
+    to_compute = len(refs) if cache is None else cache.missing(refs)
+    pipeline = Pipeline(spec, model, resolved, plan, infos, device, to_compute)
     (staging / "data" / "maps").mkdir(parents=True)
     rows: list[MetricRow] = []
     sanity_samples: list[tuple[Sample, torch.Tensor]] = []
     events: list[str] = []  # what the run adapted to (out-of-memory halvings), for the manifest
     done = 0
-    cache = _open_cache(spec, options, sha, resolved, device)
     if options.progress:
         options.progress("images", 0, len(refs))
 
@@ -442,8 +443,10 @@ class Pipeline:
     """
 
     def __init__(self, spec: Spec, model: torch.nn.Module, resolved: dict[str, str], plan: Plan,
-                 infos, device: torch.device, image_count: int):
+                 infos, device: torch.device, images_to_compute: int):
         self.spec, self.model, self.plan, self.device = spec, model, plan, device
+        # what decides whether compiling repays: images already cached cost no forwards
+        self.images_to_compute = images_to_compute
         m = spec.model
         self.target = SegmentationTarget(spec.target_index, spec.target.region,
                                          spec.target.threshold, m.output_activation)
@@ -453,8 +456,10 @@ class Pipeline:
             self.engines.append(CamEngine(model, resolved, plan.gradient_methods, device=device,
                                           precision=precision,
                                           batch_size=spec.runtime.batch_size))
+        # the manifest records this decision, not whether any image needed it, so a
+        # rebuild from the cache writes the same manifest as the build that filled it
         self.scorecam_compiled = bool(plan.scorecam_layers) and _compile_pays(
-            spec, device, infos, plan, image_count)
+            spec, device, infos, plan, images_to_compute)
         if plan.scorecam_layers:
             score = spec.method_options.scorecam
             self.engines.append(CamEngine(
@@ -526,13 +531,14 @@ def _computed_batches(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clo
             yield part
 
     if cache is None:
-        yield from computed_batches(loaded(), pipeline, len(refs), clock)
+        yield from computed_batches(loaded(), pipeline, clock)
         return
     yield from cache.around(
-        loaded(), lambda misses: computed_batches(misses, pipeline, len(refs), clock),
+        loaded(), lambda misses: computed_batches(misses, pipeline, clock),
         lambda cached: ImageOutput(*cached), clock)
     log.info("cache: %d image(s) reused, %d computed (%s)", cache.hits, cache.misses,
              cache.folder)
+    cache.prune()
 
 
 def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
@@ -761,7 +767,9 @@ def _open_cache(spec: Spec, options: BuildOptions, checkpoint_sha: str,
                   mode="json"), "precision": spec.runtime.precision, "seed": spec.runtime.seed,
               # batched kernels may round differently: a cache hit must equal a fresh build
               "batch_size": spec.runtime.batch_size, "device": device.type}
-    return ResultCache(spec.runtime.cache, inputs)
+    limit = spec.runtime.cache_max_gb
+    return ResultCache(spec.runtime.cache, inputs,
+                       None if limit is None else int(limit * GB))
 
 
 def _relative_name(path: Path, spec_path: Path) -> str:

@@ -15,6 +15,11 @@ entries or none, and the next build resumes from them. Cache files are data, nev
 code: arrays load with `allow_pickle=False`, everything else is JSON. A damaged entry is
 ignored and recomputed.
 
+The cache is bounded (`runtime.cache_max_gb`): after a build, the least recently used
+entries (an entry's folder time is set when it is written and when it is read) are
+removed until the cache fits. An entry disappears by one rename before it is deleted,
+so a build reading the same cache sees it whole or not at all.
+
 What comes from the image itself (the display pixels, the ground truth, the notes, the
 file names) is not stored: it is read again, so a cached page is byte-identical to a
 computed one.
@@ -28,6 +33,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -39,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reportgen.data import Sample
+from reportgen.data import Sample, SampleRef
 from reportgen.errors import UserError
 from reportgen.hashing import sha256_file, write_npz
 from reportgen.metrics import MetricRow
@@ -55,6 +61,10 @@ PRESENTATION = ("render", "templates", "assets", "cli.py", "verify.py", "manifes
 # Methods that draw random numbers: which images come from the cache would change
 # what the others draw, so a spec using one is never cached.
 RANDOM_METHODS = ("randomcam",)
+
+# Scratch folders older than this are left by killed builds, not being written.
+STALE_SCRATCH_SECONDS = 3600
+GB = 10**9
 
 CachedImage = tuple[ImageResult, list[MetricRow], dict[str, np.ndarray], torch.Tensor]
 
@@ -99,20 +109,41 @@ def _unmetric(value: list | None) -> MetricValue | None:
 class ResultCache:
     """Per-image results under `folder`, for builds that share `inputs` (see the module)."""
 
-    def __init__(self, folder: Path, inputs: dict[str, object]) -> None:
+    def __init__(self, folder: Path, inputs: dict[str, object],
+                 max_bytes: int | None = None) -> None:
         self.folder = folder
+        self.max_bytes = max_bytes
         self._base = json.dumps({"format": CACHE_FORMAT, "code": code_version(),
                                  "versions": _versions(), **inputs},
                                 sort_keys=True, default=_plain)
+        self._keys: dict[tuple[str, Path, Path | None], str] = {}
         self.hits = 0
         self.misses = 0
 
-    def key(self, sample: Sample) -> str:
-        digest = hashlib.sha256(self._base.encode())
-        mask = sha256_file(sample.mask_path) if sample.mask_path else ""
-        for part in (sample.id, sha256_file(sample.path), mask):
-            digest.update(b"\0" + part.encode())
-        return digest.hexdigest()
+    def key(self, sample: Sample | SampleRef) -> str:
+        """The entry key of an image (its files are hashed once per cache object)."""
+        known = (sample.id, sample.path, sample.mask_path)
+        if known not in self._keys:
+            digest = hashlib.sha256(self._base.encode())
+            mask = sha256_file(sample.mask_path) if sample.mask_path else ""
+            for part in (sample.id, sha256_file(sample.path), mask):
+                digest.update(b"\0" + part.encode())
+            self._keys[known] = digest.hexdigest()
+        return self._keys[known]
+
+    def missing(self, refs: Iterable[SampleRef]) -> int:
+        """How many of `refs` have no entry: the images a build will compute."""
+        return sum(not self._entry(self.key(ref)).is_dir() for ref in refs)
+
+    def prune(self) -> tuple[int, int]:
+        """Keep the cache within `max_bytes` (see `prune`); (entries removed, bytes freed)."""
+        if self.max_bytes is None:
+            return 0, 0
+        try:
+            return prune(self.folder, self.max_bytes)
+        except UserError as exc:  # files of someone else's beside the entries: left alone
+            log.warning("cache not pruned: %s", exc)
+            return 0, 0
 
     def _entry(self, key: str) -> Path:
         return self.folder / key[:2] / key
@@ -134,6 +165,7 @@ class ResultCache:
             self.misses += 1
             return None
         self.hits += 1
+        _touch(entry)
         return cached
 
     def store(self, key: str, result: ImageResult, rows: list[MetricRow],
@@ -153,6 +185,7 @@ class ResultCache:
             (scratch / "result.json").write_text(json.dumps(meta, default=_plain),
                                                  encoding="utf-8")
             os.replace(scratch, entry)
+            _touch(entry)
         except OSError as exc:
             log.warning("cannot write the cache entry %s (%s)", entry, exc)
             if scratch is not None:
@@ -235,19 +268,100 @@ class ResultCache:
         return result, rows, maps, torch.from_numpy(arrays["region"])
 
 
-def clear(folder: Path) -> int:
-    """Remove a cache folder; returns how many entries it held.
+def _touch(entry: Path) -> None:
+    """Mark an entry as just used (its folder's time), for least-recently-used pruning."""
+    try:
+        os.utime(entry)
+    except OSError:  # a read-only cache is still a cache
+        pass
 
-    Refuses a folder that does not look like a cache (anything but two-hex-digit
-    shards), so a mistyped `runtime.cache` never deletes someone's files.
-    """
-    if not folder.exists():
-        return 0
+
+def _shards(folder: Path) -> list[Path]:
+    """The shard folders of a cache; refuses a folder that does not look like a cache
+    (anything but two-hex-digit shards), so a mistyped `runtime.cache` never loses
+    someone's files."""
     shards = list(folder.iterdir())
     if any(not (p.is_dir() and len(p.name) == 2 and all(c in "0123456789abcdef"
                                                         for c in p.name)) for p in shards):
         raise UserError(f"{folder} holds files that are not reportgen cache entries; "
                         "remove it by hand if it is really the cache")
-    count = sum(1 for shard in shards for _ in shard.iterdir())
+    return shards
+
+
+def _size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def entries(folder: Path) -> list[tuple[Path, int, float]]:
+    """(entry folder, bytes, last use as a POSIX time) of every whole entry, oldest use
+    first."""
+    if not folder.exists():
+        return []
+    found = []
+    for shard in _shards(folder):
+        for entry in shard.iterdir():
+            if entry.name.startswith("."):  # being written, or left by a killed build
+                continue
+            try:
+                found.append((entry, _size(entry), entry.stat().st_mtime))
+            except OSError:  # removed meanwhile by another build
+                continue
+    return sorted(found, key=lambda item: (item[2], item[0].name))
+
+
+def _remove(entry: Path) -> None:
+    """Delete an entry: renamed first (one atomic step), then removed at leisure."""
+    doomed = entry.with_name(f".{entry.name[:8]}-removed-{os.getpid()}")
+    try:
+        os.replace(entry, doomed)
+    except OSError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def prune(folder: Path, max_bytes: int, now: float | None = None) -> tuple[int, int]:
+    """Remove the least recently used entries until the cache holds at most `max_bytes`,
+    and scratch folders that killed builds left behind; (entries removed, bytes freed)."""
+    if not folder.exists():
+        return 0, 0
+    now = time.time() if now is None else now
+    freed = 0
+    for shard in _shards(folder):
+        for scratch in shard.glob(".*"):
+            try:
+                stale = now - scratch.stat().st_mtime > STALE_SCRATCH_SECONDS
+            except OSError:
+                continue
+            if stale:
+                freed += _size(scratch)
+                shutil.rmtree(scratch, ignore_errors=True)
+    found = entries(folder)
+    total = sum(size for _, size, _ in found)
+    removed = 0
+    for entry, size, _ in found:
+        if total <= max_bytes:
+            break
+        _remove(entry)
+        total -= size
+        freed += size
+        removed += 1
+    if removed:
+        log.info("cache: removed %d least recently used entries (%.2f GB) to stay within "
+                 "%.2f GB", removed, freed / GB, max_bytes / GB)
+    return removed, freed
+
+
+def usage(folder: Path) -> tuple[int, int]:
+    """(entries, bytes) of a cache folder."""
+    found = entries(folder)
+    return len(found), sum(size for _, size, _ in found)
+
+
+def clear(folder: Path) -> int:
+    """Remove a cache folder; returns how many entries it held (refuses a folder that
+    does not look like a cache)."""
+    if not folder.exists():
+        return 0
+    count = sum(1 for shard in _shards(folder) for _ in shard.iterdir())
     shutil.rmtree(folder)
     return count

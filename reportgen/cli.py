@@ -188,16 +188,28 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from reportgen.cache import DEFAULT_FOLDER, clear
+    from reportgen.cache import DEFAULT_FOLDER, GB, clear, usage
 
+    limit: float | None = None
     if args.spec is not None:
         from reportgen.spec import load_spec
 
-        folder = load_spec(args.spec, check_files=False).runtime.cache
+        runtime = load_spec(args.spec, check_files=False).runtime
+        folder, limit = runtime.cache, runtime.cache_max_gb
         if folder is None:
             raise UserError(f"{args.spec}: runtime.cache is null, so this spec keeps no cache")
     else:
         folder = Path(DEFAULT_FOLDER).resolve()
+    if args.action == "info":
+        count, size = usage(folder)
+        if args.json:
+            out.print_json(json.dumps({"folder": str(folder), "entries": count, "bytes": size,
+                                       "max_gb": limit}))
+        elif not args.quiet:
+            bound = "" if limit is None else f" (runtime.cache_max_gb: {limit:g})"
+            out.print(f"{folder}: {count} cached image result(s), {size / GB:.2f} GB{bound}",
+                      markup=False)
+        return 0
     count = clear(folder)
     if args.json:
         out.print_json(json.dumps({"folder": str(folder), "removed": count}))
@@ -291,9 +303,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="override runtime.device")
 
     p = add("cache", _cmd_cache, "manage the cache of per-image maps and metrics")
-    p.add_argument("action", choices=["clear"], help="clear: remove the cache folder")
+    p.add_argument("action", choices=["info", "clear"],
+                   help="info: entries and size; clear: remove the cache folder")
     p.add_argument("spec", type=Path, nargs="?",
-                   help="the spec whose runtime.cache to clear (default: ./.reportgen-cache)")
+                   help="the spec whose runtime.cache to use (default: ./.reportgen-cache)")
 
     p = add("serve", _cmd_serve, "serve a built site on 127.0.0.1 (loopback only)")
     p.add_argument("dir", type=Path, nargs="?", default=Path("site"))

@@ -108,7 +108,7 @@ class PipelineWorker:
     """A Ray actor's state: the model built once from plain weights, and its `Pipeline`."""
 
     def __init__(self, spec: Spec, weights: dict[str, np.ndarray], device_type: str,
-                 image_count: int, threads: int) -> None:
+                 images_to_compute: int, threads: int) -> None:
         from reportgen.build import Pipeline, make_plan, seed_everything
         from reportgen.models import build_model, describe_layers, resolve_layers
 
@@ -121,9 +121,10 @@ class PipelineWorker:
                                for name, value in weights.items()})
         resolved = resolve_layers(model, spec.layers, m.size, m.in_channels)
         infos = describe_layers(model, resolved, m.size, m.in_channels)
-        plan = make_plan(spec, resolved, {i.name: i.channels for i in infos}, image_count)
+        plan = make_plan(spec, resolved, {i.name: i.channels for i in infos},
+                         images_to_compute)
         self.pipeline = Pipeline(spec, model.to(device).eval(), resolved, plan, infos, device,
-                                 image_count)
+                                 images_to_compute)
 
     def process(self, batch: Batch) -> tuple[list[ImageOutput], dict[str, float]]:
         """The batch's outputs and the seconds per stage spent on it."""
@@ -161,7 +162,7 @@ def _ray_session(ray: Any, spec: Spec) -> Iterator[None]:
         ray.shutdown()
 
 
-def computed_on_ray(batches: Iterable[Batch], pipeline: Pipeline, image_count: int,
+def computed_on_ray(batches: Iterable[Batch], pipeline: Pipeline,
                     clock: Stopwatch) -> Iterator[Computed]:
     """`(batch, outputs)` in order, the batches sharded round-robin over Ray workers.
 
@@ -181,8 +182,8 @@ def computed_on_ray(batches: Iterable[Batch], pipeline: Pipeline, image_count: i
         actor = ray.remote(PipelineWorker).options(num_gpus=1 if gpu else 0,
                                                    num_cpus=1 if gpu else threads)
         weights = ray.put(plain_weights(pipeline.model))
-        workers = [actor.remote(spec, weights, "cuda" if gpu else "cpu", image_count,
-                                threads) for _ in range(count)]
+        workers = [actor.remote(spec, weights, "cuda" if gpu else "cpu",
+                                pipeline.images_to_compute, threads) for _ in range(count)]
         log.info("computing on %d Ray worker(s)%s", count, " (one GPU each)" if gpu else "")
         pending: deque[tuple[Batch, Any]] = deque()
         try:
@@ -205,9 +206,9 @@ def _gathered(ray: Any, submitted: tuple[Batch, Any], clock: Stopwatch) -> Compu
     return batch, outputs
 
 
-def computed_batches(batches: Iterable[Batch], pipeline: Pipeline, image_count: int,
+def computed_batches(batches: Iterable[Batch], pipeline: Pipeline,
                      clock: Stopwatch) -> Iterator[Computed]:
     """The batches with their outputs, in order, on the spec's `runtime.executor`."""
     if pipeline.spec.runtime.executor == "ray":
-        return computed_on_ray(batches, pipeline, image_count, clock)
+        return computed_on_ray(batches, pipeline, clock)
     return computed_ahead(batches, lambda batch: pipeline.process(batch, clock))

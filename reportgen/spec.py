@@ -270,6 +270,10 @@ class RuntimeSection(Strict):
         Path(".reportgen-cache"), description="folder of cached per-image maps and metrics, "
         "so rebuilds and interrupted builds recompute nothing unchanged; null: no cache "
         "(--no-cache for one build, `reportgen cache clear` empties it)")
+    cache_max_gb: float | None = Field(
+        20.0, gt=0, description="largest size of the cache in GB (10^9 bytes): after a build "
+        "the least recently used entries are removed until it fits (a 640 px image of 5 "
+        "layers x 4 methods takes about 0.05 GB); null: no limit")
     executor: Literal["local", "ray"] = Field(
         "local", description="local: this process (rendering overlaps the computation); ray: "
         "shard the images over Ray workers, each loading the model once (extra "

@@ -3,13 +3,15 @@ map twice, cached pages are byte-identical to computed ones, and cache files sta
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reportgen import cli
+from reportgen import cache, cli
 from reportgen.build import BuildOptions, Pipeline, build
 from reportgen.cam import CamEngine
 from tests.helpers import write_images, write_spec
@@ -151,3 +153,80 @@ def test_damaged_or_hostile_cache_entries_are_recomputed_never_run(tmp_path: Pat
     assert not marker.exists()
     assert sum(explain_calls) == 2  # both recomputed
     assert sorted(site_files(tmp_path / "site").items()) == first
+
+
+def test_cache_keeps_within_its_size_limit_dropping_the_least_recently_used(
+        tmp_path: Path, explain_calls, capsys):
+    write_images(tmp_path, count=3)
+    spec = write_spec(tmp_path / "spec.yaml", **FAST)
+    build(spec, BuildOptions(quiet=True))
+    found = cache.entries(tmp_path / CACHE)
+    assert cli.main(["cache", "info", str(spec), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["entries"] == 3 and info["bytes"] == sum(size for _, size, _ in found)
+    assert info["max_gb"] == 20
+
+    def image_of(entry: Path) -> str:
+        return json.loads((entry / "result.json").read_text())["rows"][0]["image"]
+
+    by_image = {image_of(entry): (entry, size) for entry, size, _ in found}
+    # img02 was used last, img00 and img01 long before; then a build reads only those two
+    for age, image in enumerate(["img00", "img01", "img02"]):
+        os.utime(by_image[image][0], (1e9 + age, 1e9 + age))
+    (tmp_path / "images" / "img02.png").unlink()
+    explain_calls.clear()
+    build(spec, BuildOptions(quiet=True))
+    assert explain_calls == []
+    # a scratch folder a killed build left long ago goes; one being written stays
+    shard = found[0][0].parent
+    stale, live = shard / ".deadbeef-stale", shard / ".deadbeef-live"
+    for scratch in (stale, live):
+        scratch.mkdir()
+        (scratch / "arrays.npz").write_bytes(b"\0" * 100)
+    os.utime(stale, (1e9, 1e9))
+    sizes = [size for _, size in by_image.values()]
+    removed, _ = cache.prune(tmp_path / CACHE, sum(sizes) - min(sizes) // 2)  # room for two
+    assert removed == 1
+    kept = {image_of(entry) for entry, _, _ in cache.entries(tmp_path / CACHE)}
+    assert kept == {"img00", "img01"}  # reading them made img02 the least recently used
+    assert not stale.exists() and live.exists()
+
+
+def test_a_build_prunes_the_cache_to_runtime_cache_max_gb(tmp_path: Path, explain_calls):
+    write_images(tmp_path, count=3)
+    spec = write_spec(tmp_path / "spec.yaml", **FAST)
+    build(spec, BuildOptions(quiet=True))
+    sizes = [size for _, size, _ in cache.entries(tmp_path / CACHE)]
+    one_and_a_half = (max(sizes) + min(sizes) // 2) / cache.GB
+    write_spec(tmp_path / "spec.yaml", runtime={"cache_max_gb": one_and_a_half}, **FAST)
+    explain_calls.clear()
+    build(spec, BuildOptions(quiet=True))  # all read from the cache, then pruned to one
+    assert explain_calls == [] and len(entries(tmp_path)) == 1
+    build(spec, BuildOptions(quiet=True))
+    assert sum(explain_calls) == 2  # the two pruned images are computed again
+    write_spec(tmp_path / "spec.yaml", runtime={"cache_max_gb": None}, **FAST)
+    build(spec, BuildOptions(quiet=True))
+    assert len(entries(tmp_path)) == 3
+    # a cache folder that also holds someone's file is used, but never pruned
+    (tmp_path / CACHE / "notes.txt").write_text("mine")
+    write_spec(tmp_path / "spec.yaml", runtime={"cache_max_gb": 1e-9}, **FAST)
+    build(spec, BuildOptions(quiet=True))
+    assert len(entries(tmp_path)) == 3 and (tmp_path / CACHE / "notes.txt").exists()
+
+
+def test_compilation_is_decided_on_the_images_the_cache_lacks(tmp_path: Path, monkeypatch):
+    """Adding a few images to a cached build must not pay a compilation sized for all."""
+    from reportgen import build as build_module
+
+    decided: list[int] = []
+    monkeypatch.setattr(build_module, "_compile_pays",
+                        lambda spec, device, infos, plan, images: decided.append(images) or False)
+    write_images(tmp_path, count=2)
+    fast = {**FAST, "methods": ["gradcam", "scorecam"],
+            "method_options": {"scorecam": {"max_channels": 2}}}
+    spec = write_spec(tmp_path / "spec.yaml", **fast)
+    build(spec, BuildOptions(quiet=True))
+    write_images(tmp_path, count=3)  # the same two images and a new one
+    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions(quiet=True))  # nothing to compute
+    assert decided == [2, 1, 0]
