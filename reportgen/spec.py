@@ -298,10 +298,25 @@ class RuntimeSection(Strict):
         raise ValueError(f"device {value!r} must be auto, cpu, cuda or cuda:N")
 
 
+def _spelling_key(name: str) -> str:
+    """Case and separators do not distinguish names (Grad-CAM, grad_cam, gradcam)."""
+    return re.sub(r"[\s_.-]", "", name.lower())
+
+
+def _spellings(name: str) -> set[str]:
+    """Ways people type `name` without its '+': gradcam++ as gradcampp or gradcam_plus_plus."""
+    return {_spelling_key(s) for s in (name, name.replace("+", "p"), name.replace("+", "plus"))}
+
+
 def _choice(value: str, valid: Sequence[str], what: str, extra: str = "") -> str:
     if value in valid:
         return value
-    close = difflib.get_close_matches(value, valid, n=1)
+    # Compare normalised spellings, or difflib finds 'gradcam' (a prefix) closer to
+    # 'gradcampp' than the 'gradcam++' the user meant.
+    by_spelling = {s: name for name in valid for s in _spellings(name)}
+    key = _spelling_key(value)
+    close = [by_spelling[key]] if key in by_spelling else [
+        by_spelling[s] for s in difflib.get_close_matches(key, list(by_spelling), n=1)]
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise ValueError(f"unknown {what} {value!r}: {hint}valid: {', '.join(valid)}{extra}")
 
@@ -477,6 +492,20 @@ def _format_errors(exc: ValidationError, located: _Located) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
+# PyYAML's parser states, in words a spec author can act on (matched on its problem text).
+YAML_HINTS = (
+    ("expected <block end>", "check the indentation of this line and the one above: YAML nests "
+     "by indentation, so keys of one section must start in the same column"),
+    ("mapping values are not allowed", "a 'key:' where YAML expected a value: check this line's "
+     "indentation against the key above it, or quote a value that contains ': '"),
+    ("'\\t'", "YAML does not allow tabs for indentation: indent with spaces"),
+)
+
+
+def _yaml_hint(problem: str) -> str:
+    return next((f" ({hint})" for text, hint in YAML_HINTS if text in problem), "")
+
+
 def parse_spec(path: Path, check_files: bool = True) -> tuple[Spec, str]:
     """Read and validate the YAML, reporting every problem at once.
 
@@ -496,7 +525,8 @@ def parse_spec(path: Path, check_files: bool = True) -> tuple[Spec, str]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise SpecError([f"{where}: YAML syntax error: {exc.problem}"]) from exc
+        hint = _yaml_hint(exc.problem or "")
+        raise SpecError([f"{where}: YAML syntax error: {exc.problem}{hint}"]) from exc
     except yaml.YAMLError as exc:
         raise SpecError([f"{path}: YAML error: {exc}"]) from exc
     if not isinstance(data, dict):

@@ -27,6 +27,23 @@ def test_validate_ok_prints_summary(project, capsys):
     code, out, _ = run(capsys, "validate", str(write_spec(project / "s.yaml")))
     assert code == 0 and out.startswith("ok: UnetPlusPlus/efficientnet-b0")
     assert "2 images at 64x64" in out
+    assert "note:" not in out  # aliases only: nothing is left for check to find
+
+
+def test_validate_says_module_paths_wait_for_check_which_names_the_mistake(project, capsys):
+    spec = write_spec(project / "s.yaml", layers=["encoder_early", "encoder.blocks.38"])
+    code, out, _ = run(capsys, "validate", str(spec))
+    assert code == 0 and out.splitlines()[0].startswith("ok: ")
+    assert out.splitlines()[1] == (
+        f"note: module paths (encoder.blocks.38) are checked when the model is built: run "
+        f"`reportgen check {spec}`")
+    code, out, _ = run(capsys, "validate", "--json", str(spec))
+    assert code == 0 and "encoder.blocks.38" in json.loads(out)["note"]
+    code, _, err = run(capsys, "check", str(spec))
+    message = " ".join(err.split())  # undo the console's wrapping
+    assert code == 2 and "'encoder' has no child 'blocks'" in message
+    assert "Did you mean 'encoder._blocks' (children 0-15)?" in message
+    assert "Traceback" not in err
 
 
 def test_user_errors_exit_2_without_traceback(project, capsys):

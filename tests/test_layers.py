@@ -93,8 +93,45 @@ def test_dotted_paths_and_index_syntax_are_accepted():
 
 def test_unknown_path_lists_the_children():
     model = _build("UnetPlusPlus", "efficientnet-b0")
-    with pytest.raises(LayerError, match="children of 'decoder.blocks'.*x_0_4"):
+    with pytest.raises(LayerError, match="children of 'decoder.blocks'.*x_0_4") as info:
         resolve_layers(model, ["decoder.blocks.x_9_9"], SIZE)
+    assert "Did you mean" not in str(info.value)  # no index is close to x_9_9
+
+
+def test_misspelt_efficientnet_block_path_names_encoder_and_suggests_blocks():
+    # the reviewer's spec: `layers: [encoder_early, encoder.blocks.38]` (the blocks are `_blocks`)
+    model = _build("UnetPlusPlus", "efficientnet-b5")
+    with pytest.raises(LayerError) as info:
+        resolve_layers(model, ["encoder_early", "encoder.blocks.38"], SIZE)
+    message = str(info.value)
+    assert "'encoder' has no child 'blocks'" in message
+    assert "(children of 'encoder': _conv_stem, _bn0, _blocks, _conv_head" in message
+    assert "Did you mean 'encoder._blocks.38'?" in message
+    assert "segmentation_head" not in message  # the root's children are not encoder's
+    model.get_submodule("encoder._blocks.38")  # and the suggestion is a real module
+
+
+def test_misspelt_block_path_past_the_last_block_gives_the_block_range():
+    # B0 has 16 blocks, so encoder._blocks.38 does not exist there either
+    model = _build("UnetPlusPlus", "efficientnet-b0")
+    with pytest.raises(LayerError) as info:
+        resolve_layers(model, ["encoder.blocks.38"], SIZE)
+    message = str(info.value)
+    assert "'encoder' has no child 'blocks'" in message
+    assert "Did you mean 'encoder._blocks' (children 0-15)?" in message
+    with pytest.raises(LayerError, match=r"'encoder._blocks' has no child '99' "
+                       r"\(children of 'encoder._blocks': 0-15\)"):
+        resolve_layers(model, ["encoder._blocks.99"], SIZE)
+
+
+def test_misspelt_top_level_name_is_corrected_and_leaf_modules_say_so():
+    model = _build("UnetPlusPlus", "efficientnet-b0")
+    with pytest.raises(LayerError, match=r"the model has no child 'encodr' \(children of the "
+                       r"model: encoder, decoder, segmentation_head\)\. Did you mean "
+                       r"'encoder._blocks.3'\?"):
+        resolve_layers(model, ["encodr._blocks.3"], SIZE)
+    with pytest.raises(LayerError, match=r"children of 'segmentation_head.0': none"):
+        resolve_layers(model, ["segmentation_head.0.weight"], SIZE)
 
 
 def test_module_that_never_runs_is_named():

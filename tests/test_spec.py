@@ -55,6 +55,8 @@ BAD_SPECS = [
      ["layers.0", "did you mean 'encoder_last'", "decoder_last"]),
     ("unknown method", {"methods": ["gradcam", "gradcamm"]},
      ["methods.1", "did you mean 'gradcam'", "layercam"]),
+    ("method spelt without its plus signs", {"methods": ["gradcam", "gradcampp"]},
+     ["methods.1", "did you mean 'gradcam++'"]),
     ("masks unmatched", {"data": {"masks": "other/{stem}.png"}},
      ["data.masks", "no mask for 4 of 4"]),
     ("limit zero", {"data": {"limit": 0}}, ["data.limit", "positive"]),
@@ -104,6 +106,30 @@ def test_yaml_syntax_error_has_position(tmp_path: Path):
     path.write_text("model:\n  architecture: [Unet\n")
     (problem,) = problems_of(path)
     assert problem.startswith(f"{path}:") and "YAML syntax error" in problem
+
+
+def test_method_typed_the_way_people_say_it_suggests_the_registered_name(project: Path):
+    typed = ["gradcampp", "GradCAM++", "grad_cam_plus_plus", "Grad-CAM", "scorcam", "layer-cam"]
+    path = write_spec(project / "spec.yaml", methods=typed)
+    suggested = [p.split("did you mean ")[1].split("?")[0] for p in problems_of(path)]
+    assert suggested == ["'gradcam++'", "'gradcam++'", "'gradcam++'", "'gradcam'", "'scorecam'",
+                         "'layercam'"]
+
+
+def test_misindented_key_names_its_line_and_explains_the_indentation(tmp_path: Path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("model:\n  architecture: UnetPlusPlus\n encoder: efficientnet-b0\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:3:2: YAML syntax error: expected <block end>")
+    assert "check the indentation of this line and the one above" in problem
+    assert "YAML nests by indentation" in problem
+
+
+def test_tab_indentation_is_explained(tmp_path: Path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("model:\n\tarchitecture: UnetPlusPlus\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:2:1:") and "indent with spaces" in problem
 
 
 def test_duplicate_image_names_are_refused(project: Path):

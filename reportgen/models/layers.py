@@ -8,6 +8,7 @@ stage to explain. Each alias is one entry in `ALIASES` with its own resolver.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -212,20 +213,59 @@ def _probe(model: nn.Module, input_size: tuple[int, int], in_channels: int) -> T
         return _trace(model, input_size, in_channels)
 
 
+def _children(module: nn.Module) -> list[str]:
+    return [n for n, _ in module.named_children()]
+
+
+def _list_children(names: list[str]) -> str:
+    """Children for a message; a numbered container's as a range (EfficientNet has 39 blocks)."""
+    if not names:
+        return "none (a leaf module)"
+    if all(n.isdigit() for n in names):
+        numbers = sorted(int(n) for n in names)
+        return f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else str(numbers[0])
+    return ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+
+
+def _walk(model: nn.Module, parts: list[str], fuzzy: bool) -> tuple[list[str], nn.Module]:
+    """Follow `parts` from the model as far as they exist (with `fuzzy`, via close names)."""
+    walked: list[str] = []
+    module = model
+    for part in parts:
+        children = dict(module.named_children())
+        if part not in children and fuzzy:
+            # 0.7, not difflib's 0.6: at 0.6 'x_9_9' would "mean" the unrelated 'x_0_0'
+            close = difflib.get_close_matches(part, list(children), n=1, cutoff=0.7)
+            part = close[0] if close else part
+        if part not in children:
+            break
+        walked.append(part)
+        module = children[part]
+    return walked, module
+
+
 def _check_path(model: nn.Module, path: str) -> None:
-    try:
-        model.get_submodule(path)
-    except AttributeError as exc:
-        parent = path.rsplit(".", 1)[0] if "." in path else ""
-        try:
-            children = [n for n, _ in model.get_submodule(parent).named_children()]
-        except AttributeError:
-            children = [n for n, _ in model.named_children()]
-        raise LayerError(
-            f"layer {path!r}: no such module in {type(model).__name__}; "
-            f"children of {parent or 'the model'!r}: {', '.join(children[:20])}. "
-            "Aliases: " + ", ".join(ALIASES)
-        ) from exc
+    """Raise naming the deepest prefix of `path` that exists, its children and a close path."""
+    parts = path.split(".")
+    found, parent = _walk(model, parts, fuzzy=False)
+    if len(found) == len(parts):
+        return
+    prefix = ".".join(found)
+    where = repr(prefix) if prefix else "the model"
+    missing = parts[len(found)]
+    corrected, closest = _walk(model, parts, fuzzy=True)
+    if len(corrected) == len(parts):
+        hint = f" Did you mean {'.'.join(corrected)!r}?"
+    elif len(corrected) > len(found):  # the name was close but an index is out of range
+        hint = (f" Did you mean {'.'.join(corrected)!r} (children "
+                f"{_list_children(_children(closest))})?")
+    else:
+        hint = ""
+    raise LayerError(
+        f"layer {path!r}: no such module in {type(model).__name__}: {where} has no child "
+        f"{missing!r} (children of {where}: {_list_children(_children(parent))}).{hint} "
+        f"Aliases: {', '.join(ALIASES)}; `reportgen layers --spec SPEC --all` lists every path."
+    )
 
 
 def resolve_layers(
