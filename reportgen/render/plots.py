@@ -11,12 +11,17 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import NullLocator
 
+from reportgen.metrics.faithfulness import Baseline
 from reportgen.render.figures import encode_png
 from reportgen.render.stats import CURVE_POINTS, DatasetStats
 from reportgen.report import SanityRow
@@ -38,8 +43,11 @@ STYLE = {
     "legend.frameon": False,
 }
 RATIO_FLOOR, RATIO_CEILING = 1e-2, 1e3
-VERDICT_BANDS = ((RATIO_FLOOR, 1.0, "#c62828"), (1.0, 2.0, "#f0b429"),
-                 (2.0, 5.0, "#7cc37f"), (5.0, RATIO_CEILING, "#1b7f3b"))
+VERDICT_LINES = (1.0, 2.0, 5.0)
+"""The attention-ratio verdict bands' bounds (fair, good, excellent), always on the axis."""
+BAND_COLOURS = ("#c62828", "#f0b429", "#7cc37f", "#1b7f3b")  # concerning .. excellent
+CURVE_FLAT = 0.05
+"""A mean deletion/insertion curve whose score moves less than this cannot rank maps."""
 
 
 @dataclass(frozen=True)
@@ -90,19 +98,100 @@ def clip_ratios(values: list[float]) -> tuple[list[float], int]:
     return finite, len(values) - len(finite)
 
 
-@styled
-def attention_ratio_plot(stats: DatasetStats) -> Plot:
-    """Box plots of the attention ratio per layer x method, on a log scale with the
-    verdict bands shaded behind them."""
-    title = "Attention ratio per layer and method"
-    groups: list[tuple[str, str, list[float]]] = []
-    infinite = 0
+@dataclass(frozen=True)
+class RatioGroup:
+    """The attention ratios of one layer x method, split by how a log axis can show them."""
+
+    layer: str
+    method: str
+    positive: list[float]  # finite and above 0: drawn as the box
+    zero: int  # 0, no attention inside the mask: counted on the axis' "0" row
+    infinite: int  # +inf, no attention outside the mask: counted on the axis' "∞" row
+
+
+def ratio_groups(stats: DatasetStats) -> list[RatioGroup]:
+    """The attention ratios of every layer x method, layers first."""
+    groups = []
     for layer in stats.layers:
         for method in stats.methods:
-            values, dropped = clip_ratios(stats.metric_values("attention_ratio", layer, method))
-            infinite += dropped
-            groups.append((layer, method, values))
-    if not any(values for _, _, values in groups):
+            values = stats.metric_values("attention_ratio", layer, method)
+            groups.append(RatioGroup(layer, method,
+                                     [v for v in values if math.isfinite(v) and v > 0],
+                                     sum(1 for v in values if v <= 0),
+                                     sum(1 for v in values if v == math.inf)))
+    return groups
+
+
+@dataclass(frozen=True)
+class RatioAxis:
+    """The log axis of the attention-ratio plot."""
+
+    limits: tuple[float, float]  # the whole axis, edge rows included
+    data: tuple[float, float]  # the part that holds the finite positive ratios
+    zero_row: float | None  # where ratios of 0 are marked (below `data`), None if none
+    infinite_row: float | None  # where infinite ratios are marked (above `data`), None if none
+
+
+def ratio_axis(groups: Sequence[RatioGroup]) -> RatioAxis:
+    """Limits that hold every finite positive ratio and the verdict lines with a margin of
+    8% of the span (in decades) plus 0.1 decade, and, when any ratio is 0 or infinite, a
+    row of a tenth of that height below or above for it (a log axis has no 0 or ∞)."""
+    values = [v for group in groups for v in group.positive] + list(VERDICT_LINES)
+    low, high = math.log10(min(values)), math.log10(max(values))
+    margin = 0.08 * (high - low) + 0.1
+    low, high = low - margin, high + margin
+    row = 0.1 * (high - low)
+    zeros = any(group.zero for group in groups)
+    infinities = any(group.infinite for group in groups)
+    return RatioAxis(
+        limits=(10 ** (low - row * zeros), 10 ** (high + row * infinities)),
+        data=(10 ** low, 10 ** high),
+        zero_row=10 ** (low - row / 2) if zeros else None,
+        infinite_row=10 ** (high + row / 2) if infinities else None,
+    )
+
+
+def ratio_ticks(axis: RatioAxis) -> tuple[list[float], list[str]]:
+    """The powers of ten and verdict lines inside the data part, then the 0 and ∞ rows."""
+    low, high = (math.log10(limit) for limit in axis.data)
+    ticks = sorted({10.0 ** k for k in range(math.ceil(low), math.floor(high) + 1)}
+                   | set(VERDICT_LINES))
+    labels = [f"{tick:,.0f}" if tick >= 1 else f"{tick:g}" for tick in ticks]
+    if axis.zero_row is not None:
+        ticks, labels = [axis.zero_row, *ticks], ["0", *labels]
+    if axis.infinite_row is not None:
+        ticks, labels = [*ticks, axis.infinite_row], [*labels, "∞"]
+    return ticks, labels
+
+
+def ratio_caption(groups: Sequence[RatioGroup]) -> str:
+    """What the plot shows, and exactly which ratios are not in the boxes and why."""
+    caption = ("Dashed lines: verdict bands (1 fair, 2 good, 5 excellent); shaded background: "
+               "concerning (red) to excellent (green). The axis holds every finite, positive "
+               "ratio.")
+    for field, what, marker, row, edge in (
+            ("zero", "of exactly 0 (no attention inside the mask)", "▼", "0", "bottom"),
+            ("infinite", "that are infinite (no attention outside the mask)", "▲", "∞", "top")):
+        counted = [(group, getattr(group, field)) for group in groups if getattr(group, field)]
+        total = sum(count for _, count in counted)
+        if total:
+            where = "; ".join(f"{group.layer} × {group.method}: {count}"
+                              for group, count in counted)
+            caption += (f" {total} ratio{'s' if total != 1 else ''} {what} cannot be placed on "
+                        f"a log axis: they are counted per layer × method ({marker} and the "
+                        f"count) on the “{row}” row at the {edge} edge and left out of the boxes "
+                        f"({where}).")
+    return caption
+
+
+@styled
+def attention_ratio_plot(stats: DatasetStats) -> Plot:
+    """Box plots of the attention ratio per layer x method, on a log axis fitted to the
+    data with the verdict bands shaded behind them; ratios of 0 and infinite ratios are
+    counted on rows of their own at the bottom and top edges."""
+    title = "Attention ratio per layer and method"
+    groups = ratio_groups(stats)
+    if not any(group.positive or group.zero or group.infinite for group in groups):
         return Plot("attention_ratio", title, None, "", "",
                     "No attention ratio is defined for any image, layer and method, so there "
                     "is no distribution to plot.")
@@ -111,45 +200,135 @@ def attention_ratio_plot(stats: DatasetStats) -> Plot:
     width = max(6.0, 0.38 * len(groups) + 2.0)
     figure = new_figure(min(width, 13.0), 3.8)
     axes = figure.add_subplot()
-    for low, high, colour in VERDICT_BANDS:
+    axes.set_yscale("log")
+    axis = ratio_axis(groups)
+    edges = (axis.data[0], *VERDICT_LINES, axis.data[1])
+    for low, high, colour in zip(edges[:-1], edges[1:], BAND_COLOURS, strict=True):
         axes.axhspan(low, high, color=colour, alpha=0.08, linewidth=0)
     step = len(methods) + 1
-    positions, data, box_colours = [], [], []
-    for index, (_, method, values) in enumerate(groups):
-        if values:
-            layer_index, method_index = divmod(index, len(methods))
-            positions.append(layer_index * step + method_index)
-            data.append(values)
-            box_colours.append(colours[method])
-    boxes = axes.boxplot(data, positions=positions, widths=0.7, patch_artist=True,
-                         showfliers=True, flierprops={"markersize": 2.5, "alpha": 0.6},
-                         medianprops={"color": "#111827", "linewidth": 1.2})
-    for patch, colour in zip(boxes["boxes"], box_colours, strict=True):
-        patch.set_facecolor(colour)
-        patch.set_alpha(0.75)
-    axes.set_yscale("log")
-    axes.set_ylim(RATIO_FLOOR, RATIO_CEILING)
-    for line in (1.0, 2.0, 5.0):
+    positions = [layer_index * step + method_index
+                 for layer_index in range(len(stats.layers))
+                 for method_index in range(len(methods))]
+    boxed = [(position, group) for position, group in zip(positions, groups, strict=True)
+             if group.positive]
+    if boxed:
+        boxes = axes.boxplot([group.positive for _, group in boxed],
+                             positions=[position for position, _ in boxed], widths=0.7,
+                             patch_artist=True, showfliers=True,
+                             flierprops={"markersize": 2.5, "alpha": 0.6},
+                             medianprops={"color": "#111827", "linewidth": 1.2})
+        for patch, (_, group) in zip(boxes["boxes"], boxed, strict=True):
+            patch.set_facecolor(colours[group.method])
+            patch.set_alpha(0.75)
+    for line in VERDICT_LINES:
         axes.axhline(line, color="#6b7280", linewidth=0.7, linestyle="--")
+    for row, boundary, field, marker in ((axis.zero_row, axis.data[0], "zero", "v"),
+                                         (axis.infinite_row, axis.data[1], "infinite", "^")):
+        if row is None:
+            continue
+        axes.axhline(boundary, color="#6b7280", linewidth=0.8)
+        for position, group in zip(positions, groups, strict=True):
+            count = getattr(group, field)
+            if count:
+                axes.plot(position, row, marker=marker, markersize=6, linestyle="none",
+                          color=colours[group.method], markeredgecolor="#111827")
+                axes.annotate(str(count), (position, row), xytext=(5, 0),
+                              textcoords="offset points", va="center", fontsize=7)
+    axes.set_ylim(*axis.limits)
+    axes.set_yticks(*ratio_ticks(axis))
+    axes.yaxis.set_minor_locator(NullLocator())
+    axes.set_xlim(-0.8, positions[-1] + 0.8)
     axes.set_xticks([i * step + (len(methods) - 1) / 2 for i in range(len(stats.layers))])
     axes.set_xticklabels(stats.layers, rotation=0)
     axes.set_ylabel("attention ratio (log scale)")
-    handles = [axes.bar(0, 0, color=colours[m], alpha=0.75, label=m) for m in methods]
-    axes.legend(handles=handles, loc="upper left", ncols=min(len(methods), 4), fontsize=8)
-    caption = ("Dashed lines: verdict bands (1 fair, 2 good, 5 excellent); shaded background: "
-               "concerning (red) to excellent (green).")
-    if infinite:
-        caption += (f" {infinite} infinite ratio{'s' if infinite != 1 else ''} (no attention "
-                    "outside the mask) are not drawn.")
+    handles = [Patch(color=colours[m], alpha=0.75, label=m) for m in methods]
+    if axis.zero_row is not None:
+        handles.append(Line2D([], [], marker="v", linestyle="none", color="#9ca3af",
+                              markeredgecolor="#111827", label="ratios of 0 (count)"))
+    if axis.infinite_row is not None:
+        handles.append(Line2D([], [], marker="^", linestyle="none", color="#9ca3af",
+                              markeredgecolor="#111827", label="infinite ratios (count)"))
+    axes.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.01),
+                ncols=min(len(handles), 6), fontsize=8, borderaxespad=0.0)
+    zeros = sum(group.zero for group in groups)
+    infinite = sum(group.infinite for group in groups)
     alt = (f"Box plots of the attention ratio for {len(stats.layers)} layers and "
-           f"{len(methods)} methods on a logarithmic axis from {RATIO_FLOOR:g} to "
-           f"{RATIO_CEILING:g}.")
-    return Plot("attention_ratio", title, to_png(figure), alt, caption)
+           f"{len(methods)} methods on a logarithmic axis from {axis.data[0]:.3g} to "
+           f"{axis.data[1]:.3g}; {zeros} ratios of 0 counted below it and {infinite} "
+           "infinite ratios counted above it.")
+    return Plot("attention_ratio", title, to_png(figure), alt, ratio_caption(groups))
+
+
+@dataclass(frozen=True)
+class CurveCheck:
+    """Whether the deletion and insertion curves can tell maps apart."""
+
+    pairs: int  # layer x method with a mean deletion and insertion AUC
+    deletion_not_lower: int  # of those, how many have deletion AUC >= insertion AUC
+    largest_change: float  # the most any mean curve's score moves (max - min), NaN if none
+
+    @property
+    def ranks_maps(self) -> bool:
+        """False when most pairs have deletion AUC >= insertion AUC (removing the top-ranked
+        pixels hurts the score no more than revealing them helps it) or when no mean curve
+        moves by CURVE_FLAT or more."""
+        inverted = self.pairs > 0 and 2 * self.deletion_not_lower > self.pairs
+        flat = not self.largest_change >= CURVE_FLAT  # NaN (no curve) counts as flat
+        return not (inverted or flat)
+
+
+def curve_check(stats: DatasetStats) -> CurveCheck:
+    """The mean deletion and insertion AUC of each layer x method, and how far its mean
+    curves move."""
+    pairs = inverted = 0
+    for layer in stats.layers:
+        for method in stats.methods:
+            deletion = stats.metric_values("deletion_auc", layer, method)
+            insertion = stats.metric_values("insertion_auc", layer, method)
+            if deletion and insertion:
+                pairs += 1
+                inverted += bool(np.mean(deletion) >= np.mean(insertion))
+    changes = [float(np.ptp(total / stats.curves.counts[key]))
+               for key, total in stats.curves.sums.items()]
+    return CurveCheck(pairs, inverted, max(changes, default=math.nan))
+
+
+def curve_axis_limits(curves: Sequence[np.ndarray]) -> tuple[float, float]:
+    """The whole range of the score, a probability in [0, 1], widened to any value outside
+    it, with a 2% margin: small changes look small."""
+    low = min([0.0, *(float(np.min(curve)) for curve in curves)])
+    high = max([1.0, *(float(np.max(curve)) for curve in curves)])
+    margin = 0.02 * (high - low)
+    return low - margin, high + margin
+
+
+def curves_caption(check: CurveCheck) -> str:
+    """How to read the curves, and a plain warning when they cannot rank the maps."""
+    caption = ("Deletion: a faithful map makes the score fall fast (low area under the curve). "
+               "Insertion: the score rises fast (high area). The score is the model's mean "
+               "probability of the target class over the target region, drawn on its whole "
+               "range 0 to 1.")
+    if check.ranks_maps:
+        return caption
+    reasons = []
+    if check.pairs and 2 * check.deletion_not_lower > check.pairs:
+        reasons.append(f"the deletion AUC is not below the insertion AUC for "
+                       f"{check.deletion_not_lower} of {check.pairs} layer × method pairs")
+    if not check.largest_change >= CURVE_FLAT:
+        moved = ("no mean curve was computed" if math.isnan(check.largest_change) else
+                 f"no mean curve's score moves by more than {check.largest_change:.3f}")
+        reasons.append(moved)
+    choices = ", ".join(get_args(Baseline))
+    return (f"{caption} Warning: these curves do not rank the maps: {' and '.join(reasons)}, "
+            "so replacing the pixels the maps rank highest with the baseline barely changes "
+            "the model's score. Try another metric_options.faithfulness.baseline (one of: "
+            f"{choices}).")
 
 
 @styled
 def curves_plot(stats: DatasetStats) -> Plot:
-    """Mean deletion and insertion curves per method (over layers and images)."""
+    """Mean deletion and insertion curves per method (over layers and images), on the
+    score's whole range."""
     title = "Deletion and insertion curves"
     curves = {name: stats.curves.per_method(name, stats.methods)
               for name in ("deletion", "insertion")}
@@ -160,6 +339,7 @@ def curves_plot(stats: DatasetStats) -> Plot:
     colours = dict(zip(stats.methods, palette(len(stats.methods)), strict=True))
     figure = new_figure(9.0, 3.2)
     fraction = np.linspace(0.0, 1.0, CURVE_POINTS)
+    limits = curve_axis_limits([curve for drawn in curves.values() for curve in drawn.values()])
     for index, name in enumerate(("deletion", "insertion")):
         axes = figure.add_subplot(1, 2, index + 1)
         for method, curve in curves[name].items():
@@ -169,16 +349,16 @@ def curves_plot(stats: DatasetStats) -> Plot:
                                                  "revealed"))
         axes.set_ylabel("target score")
         axes.set_xlim(0, 1)
+        axes.set_ylim(*limits)
         if curves[name]:
             axes.legend(fontsize=8)
         else:
             axes.text(0.5, 0.5, "no curve", ha="center", va="center",
                       transform=axes.transAxes, color="#6b7280")
     alt = ("Line plots of the mean deletion curve (left) and insertion curve (right) of "
-           f"each of {len(curves['deletion'] or curves['insertion'])} methods.")
-    caption = ("Deletion: a faithful map makes the score fall fast (low area under the curve). "
-               "Insertion: the score rises fast (high area).")
-    return Plot("curves", title, to_png(figure), alt, caption)
+           f"each of {len(curves['deletion'] or curves['insertion'])} methods, score axis "
+           f"from {limits[0]:.2f} to {limits[1]:.2f}.")
+    return Plot("curves", title, to_png(figure), alt, curves_caption(curve_check(stats)))
 
 
 @styled

@@ -1,0 +1,145 @@
+"""The dataset plots fit their axes to the data and say in their captions what they cannot
+draw, or cannot show, so that a reader is not misled by a clipped box or a flat curve."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from reportgen.render.figures import png_size
+from reportgen.render.plots import (
+    VERDICT_LINES,
+    attention_ratio_plot,
+    curve_axis_limits,
+    curve_check,
+    curves_plot,
+    ratio_axis,
+    ratio_groups,
+    ratio_ticks,
+)
+from reportgen.render.stats import DatasetStats, ImageSummary
+
+LAYERS = ["encoder_last", "decoder_last", "seg_head"]
+METHODS = ["gradcam", "gradcam++", "layercam"]
+
+
+def dataset(metrics: dict[tuple[str, str], list[dict[str, float]]]) -> DatasetStats:
+    """Stats whose image i has metrics[(layer, method)][i] at that layer x method."""
+    stats = DatasetStats(list(LAYERS), list(METHODS))
+    count = max(len(rows) for rows in metrics.values())
+    for index in range(count):
+        stats.summaries.append(ImageSummary(
+            id=f"img-{index:03d}", source_name=f"{index}.png", mask_name=None,
+            has_ground_truth=False, dice=None, dice_reason="no ground truth", verdict="good",
+            metrics={key: rows[index] for key, rows in metrics.items() if index < len(rows)}))
+    return stats
+
+
+def demo_ratios() -> DatasetStats:
+    """The demo's shape: decoder_last ratios in the thousands, five ratios of exactly 0
+    at seg_head x gradcam++ and infinite ratios at encoder_last x layercam."""
+    ratios = {
+        ("encoder_last", "gradcam"): [0.4, 1.5, 3.0, 7.5],
+        ("encoder_last", "gradcam++"): [0.8, 1.1, 2.2, 2.9],
+        ("encoder_last", "layercam"): [math.inf, math.inf, 4.0, 6.0],
+        ("decoder_last", "gradcam"): [8507.0, 12000.0, 15000.0, 19386.0],
+        ("decoder_last", "gradcam++"): [3.0, 9.0, 40.0, 120.0],
+        ("decoder_last", "layercam"): [1274.0, 1800.0, 2000.0, 2418.0],
+        ("seg_head", "gradcam"): [0.05, 0.2, 0.9, 1.3],
+        ("seg_head", "gradcam++"): [0.0, 0.0, 0.0, 0.0, 0.0, 0.003],
+        ("seg_head", "layercam"): [math.inf, 2.0, 2.5, 3.5],
+    }
+    return dataset({key: [{"attention_ratio": v} for v in values]
+                    for key, values in ratios.items()})
+
+
+def test_ratio_axis_holds_every_finite_ratio_the_verdict_lines_and_rows_for_zero_and_inf(
+) -> None:
+    axis = ratio_axis(ratio_groups(demo_ratios()))
+    low, high = axis.data
+    assert low < 0.003 and high > 19386.0
+    # some margin, not the values themselves at the edge
+    assert math.log10(0.003 / low) >= 0.1 and math.log10(high / 19386.0) >= 0.1
+    assert all(low < line < high for line in VERDICT_LINES)
+    assert axis.limits[0] < axis.zero_row < low
+    assert high < axis.infinite_row < axis.limits[1]
+    ticks, labels = ratio_ticks(axis)
+    assert labels[0] == "0" and labels[-1] == "∞"
+    assert {"1", "2", "5", "10,000", "0.01"} <= set(labels)
+    assert ticks == sorted(ticks)
+
+
+def test_ratio_axis_keeps_the_verdict_lines_when_the_ratios_are_narrow() -> None:
+    narrow = dataset({("seg_head", "gradcam"): [{"attention_ratio": v} for v in (1.4, 1.6)]})
+    axis = ratio_axis(ratio_groups(narrow))
+    assert axis.data[0] < 1.0 and axis.data[1] > 5.0
+    assert axis.zero_row is None and axis.infinite_row is None
+    assert axis.limits == axis.data
+
+
+def test_ratio_caption_counts_what_is_drawn_at_each_edge_per_box_and_reason() -> None:
+    plot = attention_ratio_plot(demo_ratios())
+    assert plot.png is not None and png_size(plot.png)[0] > 0
+    assert ("5 ratios of exactly 0 (no attention inside the mask) cannot be placed on a log "
+            "axis" in plot.caption)
+    assert "“0” row at the bottom edge" in plot.caption and "(seg_head × gradcam++: 5)" in \
+        plot.caption
+    assert "3 ratios that are infinite (no attention outside the mask)" in plot.caption
+    assert "“∞” row at the top edge" in plot.caption
+    assert "(encoder_last × layercam: 2; seg_head × layercam: 1)" in plot.caption
+    assert "every finite, positive ratio" in plot.caption
+
+
+def test_ratio_caption_says_nothing_is_left_out_when_every_ratio_is_finite() -> None:
+    plot = attention_ratio_plot(dataset(
+        {("seg_head", "gradcam"): [{"attention_ratio": v} for v in (0.5, 3.0, 40.0)]}))
+    assert "cannot be placed" not in plot.caption and "edge" not in plot.caption
+
+
+def with_curves(deletion: np.ndarray, insertion: np.ndarray) -> DatasetStats:
+    """Every layer x method with these curves and their areas."""
+    auc = {"deletion_auc": float(np.trapezoid(deletion, dx=1 / (deletion.size - 1))),
+           "insertion_auc": float(np.trapezoid(insertion, dx=1 / (insertion.size - 1)))}
+    stats = dataset({(layer, method): [auc] for layer in LAYERS for method in METHODS})
+    for layer in LAYERS:
+        for method in METHODS:
+            stats.curves.add(layer, method, "deletion", deletion.tolist())
+            stats.curves.add(layer, method, "insertion", insertion.tolist())
+    return stats
+
+
+def test_flat_curves_with_deletion_above_insertion_are_flagged_in_the_caption() -> None:
+    # the demo: a blur baseline that barely moves the score (deletion 0.98 -> 0.96)
+    stats = with_curves(np.linspace(0.98, 0.96, 21), np.linspace(0.93, 0.98, 21))
+    check = curve_check(stats)
+    assert check.pairs == 9 and check.deletion_not_lower == 9 and not check.ranks_maps
+    plot = curves_plot(stats)
+    assert "Warning: these curves do not rank the maps" in plot.caption
+    assert "the deletion AUC is not below the insertion AUC for 9 of 9 layer × method pairs" \
+        in plot.caption
+    assert "metric_options.faithfulness.baseline (one of: blur, zero)" in plot.caption
+
+
+def test_a_score_that_barely_moves_is_flagged_even_when_deletion_is_lower() -> None:
+    stats = with_curves(np.linspace(0.97, 0.95, 21), np.linspace(0.96, 0.98, 21))
+    check = curve_check(stats)
+    assert check.deletion_not_lower == 0 and math.isclose(check.largest_change, 0.02)
+    caption = curves_plot(stats).caption
+    assert "no mean curve's score moves by more than 0.020" in caption
+    assert "Warning" in caption and "AUC is not below" not in caption
+
+
+def test_curves_that_separate_the_maps_carry_no_warning() -> None:
+    fraction = np.linspace(0.0, 1.0, 21)
+    stats = with_curves(0.05 + 0.85 * np.exp(-5 * fraction),
+                        0.9 - 0.85 * np.exp(-5 * fraction))
+    assert curve_check(stats).ranks_maps
+    assert "Warning" not in curves_plot(stats).caption
+
+
+def test_the_score_axis_spans_zero_to_one_however_small_the_change() -> None:
+    low, high = curve_axis_limits([np.linspace(0.98, 0.96, 51), np.linspace(0.93, 0.98, 51)])
+    assert low < 0.0 < 1.0 < high and high - low < 1.1
+    low, high = curve_axis_limits([np.array([-0.2, 1.4])])
+    assert low < -0.2 and high > 1.4
