@@ -14,8 +14,11 @@ from reportgen.render.plots import (
     curve_axis_limits,
     curve_check,
     curves_plot,
+    layer_profile_plot,
+    methods_distribution_plot,
     ratio_axis,
     ratio_groups,
+    ratio_profile,
     ratio_ticks,
 )
 from reportgen.render.stats import DatasetStats, ImageSummary
@@ -143,3 +146,24 @@ def test_the_score_axis_spans_zero_to_one_however_small_the_change() -> None:
     assert low < 0.0 < 1.0 < high and high - low < 1.1
     low, high = curve_axis_limits([np.array([-0.2, 1.4])])
     assert low < -0.2 and high > 1.4
+
+
+def test_layer_profile_keeps_ratios_in_the_thousands_and_exact_zeros_and_infinities(
+) -> None:
+    profile = ratio_profile(demo_ratios())
+    medians, lows, highs = profile["gradcam"]
+    assert medians[1] == 13500.0  # decoder_last: not squashed to an axis ceiling
+    assert (lows[1], highs[1]) == (12000.0, 15000.0)  # observed ratios
+    medians, lows, _ = profile["gradcam++"]
+    assert medians[2] == 0.0 and lows[2] == 0.0  # seg_head: exactly 0
+    medians, _, highs = profile["layercam"]
+    assert medians[0] == math.inf and highs[0] == math.inf  # encoder_last: two of four ∞
+    plot = layer_profile_plot(demo_ratios())
+    assert plot.png is not None and png_size(plot.png)[0] > 0
+    assert "“0” or “∞” row" in plot.caption
+
+
+def test_method_distributions_name_the_ratios_a_log_axis_cannot_hold() -> None:
+    plot = methods_distribution_plot(demo_ratios(), [("attention_ratio", "attention ratio")])
+    assert plot.png is not None
+    assert "left out of the boxes (gradcam++: 5 of 0; layercam: 3 ∞)" in plot.caption

@@ -42,7 +42,6 @@ STYLE = {
     "ytick.color": "#3e4c59",
     "legend.frameon": False,
 }
-RATIO_FLOOR, RATIO_CEILING = 1e-2, 1e3
 VERDICT_LINES = (1.0, 2.0, 5.0)
 """The attention-ratio verdict bands' bounds (fair, good, excellent), always on the axis."""
 BAND_COLOURS = ("#c62828", "#f0b429", "#7cc37f", "#1b7f3b")  # concerning .. excellent
@@ -92,10 +91,20 @@ def styled(draw: Callable[..., Plot]) -> Callable[..., Plot]:
     return wrapper
 
 
-def clip_ratios(values: list[float]) -> tuple[list[float], int]:
-    """Ratios clipped to the plotted range; infinite ratios are counted, not plotted."""
-    finite = [min(max(v, RATIO_FLOOR), RATIO_CEILING) for v in values if math.isfinite(v)]
-    return finite, len(values) - len(finite)
+def on_ratio_axis(value: float, axis: RatioAxis) -> float:
+    """Where a ratio is drawn: itself, or the 0 / ∞ row of `axis` (NaN stays NaN)."""
+    if value == 0 and axis.zero_row is not None:
+        return axis.zero_row
+    if value == math.inf and axis.infinite_row is not None:
+        return axis.infinite_row
+    return value
+
+
+def split_ratios(values: Sequence[float]) -> RatioGroup:
+    """Ratios as a box plot on a log axis can hold them (the layer/method left empty)."""
+    return RatioGroup("", "", [v for v in values if math.isfinite(v) and v > 0],
+                      sum(1 for v in values if v <= 0),
+                      sum(1 for v in values if v == math.inf))
 
 
 @dataclass(frozen=True)
@@ -114,11 +123,9 @@ def ratio_groups(stats: DatasetStats) -> list[RatioGroup]:
     groups = []
     for layer in stats.layers:
         for method in stats.methods:
-            values = stats.metric_values("attention_ratio", layer, method)
-            groups.append(RatioGroup(layer, method,
-                                     [v for v in values if math.isfinite(v) and v > 0],
-                                     sum(1 for v in values if v <= 0),
-                                     sum(1 for v in values if v == math.inf)))
+            split = split_ratios(stats.metric_values("attention_ratio", layer, method))
+            groups.append(RatioGroup(layer, method, split.positive, split.zero,
+                                     split.infinite))
     return groups
 
 
@@ -423,39 +430,64 @@ def dice_plot(stats: DatasetStats) -> Plot:
     return Plot("dice", title, to_png(figure), alt, "Dashed line: mean Dice.")
 
 
-@styled
-def layer_profile_plot(stats: DatasetStats) -> Plot:
-    """Median attention ratio of each method along the layers, with the interquartile range."""
-    title = "Attention ratio through the network"
+Profile = tuple[list[float], list[float], list[float]]  # medians, lower and upper quartiles
+
+
+def ratio_profile(stats: DatasetStats) -> dict[str, Profile]:
+    """Per method with any defined ratio: the median attention ratio at each layer (as the
+    verdict summary's) and the quartiles, observed ratios, so that 0 and ∞ stay exact (an
+    interpolated quartile between ∞ and ∞ is undefined). NaN where a layer has none."""
     series = {}
     for method in stats.methods:
         medians, lows, highs = [], [], []
         for layer in stats.layers:
-            values, _ = clip_ratios(stats.metric_values("attention_ratio", layer, method))
+            values = stats.metric_values("attention_ratio", layer, method)
             if values:
-                low, median, high = np.percentile(values, [25, 50, 75])
+                median = float(np.median(values))
+                low, high = np.percentile(values, [25, 75], method="nearest")
             else:
                 low = median = high = np.nan
             medians.append(median)
-            lows.append(low)
-            highs.append(high)
+            lows.append(float(low))
+            highs.append(float(high))
         if not np.all(np.isnan(medians)):
             series[method] = (medians, lows, highs)
+    return series
+
+
+@styled
+def layer_profile_plot(stats: DatasetStats) -> Plot:
+    """Median attention ratio of each method along the layers, with the interquartile range
+    (see `ratio_profile`); 0 and ∞ are drawn on their own rows."""
+    title = "Attention ratio through the network"
+    series = ratio_profile(stats)
     if not series or len(stats.layers) < 1:
         return Plot("layers", title, None, "", "",
                     "No attention ratio is defined, so the change through the layers cannot "
                     "be shown.")
     colours = dict(zip(stats.methods, palette(len(stats.methods)), strict=True))
+    drawn = [v for triple in series.values() for part in triple for v in part
+             if not math.isnan(v)]
+    axis = ratio_axis([split_ratios(drawn)])
     figure = new_figure(max(5.0, 1.4 * len(stats.layers) + 2.0), 3.2)
     axes = figure.add_subplot()
     x = np.arange(len(stats.layers))
     for method, (medians, lows, highs) in series.items():
-        axes.plot(x, medians, marker="o", markersize=3.5, color=colours[method], label=method,
-                  linewidth=1.6)
-        axes.fill_between(x, lows, highs, color=colours[method], alpha=0.12, linewidth=0)
+        placed = [[on_ratio_axis(v, axis) for v in part] for part in (medians, lows, highs)]
+        axes.plot(x, placed[0], marker="o", markersize=3.5, color=colours[method],
+                  label=method, linewidth=1.6)
+        axes.fill_between(x, placed[1], placed[2], color=colours[method], alpha=0.12,
+                          linewidth=0)
     axes.set_yscale("log")
-    for line in (1.0, 2.0, 5.0):
+    axes.set_ylim(*axis.limits)
+    axes.set_yticks(*ratio_ticks(axis))
+    axes.minorticks_off()
+    for line in VERDICT_LINES:
         axes.axhline(line, color="#6b7280", linewidth=0.7, linestyle="--")
+    for row in (axis.zero_row, axis.infinite_row):
+        if row is not None:
+            edge = math.sqrt(row * (axis.data[0] if row < axis.data[0] else axis.data[1]))
+            axes.axhline(edge, color="#374151", linewidth=0.8)
     axes.set_xticks(x)
     axes.set_xticklabels(stats.layers)
     axes.set_xlabel("layer (input → output)")
@@ -464,6 +496,9 @@ def layer_profile_plot(stats: DatasetStats) -> Plot:
     alt = (f"Line plot of the median attention ratio of {len(series)} methods across "
            f"{len(stats.layers)} layers, with shaded interquartile ranges.")
     caption = "Shaded: interquartile range over images. Dashed lines: verdict bands 1, 2, 5."
+    if axis.zero_row is not None or axis.infinite_row is not None:
+        caption += (" A median or quartile of exactly 0 (no attention inside the mask) or ∞ "
+                    "(none outside it) is drawn on the “0” or “∞” row beyond the solid line.")
     return Plot("layers", title, to_png(figure), alt, caption)
 
 
@@ -475,12 +510,16 @@ def methods_distribution_plot(stats: DatasetStats, metrics: list[tuple[str, str]
     """
     title = "Metric distributions per method"
     panels = []
+    left_out: list[str] = []
     for name, metric_title in metrics:
         data = []
         for method in stats.methods:
             values = stats.metric_values(name, method=method)
-            if name == "attention_ratio":
-                values, _ = clip_ratios(values)
+            if name == "attention_ratio":  # a log axis: 0 and ∞ are counted, not drawn
+                split = split_ratios(values)
+                values = split.positive
+                left_out += [f"{method}: {count} {what}" for count, what in (
+                    (split.zero, "of 0"), (split.infinite, "∞")) if count]
             data.append([v for v in values if math.isfinite(v)])
         if any(data):
             panels.append((name, metric_title, data))
@@ -509,5 +548,8 @@ def methods_distribution_plot(stats: DatasetStats, metrics: list[tuple[str, str]
         axes.set_title(metric_title)
     alt = (f"Box plots of {len(panels)} metrics ({', '.join(t for _, t, _ in panels)}), one "
            f"box per method, pooled over layers and images.")
-    return Plot("methods", title, to_png(figure), alt,
-                "Each box pools every layer and image of one method.")
+    caption = "Each box pools every layer and image of one method."
+    if left_out:
+        caption += (" Attention ratios of 0 or ∞ cannot be placed on its log axis and are "
+                    f"left out of the boxes ({'; '.join(left_out)}).")
+    return Plot("methods", title, to_png(figure), alt, caption)
