@@ -44,7 +44,7 @@ from reportgen.data import (
 from reportgen.errors import UserError
 from reportgen.executors import computed_batches
 from reportgen.hashing import sha256_path, write_npz
-from reportgen.manifest import source_date, write_checksums
+from reportgen.manifest import git_commit, source_date, write_checksums
 from reportgen.metrics import (
     METRICS,
     FaithfulnessCurves,
@@ -78,7 +78,7 @@ from reportgen.report import MethodRow as ReportMethodRow
 from reportgen.spec import Spec, parse_spec
 
 if TYPE_CHECKING:
-    from reportgen.render.site import PreparedImage
+    from reportgen.render.site import PreparedImage, SiteWriter
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +162,14 @@ def seed_everything(seed: int, device: torch.device) -> list[str]:
     return notes
 
 
+NO_CHECKOUT = "none (not run from a git checkout)"
+
+
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    found = {"reportgen": __version__, "python": platform.python_version()}
+    found = {"reportgen": __version__, "reportgen-commit": git_commit() or NO_CHECKOUT,
+             "python": platform.python_version()}
     for dist in ("torch", "torchvision", "segmentation-models-pytorch", "grad-cam",
                  "weasyprint", "numpy", "opencv-python-headless", "timm"):
         try:
@@ -382,7 +386,7 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
                                events, {"scorecam_compiled": pipeline.scorecam_compiled})
     if pdf_rel is not None:
         with clock("pdf"):
-            _write_pdf(staging, pdf_rel, context, spec_path, manifest, writer.stats, aggregates,
+            _write_pdf(staging, pdf_rel, context, spec_path, manifest, writer, aggregates,
                        sanity_rows, options)
     write_checksums(staging)
     return warnings, len(refs)
@@ -699,7 +703,7 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
     definitions = [MetricDefinition(s.name, s.title, s.formula, s.direction, s.reference,
                                     s.group) for s in METRICS.values() if s.group in spec.metrics]
     report = spec.report
-    image_dirs = sorted({str(s.path.parent) for s in samples})
+    image_dirs = sorted({_shown_path(s.path.parent, spec_path) for s in samples})
     return ReportContext(
         title=report.title, report_id=report.id, author=report.author,
         date=report.date or datetime.now(UTC).date().isoformat(),
@@ -715,20 +719,22 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
                 for i in infos],
         methods=methods, metric_definitions=definitions, image_count=len(samples),
         image_source=", ".join(image_dirs),
-        mask_source=str(Path(spec.data.masks).parent) if spec.data.masks else None,
+        mask_source=_shown_path(Path(spec.data.masks).parent, spec_path)
+        if spec.data.masks else None,
         target_region=spec.target.region, spec_text=text, spec_name=spec_path.name,
         device=device_name(device), precision=spec.runtime.precision, seed=spec.runtime.seed,
         colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
-        warnings=warnings, bounds=plan.bounds)
+        warnings=warnings, bounds=plan.bounds, verdict_layers=spec.verdict_layers)
 
 
 def _write_pdf(staging: Path, pdf_rel: Path, context: ReportContext, spec_path: Path,
-               manifest: dict[str, object], stats, aggregates, sanity_rows: list[SanityRow],
-               options: BuildOptions) -> None:
+               manifest: dict[str, object], writer: SiteWriter, aggregates,
+               sanity_rows: list[SanityRow], options: BuildOptions) -> None:
     from reportgen.render.pdf import write_pdf
 
     pdf_path = staging / pdf_rel
-    write_pdf(staging, pdf_path, context, spec_path, manifest, stats, aggregates, sanity_rows)
+    write_pdf(staging, pdf_path, context, spec_path, manifest, writer.stats, aggregates,
+              sanity_rows, plot_captions=writer.plot_captions)
     if options.sign is not None:
         from reportgen.render.pdf_sign import sign_pdf
 
@@ -764,7 +770,8 @@ def _open_cache(spec: Spec, options: BuildOptions, checkpoint_sha: str,
               "layers": resolved, "methods": spec.methods,
               "method_options": spec.method_options.model_dump(mode="json"),
               "metrics": spec.metrics, "metric_options": spec.metric_options.model_dump(
-                  mode="json"), "precision": spec.runtime.precision, "seed": spec.runtime.seed,
+                  mode="json", exclude={"attention": {"verdict_layers"}}),  # presentation
+              "precision": spec.runtime.precision, "seed": spec.runtime.seed,
               # batched kernels may round differently: a cache hit must equal a fresh build
               "batch_size": spec.runtime.batch_size, "device": device.type}
     limit = spec.runtime.cache_max_gb
@@ -775,6 +782,21 @@ def _open_cache(spec: Spec, options: BuildOptions, checkpoint_sha: str,
 def _relative_name(path: Path, spec_path: Path) -> str:
     """`path` relative to the spec's folder, as the manifest locates inputs."""
     return Path(os.path.relpath(path.resolve(), spec_path.resolve().parent)).as_posix()
+
+
+def _shown_path(path: Path, spec_path: Path) -> str:
+    """`path` as the report shows it: relative to the spec's folder and normalised, as the
+    manifest locates inputs (`_relative_name`); absolute (normalised) when the two share
+    no folder but the filesystem root, where a relative path would only climb through it.
+    """
+    target, base = path.resolve(), spec_path.resolve().parent
+    try:
+        shared = Path(os.path.commonpath([target, base]))
+    except ValueError:  # another drive (Windows)
+        return target.as_posix()
+    if shared == Path(target.anchor):
+        return target.as_posix()
+    return _relative_name(path, spec_path)
 
 
 def check_spec(spec_path: Path, device: str | None = None) -> list[dict[str, object]]:

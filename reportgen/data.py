@@ -7,11 +7,12 @@ Rules (recorded per image in `Sample.notes`, and so in the manifest):
 - Grayscale is replicated to the model's input channels; an alpha channel is dropped;
   palette images are expanded to RGB.
 - Images and masks are resized to the model's input size (images bilinear, masks
-  nearest). A mask is foreground where > 0 when its values are {0, 1} or {0, 255};
-  any other values are binarised at half their maximum. A colour mask is foreground
-  where any channel is. A mask whose aspect ratio differs from its image's is refused
-  (it cannot be the same field of view); one of another size but the same aspect ratio
-  is resized like the image.
+  nearest); an image whose aspect ratio this changes says so, since every map and
+  metric is then computed on the stretched image. A mask is foreground where > 0 when
+  its values are {0, 1} or {0, 255}; any other values are binarised at half their
+  maximum. A colour mask is foreground where any channel is. A mask whose aspect ratio
+  differs from its image's is refused (it cannot be the same field of view); one of
+  another size but the same aspect ratio is resized like the image.
 - Zero-byte, truncated and undecodable files (a non-image with an image extension)
   are refused with the file named; so are non-finite pixels.
 
@@ -178,6 +179,23 @@ def read_mask(path: Path, size: tuple[int, int],
     return binary, notes
 
 
+def aspect_change_note(original: tuple[int, int], size: tuple[int, int]) -> str | None:
+    """The note of an image resized from `original` to `size` (both [H, W]) that changes
+    its aspect ratio, or None when the shape is kept (within `ASPECT_TOLERANCE`).
+
+    The change is the larger width/height ratio over the smaller, minus 1: how much
+    one axis is stretched against the other.
+    """
+    (height, width), (new_height, new_width) = original, size
+    before, after = width / height, new_width / new_height
+    change = max(before, after) / min(before, after) - 1.0
+    if change <= ASPECT_TOLERANCE:
+        return None
+    return (f"image resized from {width}x{height} to {new_width}x{new_height}, aspect ratio "
+            f"(width/height) {before:.2f} to {after:.2f}, changed by {change:.0%}: maps, Dice "
+            f"and all metrics are computed at {new_width}x{new_height}")
+
+
 def prepare(
     values: np.ndarray, size: tuple[int, int], in_channels: int, norm: Normalization | None
 ) -> tuple[torch.Tensor, np.ndarray]:
@@ -253,6 +271,9 @@ def load_sample(ref: SampleRef, size: tuple[int, int], in_channels: int,
         raise DataError(f"{ref.path}: {exc}") from exc
     original = (values.shape[0], values.shape[1])
     del values  # the full-resolution pixels can be large; only the resized copy is kept
+    reshaped = aspect_change_note(original, size)
+    if reshaped is not None:
+        notes.append(reshaped)
     sample = Sample(ref.id, ref.path, tensor, display, original, notes=notes)
     if ref.mask_path is not None:
         sample.mask_path = ref.mask_path

@@ -38,19 +38,34 @@ TIME_FIELDS = ("started", "finished", "timings")
 MANIFEST = Path("data/manifest.json")
 CHECKSUMS = Path("data/checksums.sha256")
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
+PACKAGE = Path(__file__).resolve().parent  # the reportgen package
 
 
-def git_commit() -> str | None:
-    """The reportgen source checkout's commit, when it runs from one."""
-    root = Path(__file__).resolve().parents[1]
+def git_commit(package: Path = PACKAGE) -> str | None:
+    """The commit of the git checkout `package` runs from, "<sha>-dirty" when the
+    package's own files differ from it (changed, added or deleted, untracked included);
+    None when it is not a checkout (installed from a wheel) or git cannot tell.
+
+    Only a checkout whose root is the package's parent counts, so a wheel installed in a
+    virtual environment inside some other repository is not credited with its commit.
+    """
+    root = package.parent
     if not (root / ".git").exists():
         return None
+
+    def git(*args: str) -> str:
+        # --no-optional-locks: never take the index lock of a tree others may be using
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(root), *args],
+                              capture_output=True, text=True, timeout=10, check=True).stdout
+
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True)
+        commit = git("rev-parse", "HEAD").strip()
+        changed = git("status", "--porcelain", "--", package.name).strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    if not commit:
+        return None
+    return f"{commit}-dirty" if changed else commit
 
 
 def source_date() -> datetime | None:

@@ -144,6 +144,8 @@ class ReportContext:
     warnings: list[str] = field(default_factory=list)
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     bounds: list[str] = field(default_factory=list)  # what the spec limited, said wherever shown
+    # layers whose verdicts make the median verdicts of each image and of the report
+    verdict_layers: list[str] = field(default_factory=list)  # empty: every layer
 
 
 @dataclass

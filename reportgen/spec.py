@@ -192,6 +192,10 @@ class VerdictBands(Strict):
 
 class AttentionOptions(Strict):
     bands: VerdictBands = Field(default_factory=VerdictBands)
+    verdict_layers: list[str] | None = Field(
+        None, description="layers whose verdicts make each image's and the report's median "
+        "verdict (default: every layer but encoder_early, where low ratios are expected; "
+        "all layers when that is the only one)")
 
 
 class FaithfulnessOptions(Strict):
@@ -388,12 +392,22 @@ class Spec(Strict):
              self.methods),
             ("metric_options.sanity.layers", self.metric_options.sanity.layers, self.layers),
             ("metric_options.sanity.methods", self.metric_options.sanity.methods, self.methods),
+            ("metric_options.attention.verdict_layers",
+             self.metric_options.attention.verdict_layers, self.layers),
         ):
             extra = [x for x in subset or [] if x not in full]
             if extra:
                 raise ValueError(f"{option}: {', '.join(extra)} not among the spec's "
                                  f"{option.rsplit('.', 1)[1]} ({', '.join(full)})")
         return self
+
+    @property
+    def verdict_layers(self) -> list[str]:
+        """The layers whose verdicts make the median verdicts, in spec order."""
+        chosen = self.metric_options.attention.verdict_layers
+        if chosen is None:
+            chosen = [la for la in self.layers if la != "encoder_early"] or self.layers
+        return [la for la in self.layers if la in chosen]
 
     @property
     def target_index(self) -> int:

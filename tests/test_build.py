@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +15,15 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from reportgen.build import BuildOptions, build
+from reportgen.build import (
+    NO_CHECKOUT,
+    BuildOptions,
+    _shown_path,
+    build,
+    versions,
+)
 from reportgen.errors import DataError, UserError
+from reportgen.manifest import git_commit
 from tests.helpers import write_images, write_spec
 from tests.site_fixtures import parse
 
@@ -74,6 +83,76 @@ def test_metric_definitions_printed_come_from_the_registry(built: Path):
 
     index = (built / "site" / "index.html").read_text()
     assert METRICS["attention_ratio"].title in index
+
+
+def test_manifest_and_audit_page_name_the_reportgen_version_and_commit(built: Path):
+    manifest = json.loads((built / "site" / "data" / "manifest.json").read_text())
+    commit = manifest["versions"]["reportgen-commit"]
+    assert commit == (git_commit() or NO_CHECKOUT)  # "-dirty" when the source was edited
+    assert manifest["git_commit"] == git_commit()  # one source of truth for both fields
+    audit = (built / "site" / "audit.html").read_text()
+    for text in ("reportgen-commit", commit, manifest["reportgen"]):
+        assert f"<td>{text}</td>" in audit or f">{text}</th>" in audit, text
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t",
+                           "-c", "commit.gpgsign=false", *args], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_source_commit_is_marked_dirty_by_changes_to_the_package_only(tmp_path: Path):
+    root, package = tmp_path / "checkout", tmp_path / "checkout" / "pkg"
+    package.mkdir(parents=True)
+    (package / "code.py").write_text("x = 1\n")
+    (root / "README").write_text("readme\n")
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "first")
+    sha = _git(root, "rev-parse", "HEAD")
+    assert git_commit(package) == sha
+    (root / "README").write_text("edited elsewhere\n")  # not the package's code
+    assert git_commit(package) == sha
+    (package / "new.py").write_text("")
+    assert git_commit(package) == f"{sha}-dirty"
+    (package / "new.py").unlink()
+    (package / "code.py").write_text("x = 2\n")
+    assert git_commit(package) == f"{sha}-dirty"
+
+
+def test_source_commit_is_none_without_a_checkout_or_without_git(tmp_path: Path, monkeypatch):
+    assert git_commit(tmp_path / "pkg") is None  # installed from a wheel
+    (tmp_path / ".git").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no git program
+    assert git_commit(tmp_path / "pkg") is None
+    assert versions()["reportgen-commit"] == NO_CHECKOUT
+
+
+def test_data_sources_are_shown_relative_to_the_spec(built: Path):
+    for page in ("index.html", "single.html"):
+        path = built / "site" / page
+        if path.exists():
+            text = path.read_text()
+            assert "<th scope=\"row\">Image source</th><td>images</td>" in text
+            assert "<th scope=\"row\">Mask source</th><td>masks</td>" in text
+            assert str(built.resolve()) not in text and str(built) not in text
+
+
+def test_shown_paths_are_normalised_and_absolute_only_across_the_root(tmp_path: Path):
+    spec = tmp_path / "project" / "specs" / "validation.yaml"
+    assert _shown_path(spec.parent / ".." / "data" / "images", spec) == "../data/images"
+    assert _shown_path(spec.parent / "images" / "." / "test", spec) == "images/test"
+    elsewhere = Path(tmp_path.anchor) / "elsewhere-reportgen" / "images"
+    assert _shown_path(elsewhere, spec) == elsewhere.as_posix()
+
+
+def test_audit_page_says_its_timings_end_where_the_page_was_written(built: Path):
+    audit = (built / "site" / "audit.html").read_text()
+    assert "measured up to the writing of this page" in audit
+    manifest = json.loads((built / "site" / "data" / "manifest.json").read_text())
+    shown = re.search(r'<th scope="row">render</th><td>([\d.]+) s</td>', audit)
+    assert shown is not None and float(shown.group(1)) <= manifest["timings"]["render"] + 0.005
 
 
 def test_failed_build_keeps_the_previous_site_and_leaves_no_staging(built: Path):

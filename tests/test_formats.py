@@ -12,7 +12,7 @@ import tifffile
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from reportgen.data import prepare, read_image, read_mask
+from reportgen.data import SampleRef, load_sample, prepare, read_image, read_mask
 from reportgen.spec import IMAGENET
 
 RAMP = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))  # 48 x 64, 0..252
@@ -102,3 +102,17 @@ def test_rgba_drops_alpha_and_masks_binarise(tmp_path: Path):
     cv2.imwrite(str(tmp_path / "m255.png"), mask * 255)
     binary, _ = read_mask(tmp_path / "m255.png", (24, 32))
     assert binary.shape == (24, 32) and binary.sum() == 50
+
+
+def test_image_squashed_to_the_model_input_says_so_and_at_what_size(tmp_path: Path):
+    cv2.imwrite(str(tmp_path / "wide.png"), RAMP)  # 64 wide x 48 high
+    cv2.imwrite(str(tmp_path / "mask.png"), (RAMP > 128).astype(np.uint8) * 255)
+    ref = SampleRef("wide", tmp_path / "wide.png", tmp_path / "mask.png")
+    sample = load_sample(ref, (32, 32), 3, IMAGENET)
+    resized = [note for note in sample.notes if note.startswith("image resized")]
+    assert resized == ["image resized from 64x48 to 32x32, aspect ratio (width/height) 1.33 "
+                       "to 1.00, changed by 33%: maps, Dice and all metrics are computed at "
+                       "32x32"]
+    assert ref.notes == sample.notes  # and so the manifest's
+    kept = load_sample(ref, (24, 32), 3, IMAGENET)  # half size, same shape
+    assert not [note for note in kept.notes if note.startswith("image resized")]

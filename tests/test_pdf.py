@@ -3,7 +3,9 @@ readable, printable and reproducible."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import subprocess
 import zipfile
@@ -15,9 +17,24 @@ import pikepdf
 import pytest
 from pypdf import PdfReader
 
+from reportgen.build import BuildOptions, build
 from reportgen.manifest import TIME_FIELDS
+from reportgen.metrics.registry import GROUPS, METRICS
+from reportgen.render.pdf import (
+    METRIC_COLUMN_MM,
+    METRIC_LABELS_MM,
+    PAGE_CONTENT_MM,
+    VERDICT_MM,
+    metric_columns_fitting,
+    metric_tables,
+    read_metric_rows,
+    split_metric_columns,
+)
 from reportgen.render.pdf_figures import PrintFigures, pixels_for
+from reportgen.render.viewmodel import Definition, Footnotes, value_view, verdict_view
+from reportgen.report import MetricValue
 from reportgen.verify import verify_pdf
+from tests.helpers import write_images, write_spec
 from tests.pdf_fixtures import REPORT, build_project
 
 
@@ -73,7 +90,12 @@ def test_pdf_has_cover_contents_sections_audit_and_signoff(project: Path):
     texts = page_texts(project / "site" / "report.pdf")
     total = len(texts)
     assert REPORT["title"] in texts[0] and "VAL-PDF-1" in texts[0]
-    assert "overall verdict" in texts[0].lower()
+    cover = " ".join(texts[0].split())
+    assert "median verdict" in cover.lower()
+    assert "median attention ratios of every layer × method at" in cover  # what it is of
+    # plots carry the site's captions, which say what a plot cannot show
+    assert any("Dashed lines: verdict bands (1 fair, 2 good, 5 excellent)" in " ".join(t.split())
+               for t in texts)
     contents = texts[1]
     assert "Contents" in contents and "Audit appendix" in contents
     # Page numbers come from target-counter: the audit page named in the contents has the audit.
@@ -124,6 +146,15 @@ def test_print_figures_are_downsampled_and_flattened(tmp_path: Path):
     assert max(picture.shape[:2]) <= pixels_for(50.0) <= 400
     assert tuple(int(v) for v in picture[0, 0]) == (127, 127, 255)  # BGR of red on white
     assert figures.get("figures/missing.png", 50.0) is None
+
+
+def test_pdf_names_the_reportgen_commit_and_the_data_relative_to_the_spec(project: Path):
+    text = "\n".join(page_texts(project / "site" / "report.pdf"))
+    manifest = json.loads((project / "site" / "data" / "manifest.json").read_text())
+    commit = manifest["versions"]["reportgen-commit"]
+    assert "reportgen-commit" in text and commit[:12] in text
+    assert "2 images from images" in text and "Ground truth masks" in text
+    assert str(project) not in text.replace("\n", "")
 
 
 def _without(manifest: dict, *extra: str) -> dict:
@@ -282,3 +313,104 @@ def test_a_dossier_laid_out_in_parts_can_be_signed_and_verified(parted: Path, tm
     sign_pdf(pdf, _self_signed_p12(tmp_path, b"secret"), "secret", make_context())
     report = verify_pdf(pdf)
     assert report.ok and report.signature.status == "valid", report
+
+
+@pytest.fixture(scope="module")
+def every_metric(tmp_path_factory) -> Path:
+    """A dossier with every metric group, so its images have every metric column; the
+    first image is part of the sanity check, the second is not."""
+    root = tmp_path_factory.mktemp("pdf-every-metric")
+    write_images(root, count=2, size=64)
+    write_spec(root / "spec.yaml", report=REPORT, layers=["encoder_last", "decoder_last"],
+               methods=["gradcam", "gradcam++"], metrics=list(GROUPS),
+               metric_options={"faithfulness": {"steps": 4},
+                               "sanity": {"images": 1, "levels": 2}})
+    build(root / "spec.yaml", BuildOptions(quiet=True))
+    return root
+
+
+def word_boxes(pdf: Path) -> list[tuple[float, list[tuple[str, float, float, float]]]]:
+    """Per page: its width and its words as (text, x min, x max, y min), in PDF points."""
+    if shutil.which("pdftotext") is None:
+        pytest.skip("poppler-utils not installed")
+    xhtml = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], check=True,
+                           capture_output=True, text=True).stdout
+    pages = []
+    for page in xhtml.split("<page ")[1:]:
+        width = float(re.search(r'width="([\d.]+)"', page).group(1))
+        words = [(html.unescape(text), float(x0), float(x1), float(y0)) for x0, y0, x1, text
+                 in re.findall(r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" '
+                               r'yMax="[\d.]+">([^<]*)</word>', page)]
+        pages.append((width, words))
+    return pages
+
+
+def test_every_table_column_of_a_dossier_with_every_metric_is_on_the_page(every_metric: Path):
+    """Nine metric columns per layer x method: every word of every page, table cells
+    included, lies inside the 18 mm side margins, and the sanity values of the image in
+    the sanity check are printed under their column heads."""
+    site = every_metric / "site"
+    pages = word_boxes(site / "report.pdf")
+    margin = 18 / 25.4 * 72
+    for number, (width, words) in enumerate(pages, 1):
+        outside = [w for w in words if w[1] < margin - 1 or w[2] > width - margin + 1]
+        assert outside == [], f"page {number}: {outside}"
+
+    texts = page_texts(site / "report.pdf")
+    first = next(i for i, text in enumerate(texts) if "Image img00" in text and "Input" in text)
+    last = next(i for i, text in enumerate(texts) if "Image img01" in text and "Input" in text)
+    section = [(page, word) for page in range(first, last) for word in pages[page][1]]
+    rows = [row for row in read_metric_rows(site / "data" / "metrics.csv")["img00"]
+            if row["metric"] in ("sanity_spearman", "sanity_ssim")]
+    assert len(rows) == 8  # 2 layers x 2 methods x 2 sanity metrics
+    for metric, head in (("sanity_spearman", "correlation"), ("sanity_ssim", "SSIM")):
+        (page, column), = [(p, w) for p, w in section if w[0] == head]
+        # numbers are right-aligned under their (right-aligned) column head
+        printed = sorted(w[0] for p, w in section if p == page
+                         and abs(w[2] - column[2]) < 1.5 and w[3] > column[3])
+        expected = sorted(value_view(MetricValue.of_row(r["value"], r["status"], r["reason"]),
+                                     Footnotes()).text for r in rows if r["metric"] == metric)
+        assert printed == expected, metric
+
+
+def test_metric_columns_are_split_into_whole_groups_that_fit_the_page():
+    """The per-map metrics of every group: stacked tables of whole groups in registry
+    order, none wider than the page, only the first with the verdict."""
+    columns = [Definition(m.name, m.title, m.formula, m.direction, m.reference)
+               for m in METRICS.values() if m.per_map]
+    groups = {m.name: m.group for m in METRICS.values()}
+    tables = split_metric_columns(columns, groups)
+    assert [names for names, _ in tables] == [["attention", "localisation"],
+                                              ["faithfulness", "sanity"]]
+    assert [d for _, shown in tables for d in shown] == columns
+    for index, (_, shown) in enumerate(tables):
+        verdict = VERDICT_MM if index == 0 else 0.0
+        assert len(shown) <= metric_columns_fitting(verdict=index == 0)
+        assert METRIC_LABELS_MM + verdict + len(shown) * METRIC_COLUMN_MM <= PAGE_CONTENT_MM
+    # a group wider than a table is split over as many tables as it needs
+    wide = [Definition(f"m{i}", f"metric {i}", "", "", "") for i in range(13)]
+    sizes = [len(shown) for _, shown in split_metric_columns(wide, {})]
+    assert sum(sizes) == 13 and len(sizes) == 3
+    assert sizes[:2] == [metric_columns_fitting(verdict=True),
+                         metric_columns_fitting(verdict=False)]
+
+
+def test_an_images_metric_tables_repeat_layer_and_method_and_name_their_groups():
+    columns = [Definition(m.name, m.title, m.formula, m.direction, m.reference)
+               for m in METRICS.values() if m.per_map]
+    groups = {m.name: m.group for m in METRICS.values()}
+    values = {name: MetricValue(0.5) for name in groups}
+    del values["sanity_ssim"]
+    verdict = verdict_view("good")
+    measured = [("encoder_last", "gradcam", verdict, values),
+                ("decoder_last", "gradcam", verdict, values)]
+    notes = Footnotes()
+    first, second = metric_tables(measured, columns, groups, notes)
+    assert first.caption == "Metrics per layer and method, 1 of 2: attention and localisation"
+    assert second.caption == ("Metrics per layer and method, 2 of 2: faithfulness and "
+                              "sanity check (cascading randomisation)")
+    assert (first.verdict, second.verdict) == (True, False)
+    assert [(r.layer, r.method) for r in second.rows] == [(r.layer, r.method)
+                                                          for r in first.rows]
+    assert [v.text for v in second.rows[0].values] == ["0.500"] * 3 + ["n/a"]
+    assert notes.notes == [(1, "not computed")]

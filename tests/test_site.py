@@ -162,6 +162,23 @@ def test_audit_has_spec_versions_hashes_and_exclusions(site: Path) -> None:
         assert text in page, text
 
 
+def test_reviewer_without_a_name_gets_a_blank_line_to_fill_in(tmp_path: Path) -> None:
+    context = make_context(image_count=1)
+    context.reviewers = [("", "Clinical reviewer"), ("Dr. Named", "ML engineer"), ("", "")]
+    results = make_results(1)
+    writer = SiteWriter(tmp_path, context, [r.id for r in results])
+    for result in results:
+        writer.add_image(result)
+    writer.finish(make_aggregates(results), make_sanity())
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    items = re.findall(r"<li>(.*?)</li>",
+                       page.split('id="reviewers"')[1].split("</ul>")[0], re.S)
+    blank = ('<span class="blank-name" aria-hidden="true">________________</span>'
+             '<span class="visually-hidden">name to be filled in</span>')
+    assert items == [f"{blank} (Clinical reviewer)", "<strong>Dr. Named</strong>, ML engineer",
+                     blank]
+
+
 def test_plots_without_data_say_why(tmp_path: Path) -> None:
     results = [make_result(0, ground_truth=False)]
     for cell in results[0].cells.values():

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reportgen.metrics.export import AggregateRow
 from reportgen.render import figures as fig
 from reportgen.render.stats import CURVE_POINTS, DatasetStats, standardised_ranks
 from reportgen.render.viewmodel import (
@@ -19,8 +20,12 @@ from reportgen.render.viewmodel import (
     image_page_view,
     index_view,
     layers_view,
+    median_verdict,
     methods_view,
+    metric_tables,
     paragraphs,
+    summarise_verdicts,
+    summary_rows,
     value_view,
     verdict_view,
     worst_verdict,
@@ -40,7 +45,8 @@ from tests.site_fixtures import (
 def dataset(count: int = 3) -> DatasetStats:
     stats = DatasetStats(list(LAYERS), list(METHODS))
     for result in make_results(count):
-        stats.add(result, worst_verdict(c.verdict for c in result.cells.values()))
+        stats.add(result, summarise_verdicts(
+            {key: c.verdict for key, c in result.cells.items()}, []).median)
     return stats
 
 
@@ -59,6 +65,67 @@ def test_worst_verdict_ranks_invalid_first_and_na_last() -> None:
     assert worst_verdict(["n/a", "excellent"]) == "excellent"
     assert worst_verdict(["n/a"]) == "n/a"
     assert worst_verdict([]) == "n/a"
+
+
+def test_median_verdict_takes_the_worse_middle_and_ignores_na() -> None:
+    assert median_verdict(["excellent", "concerning", "good"]) == "good"
+    assert median_verdict(["excellent", "good", "fair", "concerning"]) == "fair"
+    assert median_verdict(["n/a", "n/a", "excellent"]) == "excellent"
+    assert median_verdict(["invalid", "excellent"]) == "invalid"
+    assert median_verdict(["n/a"]) == "n/a"
+
+
+def test_a_verdict_summary_counts_only_the_verdict_layers_and_names_the_worst() -> None:
+    verdicts = {("encoder_early", "gradcam"): "concerning",
+                ("encoder_early", "layercam"): "concerning",
+                ("decoder_last", "gradcam"): "excellent",
+                ("decoder_last", "layercam"): "good",
+                ("seg_head", "gradcam"): "excellent",
+                ("seg_head", "layercam"): "fair"}
+    chosen = summarise_verdicts(verdicts, ["decoder_last", "seg_head"])
+    assert chosen.median == "good" and chosen.worst == "fair"
+    assert chosen.worst_text == "worst: fair at seg_head × layercam"
+    assert chosen.layers == ["decoder_last", "seg_head"]
+    assert [(v.key, n) for v, n in chosen.counts] == [("excellent", 2), ("good", 1),
+                                                      ("fair", 1)]
+    everything = summarise_verdicts(verdicts, [])
+    assert everything.median == "fair"
+    assert everything.worst_text == ("worst: concerning at encoder_early × gradcam, "
+                                     "encoder_early × layercam")
+    assert summarise_verdicts({("seg_head", "gradcam"): "good"}, []).worst_text == ""
+
+
+def test_one_infinite_ratio_does_not_decide_a_layer_and_method() -> None:
+    """Five images with ratio 0 and three with +inf: the cell is concerning (the median),
+    not excellent (the mean, +inf)."""
+    context = make_context()
+    stats = dataset(3)
+    values = [0.0] * 5 + [math.inf] * 3
+    aggregates = [AggregateRow("encoder_last", "gradcam", "attention_ratio", n=8,
+                               mean=math.inf, std=None, median=0.0, min=0.0, max=math.inf,
+                               n_na=0, na_reasons={})]
+    assert float(np.median(values)) == 0.0
+    cell = summary_rows(context, stats, aggregates, Footnotes())[0].cells[0]
+    assert cell.median_ratio.text == "0.000" and cell.verdict.key == "concerning"
+
+
+def test_image_level_metrics_get_one_row_and_no_per_layer_table() -> None:
+    context = make_context()
+    stats = dataset(3)
+    results = make_results(3)
+    dice = AggregateRow("", "", "dice", n=2, mean=0.55, std=0.07, median=0.55, min=0.5,
+                        max=0.6, n_na=1, na_reasons={"no ground truth": 1})
+    context.metric_definitions.append(type(context.metric_definitions[0])(
+        "dice", "Dice", "2|P ∩ G| / (|P| + |G|)", "higher", "Dice 1945", "dice"))
+    aggregates = [*make_aggregates(results), dice]
+    table = next(t for t in metric_tables(context, stats, aggregates, Footnotes())
+                 if t.definition.name == "dice")
+    assert [(r.layer, r.method, r.mean.text, r.n) for r in table.rows] == [
+        ("—", "—", "0.550", "2")]
+    layers = layers_view(context, stats, aggregates, [], 64)
+    assert "dice" not in [t.definition.name for t in layers.tables if t.definition]
+    ratio = next(t for t in layers.tables if t.definition.name == "attention_ratio")
+    assert ratio.title == "attention ratio: median per layer"
 
 
 def test_verdict_badge_has_a_text_label_and_safe_class() -> None:
@@ -138,7 +205,7 @@ def test_index_view_summarises_verdicts_dice_and_tables() -> None:
     cell = view.summary_rows[0].cells[0]
     ratios = [r.cells["encoder_last", "gradcam"].metrics["attention_ratio"].value
               for r in results]
-    assert cell.mean_ratio.text == format_number(float(np.mean(ratios)))
+    assert cell.median_ratio.text == format_number(float(np.median(ratios)))
     assert sum(count for _, count in cell.counts) == 3
     assert view.dice == "0.550" and "2 images" in view.dice_detail
     assert [t.definition.name for t in view.tables][:2] == ["attention_mean", "attention_std"]

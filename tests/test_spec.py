@@ -35,6 +35,17 @@ def test_good_spec_resolves_paths_against_its_folder(project: Path, monkeypatch)
     assert spec.target_index == 0
 
 
+def test_verdicts_leave_out_encoder_early_unless_told(project: Path):
+    layers = ["encoder_early", "encoder_last", "decoder_last"]
+    spec = load_spec(write_spec(project / "a.yaml", layers=layers))
+    assert spec.verdict_layers == ["encoder_last", "decoder_last"]
+    spec = load_spec(write_spec(project / "b.yaml", layers=["encoder_early"]))
+    assert spec.verdict_layers == ["encoder_early"]
+    chosen = {"attention": {"verdict_layers": ["decoder_last", "encoder_early"]}}
+    spec = load_spec(write_spec(project / "c.yaml", layers=layers, metric_options=chosen))
+    assert spec.verdict_layers == ["encoder_early", "decoder_last"]  # in the spec's order
+
+
 def test_images_as_folder_list_and_limit_keep_sorted_order(project: Path):
     spec = load_spec(write_spec(project / "a.yaml", data={"images": "images", "limit": 2}))
     assert [p.name for p in find_images(spec.data)] == ["img00.png", "img01.png"]
@@ -71,6 +82,9 @@ BAD_SPECS = [
                                             "data": {"masks": None}}, ["data.masks"]),
     ("subset outside the spec's layers", {"method_options": {"scorecam": {"layers": ["seg_head"]}}},
      ["method_options.scorecam.layers", "seg_head"]),
+    ("verdict layers outside the spec's layers",
+     {"metric_options": {"attention": {"verdict_layers": ["seg_head"]}}},
+     ["metric_options.attention.verdict_layers", "seg_head"]),
 ]
 
 

@@ -47,11 +47,12 @@ import hashlib
 import io
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from importlib import resources
+from itertools import groupby
 from pathlib import Path
 
 import jinja2
@@ -72,6 +73,7 @@ from reportgen.render.viewmodel import (
     IndexView,
     MethodsView,
     ValueView,
+    VerdictSummary,
     VerdictView,
     audit_view,
     cell_figure_name,
@@ -81,9 +83,9 @@ from reportgen.render.viewmodel import (
     method_heads,
     methods_view,
     paragraphs,
+    summarise_verdicts,
     value_view,
     verdict_view,
-    worst_verdict,
 )
 from reportgen.report import AggregateRow, MetricValue, ReportContext, SanityRow
 
@@ -97,6 +99,15 @@ GRID_LABEL_MM = 26.0  # the layer-name column of an image's grid
 MAIN_FIGURE_MM = 54.0  # input / ground truth / prediction, three across
 PLOT_MM = 150.0
 MAX_CELL_MM = 48.0
+# An image's metric tables (the widths `table.metrics` in pdf.css gives its columns):
+# layer and method head every row of every table, the verdict only the first table's,
+# and the metric columns share the rest, each at least METRIC_COLUMN_MM wide.
+METRIC_LABELS_MM = 50.0  # layer (25 mm) and method (25 mm)
+VERDICT_MM = 23.0
+METRIC_COLUMN_MM = 20.0
+GROUP_TITLES = {"attention": "attention", "dice": "overlap with the ground truth",
+                "localisation": "localisation", "faithfulness": "faithfulness",
+                "sanity": "sanity check (cascading randomisation)"}
 GRID_VARIANTS = ("contours", "overlay")  # the overlay shown in print, first found
 PLOTS = (("attention_ratio", "Attention ratio per layer and method"),
          ("dice", "Dice per image"), ("methods", "Methods compared"),
@@ -140,6 +151,17 @@ class PrintMetricRow:
 
 
 @dataclass
+class PrintMetricTable:
+    """One of an image's metric tables: whole metric groups side by side, as many as
+    fit the page width; every row starts with its layer and method."""
+
+    caption: str
+    columns: list[Definition]
+    verdict: bool  # whether the attention-ratio verdict is printed (the first table)
+    rows: list[PrintMetricRow]
+
+
+@dataclass
 class ImageSection:
     anchor: str
     id: str
@@ -148,13 +170,13 @@ class ImageSection:
     mask_name: str
     dice: ValueView
     iou: ValueView
-    worst: VerdictView
+    verdict: VerdictSummary
     figures: list[PrintFigure]
     methods: list[ColumnHead]
     grid: list[tuple[str, list[PrintCell]]]
-    columns: list[Definition]
-    metric_rows: list[PrintMetricRow]
+    metric_tables: list[PrintMetricTable]
     footnotes: list[tuple[int, str]]
+    notes: list[str] = field(default_factory=list)  # conversions of the input (manifest)
 
 
 @dataclass
@@ -174,8 +196,7 @@ class PdfView:
     generator: str
     keywords: list[str]
     subject: str
-    overall: VerdictView
-    overall_counts: list[tuple[VerdictView, int]]
+    overall: VerdictSummary
     cover_rows: list[tuple[str, str]]
     warnings: list[str]
     bounds: list[str]
@@ -217,10 +238,58 @@ def grid_cell_mm(method_count: int) -> float:
     return min(MAX_CELL_MM, (PAGE_CONTENT_MM - GRID_LABEL_MM) / max(1, method_count) - 2.0)
 
 
+def metric_columns_fitting(verdict: bool) -> int:
+    """How many metric columns one of an image's metric tables holds within the page
+    width, beside the layer and method (and the verdict, where `verdict`)."""
+    free = PAGE_CONTENT_MM - METRIC_LABELS_MM - (VERDICT_MM if verdict else 0.0)
+    return max(1, int(free // METRIC_COLUMN_MM))
+
+
+def split_metric_columns(columns: Sequence[Definition], groups: Mapping[str, str]
+                         ) -> list[tuple[list[str], list[Definition]]]:
+    """An image's metric columns as stacked tables that fit the page: (metric groups,
+    columns) per table. The groups (`groups`: metric name -> group) keep their order and
+    stay whole, side by side while `metric_columns_fitting` allows; only a group wider
+    than a table is split. The first table also holds the verdict."""
+    tables: list[tuple[list[str], list[Definition]]] = []
+    for group, run in groupby(columns, key=lambda d: groups.get(d.name, "")):
+        pending = list(run)
+        if tables and (len(tables[-1][1]) + len(pending)
+                       <= metric_columns_fitting(verdict=len(tables) == 1)):
+            tables[-1][0].append(group)
+            tables[-1][1].extend(pending)
+            continue
+        while pending:
+            room = metric_columns_fitting(verdict=not tables)
+            tables.append(([group], pending[:room]))
+            pending = pending[room:]
+    return tables
+
+
+def metric_tables(measured: Sequence[tuple[str, str, VerdictView, Mapping[str, MetricValue]]],
+                  columns: Sequence[Definition], groups: Mapping[str, str],
+                  notes: Footnotes) -> list[PrintMetricTable]:
+    """An image's metric tables, one row per measured (layer, method, verdict, values by
+    metric name) in every table; n/a reasons are cited in reading order."""
+    split = split_metric_columns(columns, groups)
+    tables = []
+    for number, (names, shown) in enumerate(split, 1):
+        titles = " and ".join(dict.fromkeys(GROUP_TITLES.get(g, g or "other metrics")
+                                            for g in names))
+        count = f", {number} of {len(split)}" if len(split) > 1 else ""
+        tables.append(PrintMetricTable(
+            f"Metrics per layer and method{count}: {titles}", list(shown), number == 1,
+            [PrintMetricRow(layer, method, verdict,
+                            [value_view(values.get(d.name), notes) for d in shown])
+             for layer, method, verdict, values in measured]))
+    return tables
+
+
 def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[dict[str, str]],
                   figures: PrintFigures, layers: Sequence[str], methods: Sequence[str],
-                  position: int, total: int) -> ImageSection:
-    """The print section of one image, from its summary, its metric rows and its figures."""
+                  position: int, total: int, input_notes: Sequence[str] = ()) -> ImageSection:
+    """The print section of one image, from its summary, its metric rows and its figures;
+    `input_notes` say how the input was converted (e.g. resized, so its aspect changed)."""
     notes = Footnotes()
     image_level: dict[str, MetricValue] = {}
     by_cell: dict[tuple[str, str], dict[str, MetricValue]] = {}
@@ -245,9 +314,7 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
 
     cell_mm = grid_cell_mm(len(methods))
     grid = []
-    metric_rows = []
-    names = sorted({name for metrics in by_cell.values() for name in metrics})
-    columns = definitions_for(names, context)
+    measured = []
     for r, layer in enumerate(layers):
         cells = []
         for c, method in enumerate(methods):
@@ -266,32 +333,19 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
                 f"{layer} · {method}", "" if src else reason),
                 verdict, value_view(ratio, notes)))
             if metrics:
-                metric_rows.append(PrintMetricRow(
-                    layer, method, verdict,
-                    [value_view(metrics.get(d.name), notes) for d in columns]))
+                measured.append((layer, method, verdict, metrics))
         grid.append((layer, cells))
+    names = sorted({name for metrics in by_cell.values() for name in metrics})
+    tables = metric_tables(measured, definitions_for(names, context),
+                           {d.name: d.group for d in context.metric_definitions}, notes)
     dice = value_view(image_level.get("dice"), notes, absent="no ground truth")
     iou = value_view(image_level.get("iou"), notes, absent="no ground truth")
     return ImageSection(
         anchor=f"image-{summary.id}", id=summary.id, position=f"Image {position + 1} of {total}",
         source_name=source, mask_name=summary.mask_name or "none", dice=dice, iou=iou,
-        worst=verdict_view(summary.worst_verdict), figures=main,
-        methods=method_heads(context, methods), grid=grid, columns=columns,
-        metric_rows=metric_rows, footnotes=notes.notes)
-
-
-def overall_verdict(index: IndexView) -> tuple[VerdictView, list[tuple[VerdictView, int]]]:
-    """The worst verdict of the mean attention ratios over every layer x method (n/a only
-    when none is defined), and how many layer x method means fall in each verdict."""
-    names = [cell.verdict.key for row in index.summary_rows for cell in row.cells]
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    defined = [name for name in names if name != "n/a"]
-    overall = verdict_view(worst_verdict(defined) if defined else "n/a")
-    ordered = [(verdict_view(key), counts[key]) for key in
-               ("excellent", "good", "fair", "concerning", "invalid", "n/a") if key in counts]
-    return overall, ordered
+        verdict=summarise_verdicts(summary.verdicts, context.verdict_layers), figures=main,
+        methods=method_heads(context, methods), grid=grid,
+        metric_tables=tables, footnotes=notes.notes, notes=list(input_notes))
 
 
 def _input_hashes(manifest: dict) -> list[tuple[str, str, str]]:
@@ -312,27 +366,32 @@ def _input_hashes(manifest: dict) -> list[tuple[str, str, str]]:
 
 def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetStats,
              aggregates: Sequence[AggregateRow], sanity: Sequence[SanityRow],
-             figures: PrintFigures, spec_name: str) -> PdfView:
+             figures: PrintFigures, spec_name: str,
+             plot_captions: Mapping[str, str] | None = None) -> PdfView:
     """The PDF's view model; the image sections are produced lazily while rendering."""
     plots = []
     for name, title in PLOTS:
         src = figures.get(f"plots/{name}.png", PLOT_MM)
         if src:
-            plots.append(PrintFigure(src, f"Plot: {title}", title))
+            caption = (plot_captions or {}).get(name, "")
+            plots.append(PrintFigure(src, f"Plot: {title}",
+                                     f"{title}. {caption}" if caption else title))
     index = index_view(context, stats, aggregates, [])
-    overall, counts = overall_verdict(index)
     layers = [(row.name, row.path, "—" if row.channels is None else format_count(row.channels),
                "—" if row.stride is None else f"{row.stride:g}", row.meaning)
               for row in context.layers]
     metric_rows = read_metric_rows(site / METRICS_CSV)
     summaries = list(stats.summaries)
+    input_notes = {image["id"]: list(image.get("notes") or [])
+                   for image in manifest.get("inputs", {}).get("images", [])}
     layer_names, method_names = list(stats.layers), list(stats.methods)
 
     def sections(start: int = 0, stop: int | None = None) -> Iterator[ImageSection]:
         for position in range(start, len(summaries) if stop is None else stop):
             summary = summaries[position]
             yield image_section(context, summary, metric_rows.get(summary.id, []), figures,
-                                layer_names, method_names, position, len(summaries))
+                                layer_names, method_names, position, len(summaries),
+                                input_notes.get(summary.id, []))
 
     card = context.model
     timings = manifest.get("timings") or {}
@@ -345,7 +404,7 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
                   card.architecture, card.encoder, *(m.name for m in context.methods)],
         subject=(f"Class-activation-map validation of {card.architecture} / {card.encoder} "
                  f"({card.target_class}) on {format_count(context.image_count)} images"),
-        overall=overall, overall_counts=counts,
+        overall=index.overall,
         cover_rows=[("Report id", context.report_id), ("Author", context.author or "—"),
                     ("Date", context.date),
                     ("Model", f"{card.architecture} / {card.encoder}"),
@@ -600,8 +659,12 @@ def _copy_outline(writer: object, reader: object, items: list, offset: int,
 
 def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Path,
               manifest: dict, stats: DatasetStats, aggregates: Sequence[AggregateRow],
-              sanity: Sequence[SanityRow], chunk_images: int | None = None) -> Path:
+              sanity: Sequence[SanityRow], chunk_images: int | None = None,
+              plot_captions: Mapping[str, str] | None = None) -> Path:
     """Write the PDF/A-3u dossier of the site in `site` to `pdf_path`.
+
+    `plot_captions` (plot name -> caption, as the site's) are printed under the plots:
+    they say what a plot cannot show.
 
     `manifest` is the content of the site's `data/manifest.json` (already written);
     the spec is attached from `spec_path`, whose bytes must still hash to the
@@ -641,7 +704,7 @@ def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Pat
     with tempfile.TemporaryDirectory(prefix="reportgen-pdf-") as scratch, _quiet_progress():
         figures = PrintFigures(site, Path(scratch))
         view = pdf_view(site, context, manifest, stats, aggregates, sanity, figures,
-                        spec_path.name)
+                        spec_path.name, plot_captions or {})
         image_count = len(stats.summaries)
         if image_count > chunk_images:
             _write_in_parts(view, css, site, pdf_path, image_count, chunk_images, stamp,

@@ -48,7 +48,7 @@ from reportgen.render.viewmodel import (
     methods_view,
     ordered_names,
     page_view,
-    worst_verdict,
+    summarise_verdicts,
 )
 from reportgen.report import AggregateRow, ImageResult, ReportContext, SanityRow
 
@@ -74,7 +74,7 @@ class PreparedImage:
     """One image's files written, its summary not yet kept (`SiteWriter.prepare_image`)."""
 
     result: ImageResult
-    worst: str  # worst verdict over the image's cells
+    verdict: str  # the image's median verdict (`summarise_verdicts`)
     ranks: dict  # its maps' standardised ranks (`DatasetStats.map_ranks`)
     single: str | None  # its section of report-single.html, when one is written
 
@@ -109,6 +109,7 @@ class SiteWriter:
             raise ValueError("image ids must be unique")
         self.out_dir = Path(out_dir)
         self.context = context
+        self.plot_captions: dict[str, str] = {}  # plot name -> caption, once `finish` drew them
         self.image_ids = list(image_ids)
         self.single_file = single_file
         self._positions = {image_id: index for index, image_id in enumerate(self.image_ids)}
@@ -176,8 +177,9 @@ class SiteWriter:
         self._write_bytes(f"thumbs/{result.id}.jpg", fig.encode_jpeg(thumb, 85))
         single = (self._single_section(result, position, previous, following)
                   if self.single_file else None)
-        worst = worst_verdict(cell.verdict for cell in result.cells.values())
-        return PreparedImage(result, worst, DatasetStats.map_ranks(result), single)
+        verdict = summarise_verdicts({key: cell.verdict for key, cell in result.cells.items()},
+                                     self.context.verdict_layers).median
+        return PreparedImage(result, verdict, DatasetStats.map_ranks(result), single)
 
     def commit_image(self, prepared: PreparedImage) -> None:
         """Keep a prepared image's summary (on the writer's thread).
@@ -185,7 +187,7 @@ class SiteWriter:
         Commit in the order the images are computed, as `add_image` would be called:
         the running sums (agreement, mean curves) and report-single.html follow it.
         """
-        self.stats.add(prepared.result, prepared.worst, prepared.ranks)
+        self.stats.add(prepared.result, prepared.verdict, prepared.ranks)
         if self._single_parts is not None and prepared.single is not None:
             self._single_parts.write(prepared.single)
 
@@ -261,6 +263,7 @@ class SiteWriter:
                 self._write_missing(image_id)
 
         drawn = self._plots(sanity)
+        self.plot_captions = {name: plot.caption for name, plot in drawn.items()}
         page_plots = {name: PlotView(p.title, href(f"plots/{p.name}.png") if p.png else None,
                                      p.alt, p.caption, p.reason,
                                      *(fig.png_size(p.png) if p.png else (0, 0)))

@@ -29,7 +29,7 @@ class ImageSummary:
     has_ground_truth: bool
     dice: float | None
     dice_reason: str
-    worst_verdict: str
+    verdict: str  # the median verdict of the image's maps at the verdict layers
     verdicts: dict[CellKey, str] = field(default_factory=dict)
     metrics: dict[CellKey, dict[str, float | None]] = field(default_factory=dict)
 
@@ -147,7 +147,7 @@ class DatasetStats:
                     ranks[key] = standardised
         return ranks
 
-    def add(self, result: ImageResult, worst_verdict: str,
+    def add(self, result: ImageResult, verdict: str,
             ranks: dict[CellKey, np.ndarray] | None = None) -> ImageSummary:
         """Record one image and return its summary (`ranks`: its `map_ranks`, when
         already computed)."""
@@ -173,7 +173,7 @@ class DatasetStats:
             has_ground_truth=result.ground_truth is not None,
             dice=dice,
             dice_reason=dice_reason,
-            worst_verdict=worst_verdict,
+            verdict=verdict,
             verdicts=verdicts,
             metrics=metrics,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -127,6 +127,61 @@ def worst_verdict(verdicts: Iterable[str]) -> str:
     return ranked[0] if ranked else "n/a"
 
 
+def median_verdict(verdicts: Iterable[str]) -> str:
+    """The median of the defined verdicts (n/a left out; of two middle ones, the worse),
+    n/a only when none is defined. The worst verdict of many maps is nearly always
+    "concerning" (some method fails on some layer), so it cannot summarise them; the
+    median says what is typical, and the worst is named beside it."""
+    ranked = sorted((v for v in verdicts if v != "n/a"), key=verdict_rank)
+    return ranked[(len(ranked) - 1) // 2] if ranked else "n/a"
+
+
+@dataclass(frozen=True)
+class VerdictSummary:
+    """The median verdict of several layer x method verdicts, and where the worst is."""
+
+    median: str
+    worst: str
+    worst_at: list[str]  # "layer × method" of every verdict equal to the worst
+    counts: list[tuple[VerdictView, int]]  # verdict -> how many, best first
+    layers: list[str]  # the layers counted
+
+    @property
+    def view(self) -> VerdictView:
+        return verdict_view(self.median)
+
+    @property
+    def worst_text(self) -> str:
+        """E.g. "worst: concerning at seg_head × gradcam++"; empty when the worst is the
+        median (nothing more to say) or nothing is defined."""
+        if self.worst in (self.median, "n/a"):
+            return ""
+        shown = ", ".join(self.worst_at[:3])
+        more = len(self.worst_at) - 3
+        return (f"worst: {VERDICT_LABELS[self.worst].lower()} at {shown}"
+                + (f" and {more} more" if more > 0 else ""))
+
+
+def summarise_verdicts(verdicts: Mapping[tuple[str, str], str],
+                       layers: Sequence[str]) -> VerdictSummary:
+    """The median and worst of the (layer, method) -> verdict entries at `layers` (every
+    layer when empty)."""
+    chosen = {key: name for key, name in verdicts.items() if not layers or key[0] in layers}
+    worst = worst_verdict(v for v in chosen.values() if v != "n/a")
+    tally: dict[str, int] = {}
+    for name in chosen.values():
+        tally[name] = tally.get(name, 0) + 1
+    counts = [(verdict_view(name), tally[name]) for name in reversed(VERDICT_ORDER[:-1])
+              if name in tally] + ([(verdict_view("n/a"), tally["n/a"])] if "n/a" in tally
+                                   else [])
+    return VerdictSummary(
+        median=median_verdict(chosen.values()), worst=worst,
+        worst_at=[f"{layer} × {method}" for (layer, method), name in chosen.items()
+                  if name == worst],
+        counts=counts, layers=sorted({key[0] for key in chosen}, key=list(layers).index)
+        if layers else sorted({key[0] for key in chosen}))
+
+
 class Footnotes:
     """Numbered reasons for n/a values, each reason numbered once per page."""
 
@@ -184,9 +239,15 @@ def definitions_for(names: Iterable[str], context: ReportContext) -> list[Defini
     return ordered
 
 
+READINGS = {"higher": "higher is better", "lower": "lower is better",
+            "n/a": "descriptive: neither higher nor lower is better"}
+"""A metric's direction as the report reads it ("n/a" there would read as a missing value)."""
+
+
 def definition_view(definition: MetricDefinition) -> Definition:
     return Definition(definition.name, definition.title, definition.formula,
-                      definition.direction, definition.reference)
+                      READINGS.get(definition.direction, definition.direction),
+                      definition.reference)
 
 
 @dataclass(frozen=True)
@@ -316,7 +377,7 @@ class ImagePageView:
     mask_name: str
     dice: ValueView
     iou: ValueView
-    worst: VerdictView
+    verdict: VerdictSummary
     notes: list[str]
     figures: list[FigureView]
     methods: list[ColumnHead]
@@ -421,7 +482,8 @@ def image_page_view(context: ReportContext, result: ImageResult, figures: dict[s
         source_name=source,
         mask_name=result.mask_source.name if result.mask_source else "none",
         dice=dice, iou=iou,
-        worst=verdict_view(worst_verdict(cell.verdict for cell in result.cells.values())),
+        verdict=summarise_verdicts({key: cell.verdict for key, cell in result.cells.items()},
+                                   context.verdict_layers),
         notes=list(result.notes),
         figures=main,
         methods=method_heads(context, methods),
@@ -453,7 +515,7 @@ class PlotView:
 
 @dataclass
 class SummaryCell:
-    mean_ratio: ValueView
+    median_ratio: ValueView
     verdict: VerdictView
     counts: list[tuple[VerdictView, int]]
 
@@ -511,6 +573,7 @@ class IndexView:
     data: list[tuple[str, str]]
     methods: list[ColumnHead]
     summary_rows: list[SummaryRow]
+    overall: VerdictSummary
     dice: str
     dice_detail: str
     verdict_legend: list[VerdictView]
@@ -561,7 +624,11 @@ def aggregate_index(aggregates: Iterable[AggregateRow]) -> dict[tuple[str, str, 
 
 def summary_rows(context: ReportContext, stats: DatasetStats,
                  aggregates: Sequence[AggregateRow], notes: Footnotes) -> list[SummaryRow]:
-    """Per layer x method: mean attention ratio, its verdict and the verdict counts."""
+    """Per layer x method: median attention ratio, its verdict and the verdict counts.
+
+    The median, not the mean: ratios are heavy-tailed (a map with no attention outside
+    the mask has ratio +inf, and one such image makes the mean +inf whatever the others
+    say)."""
     by_key = aggregate_index(aggregates)
     rows = []
     for layer in stats.layers:
@@ -569,21 +636,30 @@ def summary_rows(context: ReportContext, stats: DatasetStats,
         for method in stats.methods:
             row = by_key.get((layer, method, RATIO_METRIC))
             if row is None:
-                mean = value_view(None, notes, absent="attention ratio not computed")
-            elif row.mean is None:
-                mean = value_view(None, notes, absent=na_reason_text(row) or "undefined")
+                median = value_view(None, notes, absent="attention ratio not computed")
+            elif row.median is None:
+                median = value_view(None, notes, absent=na_reason_text(row) or "undefined")
             else:
-                mean = value_view(row.mean, notes)
-            mean_verdict = ratio_verdict(row.mean if row else None)
+                median = value_view(row.median, notes)
+            median_verdict_name = ratio_verdict(row.median if row else None)
             tally: dict[str, int] = {}
             for summary in stats.summaries:
                 name = summary.verdicts.get((layer, method))
                 if name is not None:
                     tally[name] = tally.get(name, 0) + 1
             counts = [(verdict_view(name), tally[name]) for name in VERDICT_ORDER if name in tally]
-            cells.append(SummaryCell(mean, verdict_view(mean_verdict), counts))
+            cells.append(SummaryCell(median, verdict_view(median_verdict_name), counts))
         rows.append(SummaryRow(layer, cells))
     return rows
+
+
+def overall_verdict(context: ReportContext, rows: Sequence[SummaryRow],
+                    methods: Sequence[str]) -> VerdictSummary:
+    """The report's verdict: the median of the layer x method verdicts (each that of the
+    median attention ratio over the images) at the verdict layers, with the worst named."""
+    verdicts = {(row.layer, method): cell.verdict.key
+                for row in rows for method, cell in zip(methods, row.cells, strict=True)}
+    return summarise_verdicts(verdicts, context.verdict_layers)
 
 
 def na_reason_text(row: AggregateRow) -> str:
@@ -598,21 +674,22 @@ def metric_tables(context: ReportContext, stats: DatasetStats,
     tables = []
     for definition in definitions_for({row.metric for row in aggregates}, context):
         rows = []
-        for layer in stats.layers:
-            for method in stats.methods:
-                row = by_key.get((layer, method, definition.name))
-                if row is None:
-                    continue
-                undefined = na_reason_text(row) or "undefined"
-                rows.append(AggregateRowView(
-                    layer=layer, method=method,
-                    mean=value_view(row.mean, notes, absent=undefined),
-                    std=value_view(row.std, notes, absent=undefined),
-                    median=value_view(row.median, notes, absent=undefined),
-                    min=value_view(row.min, notes, absent=undefined),
-                    max=value_view(row.max, notes, absent=undefined),
-                    n=format_count(row.n), n_na=format_count(row.n_na),
-                    na_reasons=na_reason_text(row)))
+        # image-level metrics (Dice, IoU) have one row, with no layer or method
+        for layer, method in [("", ""), *((la, me) for la in stats.layers
+                                          for me in stats.methods)]:
+            row = by_key.get((layer, method, definition.name))
+            if row is None:
+                continue
+            undefined = na_reason_text(row) or "undefined"
+            rows.append(AggregateRowView(
+                layer=layer or "—", method=method or "—",
+                mean=value_view(row.mean, notes, absent=undefined),
+                std=value_view(row.std, notes, absent=undefined),
+                median=value_view(row.median, notes, absent=undefined),
+                min=value_view(row.min, notes, absent=undefined),
+                max=value_view(row.max, notes, absent=undefined),
+                n=format_count(row.n), n_na=format_count(row.n_na),
+                na_reasons=na_reason_text(row)))
         tables.append(MetricTable(definition, rows))
     return tables
 
@@ -645,8 +722,8 @@ def gallery_items(stats: DatasetStats, thumbs: dict[str, str],
             source_name=summary.source_name,
             dice=format_number(summary.dice) if summary.dice is not None else "n/a",
             dice_sort="" if summary.dice is None else f"{summary.dice:.6f}",
-            verdict=verdict_view(summary.worst_verdict),
-            verdict_sort=verdict_rank(summary.worst_verdict)))
+            verdict=verdict_view(summary.verdict),
+            verdict_sort=verdict_rank(summary.verdict)))
     return items
 
 
@@ -655,6 +732,7 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
     """The summary page."""
     notes = Footnotes()
     dice, dice_detail = dice_summary(stats.summaries)
+    summary = summary_rows(context, stats, aggregates, notes)
     return IndexView(
         page=page_view(context, "Summary", "index.html"),
         author=context.author, date=context.date,
@@ -665,7 +743,8 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
         model_card=model_card_rows(context),
         data=data_rows(context, stats.summaries),
         methods=method_heads(context, stats.methods),
-        summary_rows=summary_rows(context, stats, aggregates, notes),
+        summary_rows=summary,
+        overall=overall_verdict(context, summary, stats.methods),
         dice=dice, dice_detail=dice_detail,
         verdict_legend=[verdict_view(name) for name in VERDICT_ORDER],
         tables=metric_tables(context, stats, aggregates, notes),
@@ -800,11 +879,13 @@ def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotVi
             values = []
             for definition in definitions:
                 found = stats.metric_values(definition.name, method=method)
-                values.append(value_view(float(np.mean(found)) if found else None, notes,
+                typical = np.median if definition.name == RATIO_METRIC else np.mean
+                values.append(value_view(float(typical(found)) if found else None, notes,
                                          absent="no defined value"))
             rows.append((method, values))
-        means = MeansTable("Mean over all layers and images", None, "Method",
-                           [d.title for d in definitions], rows)
+        means = MeansTable("Mean over all layers and images (attention ratio: median, as "
+                           "one map with nothing outside the mask makes the mean infinite)",
+                           None, "Method", [d.title for d in definitions], rows)
     matrices = [agreement_matrix(
         "All layers", stats.methods,
         pooled_lookup(stats.layers, stats.method_agreement), notes)]
@@ -846,21 +927,26 @@ def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequenc
                         "—" if row.stride is None else f"{row.stride:g}", row.meaning)
               for row in context.layers]
     by_key = aggregate_index(aggregates)
+    image_level = {row.metric for row in aggregates if not row.layer and not row.method}
     tables = []
-    for definition in definitions_for({row.metric for row in aggregates}, context):
+    for definition in definitions_for({row.metric for row in aggregates} - image_level,
+                                      context):
         rows = []
         for layer in stats.layers:
             values = []
             for method in stats.methods:
                 row = by_key.get((layer, method, definition.name))
-                if row is None or row.mean is None:
+                typical = None if row is None else (
+                    row.median if definition.name == RATIO_METRIC else row.mean)
+                if typical is None:
                     reason = (na_reason_text(row) or "undefined") if row else "not computed"
                     values.append(value_view(None, notes, absent=reason))
                 else:
-                    values.append(value_view(row.mean, notes))
+                    values.append(value_view(typical, notes))
             rows.append((layer, values))
-        tables.append(MeansTable(f"{definition.title}: mean per layer", definition, "Layer",
-                                 list(stats.methods), rows))
+        statistic = "median" if definition.name == RATIO_METRIC else "mean"
+        tables.append(MeansTable(f"{definition.title}: {statistic} per layer", definition,
+                                 "Layer", list(stats.methods), rows))
     matrices = [agreement_matrix(
         f"Method {method}", stats.layers,
         lambda a, b, method=method: stats.layer_agreement.mean(method, a, b), notes)
