@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +33,7 @@ from reportgen.cache import GB, RANDOM_METHODS, ResultCache
 from reportgen.cam import CamEngine, SegmentationTarget
 from reportgen.cam.methods import METHODS
 from reportgen.cam.normalise import FLAG_REASONS
+from reportgen.cam.scorecam import arithmetic
 from reportgen.data import (
     Sample,
     SampleRef,
@@ -306,6 +307,7 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     context = _context(spec, text, spec_path, model, fmt, sha, infos, plan, refs, device,
                        warnings)
     context.excluded = [(_relative_name(ref.path, spec_path), reason) for ref, reason in excluded]
+    context.pdf = pdf_rel.as_posix() if pdf_rel is not None else None
     if excluded:
         warnings.append(f"{len(excluded)} input(s) excluded (--keep-going): see Excluded inputs")
     writer = SiteWriter(staging, context, [r.id for r in refs],
@@ -383,7 +385,8 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
         writer.finish(aggregates, sanity_rows)
     manifest = _write_manifest(staging, spec, spec_path, refs, sha, fmt, device,
                                determinism, warnings, clock, start_time, context, pdf_rel,
-                               events, {"scorecam_compiled": pipeline.scorecam_compiled})
+                               events, {"scorecam_compiled": pipeline.scorecam_compiled,
+                                        "arithmetic": arithmetic(spec.runtime.precision, device)})
     if pdf_rel is not None:
         with clock("pdf"):
             _write_pdf(staging, pdf_rel, context, spec_path, manifest, writer, aggregates,
@@ -662,25 +665,23 @@ def _sanity(model, samples: list[tuple[Sample, torch.Tensor]], plan: Plan, spec:
     result = sanity_check(model, explain, seed=spec.runtime.seed,
                           levels=spec.metric_options.sanity.levels,
                           threshold=settings.sanity_threshold)
+    return result, sanity_rows(result, plan.sanity_keys)
+
+
+def sanity_rows(result: SanityResult, keys: Iterable[tuple[str, str]]) -> list[SanityRow]:
+    """The report's rows of a sanity check: per level the mean |rho| and mean SSIM over
+    the images (`SanityResult.curves`, the statistic the verdict compares: a signed mean
+    would let +0.7 and -0.65 cancel to 0.03 beside "failed"), and the verdict."""
     verdicts = result.verdicts()
     rows = []
-    for key in plan.sanity_keys:
-        level_names = [level.stage for level in result.levels]
-        spearman = [_mean_finite(level.spearman.get(key)) for level in result.levels]
-        ssim = [_mean_finite(level.ssim.get(key)) for level in result.levels]
+    for key in keys:
+        spearman, ssim = result.curves(key)
         v = verdicts.get(key)
-        rows.append(SanityRow(key[0], key[1], level_names, spearman, ssim,
-                              settings.sanity_threshold,
+        rows.append(SanityRow(key[0], key[1], [level.stage for level in result.levels],
+                              spearman, ssim, result.threshold,
                               None if v is None or v.status == "n/a" else v.status == "pass",
                               v.reason if v else "not computed"))
-    return result, rows
-
-
-def _mean_finite(values: torch.Tensor | None) -> float | None:
-    if values is None:
-        return None
-    finite = values[torch.isfinite(values)]
-    return float(finite.mean()) if finite.numel() else None
+    return rows
 
 
 def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, infos, plan,
@@ -722,7 +723,8 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         mask_source=_shown_path(Path(spec.data.masks).parent, spec_path)
         if spec.data.masks else None,
         target_region=spec.target.region, spec_text=text, spec_name=spec_path.name,
-        device=device_name(device), precision=spec.runtime.precision, seed=spec.runtime.seed,
+        device=device_name(device), seed=spec.runtime.seed,
+        precision=f"{spec.runtime.precision}: {arithmetic(spec.runtime.precision, device)}",
         colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
         warnings=warnings, bounds=plan.bounds, verdict_layers=spec.verdict_layers)
 

@@ -146,6 +146,7 @@ class ReportContext:
     bounds: list[str] = field(default_factory=list)  # what the spec limited, said wherever shown
     # layers whose verdicts make the median verdicts of each image and of the report
     verdict_layers: list[str] = field(default_factory=list)  # empty: every layer
+    pdf: str | None = None  # the PDF's path in the site (POSIX), None when none is written
 
 
 @dataclass
@@ -155,7 +156,7 @@ class SanityRow:
     layer: str
     method: str
     levels: list[str]  # randomised down to: "segmentation_head", "decoder.blocks.x", ...
-    spearman: list[float | None]  # per level, mean over images
+    spearman: list[float | None]  # per level, mean |Spearman rho| over images (as the verdict)
     ssim: list[float | None]
     threshold: float
     passed: bool | None  # None when undefined

@@ -57,6 +57,7 @@ def make_context(title: str = f"Validation {HOSTILE}", image_count: int = 3) -> 
         intended_use="Validation of the segmentation model.",
         limitations="Synthetic data only.",
         reviewers=[("Dr. Reviewer", "Clinical lead")],
+        pdf="report.pdf",
         model=ModelCard(
             architecture="UnetPlusPlus", encoder="efficientnet-b5",
             checkpoint_name=f"best_{HOSTILE}.pth", checkpoint_sha256="ab" * 32,

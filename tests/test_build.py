@@ -259,3 +259,43 @@ def test_maps_are_deflated_unless_asked_to_be_stored_and_load_the_same(tmp_path:
         "decoder_last|gradcam|normalised", "decoder_last|gradcam|raw"}
     for name, value in loaded[True].items():
         assert np.array_equal(value, loaded[False][name])
+
+
+def test_sanity_rows_show_the_mean_absolute_correlation_the_verdict_compares():
+    """Two images at rho +0.7 and -0.65 after full randomisation: the map still follows
+    the model's weights (|rho| 0.675, failed); a signed mean would print 0.025."""
+    import torch
+
+    from reportgen.build import sanity_rows
+    from reportgen.metrics import SanityLevel, SanityResult
+
+    key = ("encoder_last", "gradcam++")
+    levels = (SanityLevel("segmentation_head", {key: torch.tensor([0.9, -0.8])},
+                          {key: torch.tensor([0.8, 0.6])}),
+              SanityLevel("encoder", {key: torch.tensor([0.7, -0.65])},
+                          {key: torch.tensor([0.5, 0.3])}))
+    (row,) = sanity_rows(SanityResult(levels, threshold=0.5), [key])
+    assert row.spearman == pytest.approx([0.85, 0.675])
+    assert row.ssim == pytest.approx([0.7, 0.4])
+    assert row.passed is False and row.levels == ["segmentation_head", "encoder"]
+
+
+def test_the_audit_trail_says_what_arithmetic_a_precision_setting_meant():
+    import torch
+
+    from reportgen.cam.scorecam import arithmetic
+
+    cuda = torch.device("cuda")  # only named: nothing runs on it
+    assert arithmetic("auto", torch.device("cpu")).startswith("float32 (on the CPU")
+    assert arithmetic("fp32", cuda) == "float32 throughout, TF32 off"
+    assert arithmetic("bf16", cuda).startswith("Score-CAM forwards under bfloat16 autocast")
+    assert "TF32 convolutions" in arithmetic("fp16", cuda) and "float16" in arithmetic(
+        "fp16", cuda)
+
+
+def test_manifest_and_audit_page_record_the_arithmetic_of_precision_auto(built: Path):
+    manifest = json.loads((built / "site" / "data" / "manifest.json").read_text())
+    assert manifest["precision"] == "auto"
+    assert manifest["engine"]["arithmetic"].startswith("float32")
+    audit = (built / "site" / "audit.html").read_text()
+    assert "auto: float32 (on the CPU every precision setting computes in float32)" in audit

@@ -16,6 +16,7 @@ from reportgen.render.viewmodel import (
     agreement_shade,
     cell_figure_name,
     definitions_for,
+    downloads,
     format_number,
     image_page_view,
     index_view,
@@ -293,3 +294,24 @@ def test_source_paths_are_kept_as_names_only() -> None:
     result = make_result(0)
     result.source = Path("/very/private/folder/scan.png")
     assert stats.add(result, "good").source_name == "scan.png"
+
+
+def test_pages_link_the_pdf_only_where_the_spec_wrote_one() -> None:
+    context = make_context()
+    context.pdf = None  # output.pdf: null
+    assert "Archival report (PDF)" not in [link.label for link in downloads(context)]
+    context.pdf = "dossier/VAL 001.pdf"  # output.pdf: site/dossier/VAL 001.pdf
+    pdf = next(link for link in downloads(context) if link.label == "Archival report (PDF)")
+    assert pdf.href == "dossier/VAL%20001.pdf"
+
+
+def test_methods_are_compared_on_the_verdict_layers_only() -> None:
+    context = make_context()
+    context.verdict_layers = ["decoder_last"]
+    stats = dataset(3)
+    view = methods_view(context, stats, [], make_sanity(), 64)
+    assert view.means is not None and "verdict layers (decoder_last;" in view.means.title
+    column = [d.name for d in view.definitions].index("attention_mean")
+    gradcam = dict(view.means.rows)["gradcam"][column]
+    expected = np.mean(stats.metric_values("attention_mean", "decoder_last", "gradcam"))
+    assert gradcam.text == format_number(float(expected))

@@ -58,6 +58,21 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def arithmetic(precision: str, device: torch.device) -> str:
+    """In words, the arithmetic `precision` ("auto" included) means on `device`: what the
+    audit trail records, since "auto" alone does not say."""
+    if device.type != "cuda":
+        return "float32 (on the CPU every precision setting computes in float32)"
+    if precision == "fp32":
+        return "float32 throughout, TF32 off"
+    dtype = resolve_precision(precision, device)
+    convolutions = "float32 with PyTorch's default TF32 convolutions"
+    if dtype is None:
+        return f"{convolutions} (this GPU has no bfloat16)"
+    name = "bfloat16" if dtype == torch.bfloat16 else "float16"
+    return f"Score-CAM forwards under {name} autocast; the rest {convolutions}"
+
+
 def _fp32_switches() -> list[tuple[object, str, object]]:
     """(owner, attribute, value meaning float32 without TF32) for CUDA convolutions and
     matrix products: the `fp32_precision` settings where torch has them (reading the

@@ -397,14 +397,15 @@ def sanity_plot(rows: Sequence[SanityRow], methods: list[str]) -> Plot:
         axes.set_title(method)
         axes.set_xlabel("randomisation level")
         if index == 0:
-            axes.set_ylabel("Spearman ρ with trained map")
+            axes.set_ylabel("mean |Spearman ρ| with trained map")
     shared.set_ylim(-0.1, 1.05)
     shared.legend(fontsize=7, loc="lower left")
     alt = (f"Line plots, one per method ({', '.join(order)}), of the Spearman correlation "
            "between the trained model's map and the map after each randomisation level.")
     caption = ("Levels randomise the model cumulatively from the output towards the input "
-               "(the names are in the table). A trustworthy method's similarity drops below "
-               "the dashed threshold.")
+               "(the names are in the table); each point is the mean over images of |ρ| "
+               "between the trained and the randomised model's maps. A trustworthy method's "
+               "similarity drops below the dashed threshold at the last level.")
     return Plot("sanity", title, to_png(figure), alt, caption)
 
 

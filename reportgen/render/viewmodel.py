@@ -47,9 +47,9 @@ DATA_FILES: tuple[tuple[str, str], ...] = (
     ("data/metrics.csv", "Metrics (CSV)"),
     ("data/metrics.json", "Metrics (JSON)"),
     ("data/manifest.json", "Manifest: input and output hashes (JSON)"),
-    ("report.pdf", "Archival report (PDF)"),
 )
-"""Files the build writes next to the site pages, linked from the index and the audit."""
+"""Files the build writes next to the site pages, linked from the index and the audit
+(with the PDF, when there is one: `downloads`)."""
 
 RATIO_METRIC = "attention_ratio"
 
@@ -706,6 +706,14 @@ def dice_summary(summaries: Sequence[ImageSummary]) -> tuple[str, str]:
     return format_number(float(np.mean(values))), detail
 
 
+def downloads(context: ReportContext) -> list[Link]:
+    """Links to the data files, and to the PDF where the spec asked for one."""
+    links = [Link(path, label) for path, label in DATA_FILES]
+    if context.pdf:
+        links.append(Link(href(context.pdf), "Archival report (PDF)"))
+    return links
+
+
 IMAGE_LINK = "images/{id}.html"
 """Where an image's page is, from the site root ({id} is replaced)."""
 
@@ -750,7 +758,7 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
         tables=metric_tables(context, stats, aggregates, notes),
         plots=plots,
         gallery=gallery_items(stats, thumbs or {}),
-        downloads=[Link(path, label) for path, label in DATA_FILES],
+        downloads=downloads(context),
         footnotes=notes.notes,
     )
 
@@ -872,20 +880,24 @@ def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotVi
     methods = [MethodInfo(row.name, row.family, row.cost, row.reference, row.description,
                           row.note, row.approximate) for row in context.methods]
     definitions = definitions_for(dataset_metric_names(stats), context)
+    # the layers the verdicts count: encoder_early's expected low ratios would rank methods
+    layers = [la for la in stats.layers if la in context.verdict_layers] or list(stats.layers)
     means = None
     if definitions:
         rows = []
         for method in stats.methods:
             values = []
             for definition in definitions:
-                found = stats.metric_values(definition.name, method=method)
+                found = [value for layer in layers
+                         for value in stats.metric_values(definition.name, layer, method)]
                 typical = np.median if definition.name == RATIO_METRIC else np.mean
                 values.append(value_view(float(typical(found)) if found else None, notes,
                                          absent="no defined value"))
             rows.append((method, values))
-        means = MeansTable("Mean over all layers and images (attention ratio: median, as "
-                           "one map with nothing outside the mask makes the mean infinite)",
-                           None, "Method", [d.title for d in definitions], rows)
+        means = MeansTable(f"Mean over the images and the verdict layers ({', '.join(layers)}; "
+                           "those computed, for metrics limited to fewer); attention ratio: "
+                           "median, as one map with nothing outside the mask makes the mean "
+                           "infinite", None, "Method", [d.title for d in definitions], rows)
     matrices = [agreement_matrix(
         "All layers", stats.methods,
         pooled_lookup(stats.layers, stats.method_agreement), notes)]
@@ -1005,7 +1017,7 @@ def audit_view(context: ReportContext, stats: DatasetStats,
         hashes=[("Checkpoint", card.checkpoint_name),
                 ("Checkpoint SHA-256", card.checkpoint_sha256),
                 ("Checkpoint format", card.checkpoint_format)],
-        downloads=[Link(path, label) for path, label in DATA_FILES],
+        downloads=downloads(context),
         runtime=runtime,
         versions=sorted(context.versions.items()),
         timings=[(stage, format_seconds(seconds)) for stage, seconds in context.timings.items()],
