@@ -230,6 +230,8 @@ def test_methods_and_layers_views_carry_agreement_and_sanity() -> None:
     assert not methods.matrices[0].rows[0][1].missing
     assert methods.sanity[0].passed == "passed" and methods.sanity[1].passed == "failed"
     assert methods.sanity[0].levels[2][1].missing
+    # the same words as the per-image sanity metric on the layers page
+    assert "undefined: a map is constant" in [text for _, text in methods.footnotes]
     assert methods.means is not None and [name for name, _ in methods.means.rows] == METHODS
     layers = layers_view(context, stats, make_aggregates(make_results(3)), [], 64)
     assert [m.title for m in layers.matrices] == ["Method gradcam", "Method gradcam++"]

@@ -985,6 +985,10 @@ class AuditView:
     images: list[tuple[Link, str, str]]
 
 
+SANITY_RHO_UNDEFINED = "undefined: a map is constant"
+"""Why a sanity level has no ρ: the words of the per-image sanity metric (layers page)."""
+
+
 def sanity_views(rows: Sequence[SanityRow], notes: Footnotes) -> list[SanityRowView]:
     """Sanity-check rows with per-level similarities formatted."""
     views = []
@@ -993,11 +997,13 @@ def sanity_views(rows: Sequence[SanityRow], notes: Footnotes) -> list[SanityRowV
         for index, level in enumerate(row.levels):
             rho = row.spearman[index] if index < len(row.spearman) else None
             ssim = row.ssim[index] if index < len(row.ssim) else None
-            levels.append((level, value_view(rho, notes, absent="undefined"),
+            levels.append((level, value_view(rho, notes, absent=SANITY_RHO_UNDEFINED),
                            value_view(ssim, notes, absent="undefined")))
         passed = {True: "passed", False: "failed", None: "undefined"}[row.passed]
+        # the pass/fail cell needs no reason that only repeats its footnote
+        reason = "" if row.passed is None and "constant" in row.reason else row.reason
         views.append(SanityRowView(row.layer, row.method, levels, format_number(row.threshold),
-                                   passed, row.reason))
+                                   passed, reason))
     return views
 
 
