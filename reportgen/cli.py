@@ -8,6 +8,7 @@ spec, input or checkpoint: a message naming the file, no traceback unless
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -30,6 +31,44 @@ SIGN_PASSWORD_ENV = "REPORTGEN_SIGN_PASSWORD"
 
 def _spec_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", type=Path, help="the YAML spec file")
+
+
+def _device(value: str) -> str:
+    """`--device`, checked by the same rule as the spec's runtime.device."""
+    from pydantic import ValidationError
+
+    from reportgen.spec import RuntimeSection
+
+    try:
+        RuntimeSection.model_validate({"device": value})
+    except ValidationError as exc:
+        reason = exc.errors()[0].get("ctx", {}).get("error") or exc.errors()[0]["msg"]
+        raise argparse.ArgumentTypeError(str(reason)) from exc
+    return value
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=_device,
+                   help="override runtime.device (auto, cpu, cuda, cuda:N)")
+
+
+def _int_in(value: str, low: int, high: int | None, what: str) -> int:
+    problem = argparse.ArgumentTypeError(f"{value!r} is not {what}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise problem from None
+    if number < low or (high is not None and number > high):
+        raise problem
+    return number
+
+
+def _positive_int(value: str) -> int:
+    return _int_in(value, 1, None, "a positive integer")
+
+
+def _port(value: str) -> int:
+    return _int_in(value, 0, 65535, "a TCP port (0-65535; 0 picks a free one)")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -230,12 +269,35 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import http.server
 
     root = args.dir.resolve()
+    if not root.exists():
+        raise UserError(f"{root}: no such folder; give the site folder that `reportgen build` "
+                        "wrote (output.site in the spec)")
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder; give the site folder that holds index.html")
     if not (root / "index.html").is_file():
         raise UserError(f"{root}: no index.html here (build a report first)")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    # Loopback only: a report may hold patient images.
-    with http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler) as server:
-        out.print(f"serving {root} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl+C stops)")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, message_format: str, *args: object) -> None:
+            # through logging, so that --quiet hides the request lines
+            log.info("%s %s", self.address_string(), message_format % args)
+
+    handler = functools.partial(Handler, directory=str(root))
+    try:
+        # Loopback only: a report may hold patient images.
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"port {args.port} is already in use on 127.0.0.1: stop the other "
+                            "server or pick another port with --port") from exc
+        raise UserError(f"cannot serve on 127.0.0.1:{args.port} ({exc.strerror or exc}): "
+                        "pick another port with --port") from exc
+    with server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        if args.json:
+            out.print_json(json.dumps({"url": url, "folder": str(root)}), indent=None)
+        elif not args.quiet:
+            out.print(f"serving {root} at {url} (Ctrl+C stops)", markup=False)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -265,7 +327,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("build", _cmd_build, "compute the maps and metrics and write the site and the PDF")
     _spec_arg(p)
-    p.add_argument("--device", help="override runtime.device (auto, cpu, cuda, cuda:N)")
+    _device_arg(p)
     p.add_argument("--single-file", action="store_true",
                    help="also write one self-contained HTML file")
     p.add_argument("--force", action="store_true",
@@ -297,9 +359,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=Path, help="take the model from this spec")
     p.add_argument("--architecture", help="smp architecture, e.g. UnetPlusPlus")
     p.add_argument("--encoder", help="smp encoder, e.g. efficientnet-b5")
-    p.add_argument("--input-size", type=int, default=256, help="dry-run size (default 256)")
-    p.add_argument("--classes", type=int, default=1)
-    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--input-size", type=_positive_int, default=256,
+                   help="dry-run size (default: %(default)s)")
+    p.add_argument("--classes", type=_positive_int, default=1,
+                   help="output channels (default: %(default)s)")
+    p.add_argument("--in-channels", type=_positive_int, default=3,
+                   help="input channels (default: %(default)s)")
     p.add_argument("--all", action="store_true", help="list every module with a 4-D output")
 
     add("methods", _cmd_methods, "list every CAM method with its family, cost and reference")
@@ -307,7 +372,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("check", _cmd_check,
             "run every requested layer x method on one image and print a status table")
     _spec_arg(p)
-    p.add_argument("--device", help="override runtime.device")
+    _device_arg(p)
 
     p = add("cache", _cmd_cache, "manage the cache of per-image maps and metrics")
     p.add_argument("action", choices=["info", "clear"],
@@ -316,8 +381,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="the spec whose runtime.cache to use (default: ./.reportgen-cache)")
 
     p = add("serve", _cmd_serve, "serve a built site on 127.0.0.1 (loopback only)")
-    p.add_argument("dir", type=Path, nargs="?", default=Path("site"))
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("dir", type=Path, nargs="?", default=Path("site"),
+                   help="the built site folder, holding index.html (default: %(default)s)")
+    p.add_argument("--port", type=_port, default=8000,
+                   help="TCP port on 127.0.0.1; 0 picks a free one (default: %(default)s)")
     return parser
 
 
@@ -332,11 +399,21 @@ def run_main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """Keep a log record's message but drop its traceback: libraries such as pyHanko log one
+    for failures that reach the user as a `UserError` (tracebacks are for --debug)."""
+    record.exc_info = None
+    record.exc_text = None
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[
-        RichHandler(console=err, show_path=False, show_time=False)], force=True)
+    handler = RichHandler(console=err, show_path=False, show_time=False)
+    if not args.debug:
+        handler.addFilter(_without_traceback)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     try:
         return args.func(args)
     except SpecError as exc:

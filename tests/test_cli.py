@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from reportgen import cli
+from reportgen.errors import UserError
 from tests.helpers import write_images, write_spec
 
 
@@ -112,3 +124,179 @@ def test_build_prints_where_the_site_is(project, capsys):
     spec = write_spec(project / "s.yaml", metrics=["attention"], output={"pdf": None})
     code, out, _ = run(capsys, "build", str(spec))
     assert code == 0 and f"site: {project / 'site' / 'index.html'}" in out
+
+
+def parse_error(capsys, *argv: str) -> str:
+    """Run a command line that argparse refuses: exit 2 with its usage message."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(argv))
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.fixture()
+def site(tmp_path: Path) -> Path:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "index.html").write_text("<h1>CAM report</h1>")
+    return folder
+
+
+@contextlib.contextmanager
+def serving(site: Path, *options: str) -> Iterator[subprocess.Popen[str]]:
+    """`reportgen serve` in a child process, stopped with Ctrl+C (SIGINT) at the end."""
+    proc = subprocess.Popen([sys.executable, "-m", "reportgen.cli", "serve", str(site), *options],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def fetch(url: str, wait_s: float = 10.0) -> str:
+    """The page at url, retrying while the server is still starting."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_serve_json_prints_one_line_with_the_url_then_serves_the_site(site):
+    with serving(site, "--port", "0", "--json") as proc:
+        assert proc.stdout is not None
+        started = json.loads(proc.stdout.readline())
+        assert started["folder"] == str(site.resolve())
+        assert started["url"].startswith("http://127.0.0.1:")
+        assert fetch(started["url"]) == "<h1>CAM report</h1>"
+    out, _ = proc.communicate()
+    assert proc.returncode == 0 and out == ""  # nothing after the JSON line
+
+
+def test_serve_prints_where_it_serves_and_quiet_prints_nothing(site):
+    port = free_port()
+    with serving(site, "--port", str(port)) as proc:
+        assert fetch(f"http://127.0.0.1:{port}/") == "<h1>CAM report</h1>"
+    out, err = proc.communicate()
+    assert out.strip() == (f"serving {site.resolve()} at http://127.0.0.1:{port}/ "
+                           "(Ctrl+C stops)")
+    assert '"GET / HTTP/1.1" 200' in err  # the request log
+    port = free_port()
+    with serving(site, "--port", str(port), "--quiet") as proc:
+        assert fetch(f"http://127.0.0.1:{port}/") == "<h1>CAM report</h1>"
+    out, err = proc.communicate()
+    assert proc.returncode == 0 and out == "" and err == ""
+
+
+def test_serve_on_a_busy_port_names_it_and_suggests_another(site, capsys):
+    with socket.socket() as other_server:
+        other_server.bind(("127.0.0.1", 0))
+        other_server.listen()
+        port = other_server.getsockname()[1]
+        code, out, err = run(capsys, "serve", str(site), "--port", str(port))
+    assert code == 2 and out == ""
+    assert err.strip() == (f"error: port {port} is already in use on 127.0.0.1: stop the "
+                           "other server or pick another port with --port")
+    err = parse_error(capsys, "serve", str(site), "--port", "70000")
+    assert "argument --port: '70000' is not a TCP port (0-65535; 0 picks a free one)" in err
+
+
+def test_serve_explains_a_folder_that_is_not_a_site(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty").mkdir()
+    for folder, problem in [("missing", "no such folder"), ("notes.txt", "not a folder"),
+                            ("empty", "no index.html here (build a report first)")]:
+        code, _, err = run(capsys, "serve", str(tmp_path / folder))
+        assert code == 2 and err.startswith(f"error: {tmp_path / folder}: {problem}")
+        assert "Traceback" not in err
+
+
+def test_serve_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: site)" in text and "(default: 8000)" in text
+
+
+@pytest.mark.parametrize("command", ["build", "check"])
+def test_device_option_is_checked_like_runtime_device(project, capsys, command):
+    spec = str(write_spec(project / "s.yaml"))
+    for device in ("gpu", "cuda:x", "CPU"):
+        err = parse_error(capsys, command, spec, "--device", device)
+        assert (f"argument --device: device {device!r} must be auto, cpu, cuda or cuda:N"
+                in err)
+        assert "Traceback" not in err and "internal error" not in err
+    for device in ("auto", "cpu", "cuda", "cuda:1"):
+        assert cli._parser().parse_args([command, spec, "--device", device]).device == device
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu_says_so(project, capsys):
+    spec = str(write_spec(project / "s.yaml"))
+    for command in ("build", "check"):
+        code, _, err = run(capsys, command, "-q", spec, "--device", "cuda")
+        assert code == 2 and "no CUDA device is available (use auto or cpu)" in err
+        assert "Traceback" not in err
+
+
+def test_layers_refuses_sizes_below_one(capsys):
+    for option in ("--input-size", "--classes", "--in-channels"):
+        err = parse_error(capsys, "layers", "--architecture", "Unet", "--encoder", "resnet18",
+                          option, "0")
+        assert f"argument {option}: '0' is not a positive integer" in err
+
+
+def test_mistaken_paths_are_user_errors_without_traceback(project, capsys):
+    (project / "notes.txt").write_text("just notes")
+    folder = str(project / "images")
+    image = str(project / "images" / "img00.png")
+    cases = [
+        (["validate", folder], "cannot read the spec"),
+        (["build", "-q", folder], "cannot read the spec"),
+        (["check", folder], "cannot read the spec"),
+        (["layers", "--spec", folder], "cannot read the spec"),
+        (["layers", "--spec", str(project / "missing.yaml")], "spec file not found"),
+        (["layers", "--spec", str(project / "notes.txt")], "the spec must be a mapping"),
+        (["cache", "clear", image], "cannot read the spec"),
+        (["cache", "info", str(project / "missing.yaml")], "spec file not found"),
+        (["verify", folder], "not a reportgen site (no data/manifest.json)"),
+        (["verify", str(project / "notes.txt")], "not a report site folder or a PDF"),
+    ]
+    for argv, problem in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and problem in " ".join(err.split()), (argv, err)
+        assert "Traceback" not in err and "internal error" not in err
+
+
+def test_a_library_logging_a_traceback_shows_only_its_message(project, capsys, monkeypatch):
+    # pyHanko logs the traceback of an unreadable PKCS#12 file before reportgen turns the
+    # failure into a user error (`build --sign notes.txt`)
+    import reportgen.spec
+
+    def unreadable_key(*args, **kwargs):
+        try:
+            raise ValueError("Could not deserialize PKCS12 data")
+        except ValueError:
+            logging.getLogger("pyhanko").exception("Could not load key material")
+        raise UserError("--sign notes.txt: cannot read the key and certificate")
+
+    monkeypatch.setattr(reportgen.spec, "load_spec", unreadable_key)
+    code, _, err = run(capsys, "validate", str(write_spec(project / "s.yaml")))
+    assert code == 2 and "Could not load key material" in err
+    assert "error: --sign notes.txt: cannot read the key and certificate" in err
+    assert "Traceback" not in err and "deserialize" not in err
