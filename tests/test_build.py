@@ -299,3 +299,15 @@ def test_manifest_and_audit_page_record_the_arithmetic_of_precision_auto(built: 
     assert manifest["engine"]["arithmetic"].startswith("float32")
     audit = (built / "site" / "audit.html").read_text()
     assert "auto: float32 (on the CPU every precision setting computes in float32)" in audit
+
+
+def test_a_cuda_index_the_machine_lacks_is_a_user_error(monkeypatch):
+    import torch
+
+    from reportgen.build import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(UserError, match=r"'cuda:2' .* has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
