@@ -825,8 +825,11 @@ def check_spec(spec_path: Path, device: str | None = None) -> list[dict[str, obj
     gt = None
     if samples[0].gt_mask is not None:
         gt = torch.from_numpy(samples[0].gt_mask)
+    score = spec.method_options.scorecam  # exactly what a build would run
     rows = check_methods(model.to(dev), resolved, spec.methods, samples[0].tensor, target,
-                         device=dev, gt_mask=gt)
+                         device=dev, gt_mask=gt, precision=spec.runtime.precision,
+                         scorecam_max_channels=score.max_channels,
+                         scorecam_chunk=score.chunk_size, scorecam_layers=score.layers)
     return [{"layer": r.layer, "method": r.method, "ok": r.ok, "reason": r.reason,
              "seconds": r.seconds, "min": r.map_min, "max": r.map_max, "flags": r.flags}
             for r in rows]

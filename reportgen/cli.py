@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from reportgen import __version__
@@ -174,7 +175,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
         for col in ("layer", "method", "status", "seconds", "map range", "flags"):
             table.add_column(col)
         for r in rows:
-            status = "[green]OK[/]" if r["ok"] else f"[red]failed[/]: {r['reason']}"
+            reason = escape(r["reason"])
+            if "skipped" in r["flags"]:
+                status = f"[dim]skipped[/]: {reason}"
+            elif not r["ok"]:
+                status = f"[red]failed[/]: {reason}"
+            else:
+                status = "[green]OK[/]"  # "approximate" shows in the flags
             rng = f"{r['min']:.3g} .. {r['max']:.3g}" if r.get("min") is not None else "-"
             table.add_row(r["layer"], r["method"], status, f"{r['seconds']:.2f}", rng,
                           ", ".join(r["flags"]))

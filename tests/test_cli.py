@@ -120,6 +120,22 @@ def test_check_runs_every_layer_and_method_on_one_image(project, capsys):
     assert code == 0 and len(rows) == 3 * 2 and all(r["ok"] for r in rows)
 
 
+def test_check_runs_score_cam_as_the_build_would(project, capsys):
+    """max_channels and the Score-CAM layer subset hold in check too: on B5 at 640 px an
+    exact Score-CAM cell would take minutes on a CPU."""
+    spec = write_spec(project / "s.yaml", layers=["encoder_last", "decoder_last"],
+                      methods=["gradcam", "scorecam"],
+                      method_options={"scorecam": {"max_channels": 2,
+                                                   "layers": ["decoder_last"]}})
+    code, out, _ = run(capsys, "check", "--json", str(spec))
+    flags = {(r["layer"], r["method"]): r["flags"] for r in json.loads(out)}
+    assert code == 0
+    assert "skipped" in flags["encoder_last", "scorecam"]
+    assert "approximate" in flags["decoder_last", "scorecam"]
+    code, out, _ = run(capsys, "check", str(spec))
+    assert "skipped" in out
+
+
 def test_build_prints_where_the_site_is(project, capsys):
     spec = write_spec(project / "s.yaml", metrics=["attention"], output={"pdf": None})
     code, out, _ = run(capsys, "build", str(spec))

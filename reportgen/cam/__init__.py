@@ -1,7 +1,7 @@
 """Class-activation maps for segmentation models.
 
 from reportgen.cam import CamEngine, SegmentationTarget
-engine = CamEngine(model, layers={"encoder_last": "encoder._blocks.15"},
+engine = CamEngine(model, layers=["encoder_last", "decoder.blocks.x_0_4"],  # as in a spec
                    methods=["gradcam", "gradcam++", "scorecam", "layercam"])
 result = engine.explain(images, SegmentationTarget(class_index=0, region="prediction"))
 result.maps["encoder_last", "gradcam"]   # [N, H, W] in [0, 1]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -27,6 +27,8 @@ from reportgen.cam.normalise import FLAG_REASONS, normalise
 from reportgen.cam.scorecam import auto_chunk, resolve_precision, score_cam, strict_fp32
 from reportgen.cam.target import SegmentationTarget, logits_of
 from reportgen.errors import LayerError, UserError
+from reportgen.models.layers import ALIASES, PROBE_SIZE
+from reportgen.models.layers import resolve_layers as resolve_layer_names
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,8 @@ Key = tuple[str, str]
 
 @dataclass
 class CamResult:
-    """Maps of one `explain` call, keyed by (layer name, method name), all on the CPU.
+    """Maps of one `explain` call, keyed by (layer name, method name); on the CPU, or on
+    the engine's device after `explain(..., on_device=True)`.
 
     maps: [N, H, W] float32 in [0, 1] (0 for all_zero/constant maps, NaN where undefined);
     raw: [N, h, w] maps at layer resolution before the ReLU (adapter methods: input size);
@@ -78,17 +81,93 @@ class _Stopwatch:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU."""
+    """ "auto" -> CUDA when available, else CPU; CUDA without a GPU is a UserError (as
+    `runtime.device` is in a build), not torch's driver error at the first move."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise UserError(f"device {str(device)!r} is not a torch device ({error})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device is {str(device)!r} but no CUDA device is available "
+                        "(use auto or cpu)")
+    return resolved
+
+
+def _input_contract(model: nn.Module) -> tuple[int | None, int | None]:
+    """(input channels, the stride H and W must be multiples of), where the model says:
+    smp models carry both on their encoder; None for what a model does not tell."""
+    encoder = getattr(model, "encoder", None)
+    channels = getattr(encoder, "_in_channels", None)
+    stride = getattr(encoder, "output_stride", None)
+    if not getattr(model, "requires_divisible_input_shape", True):
+        stride = None
+    return (channels if isinstance(channels, int) else None,
+            stride if isinstance(stride, int) else None)
+
+
+def _check_images(images: torch.Tensor, channels: int | None, stride: int | None) -> None:
+    """UserError for images the model cannot take, before smp's or torch's own errors
+    (which name neither the expected layout nor the stride)."""
+    expected = f"[N, {channels or 'C'}, H, W]" + (
+        f" with H and W multiples of {stride}" if stride else "")
+    shape = tuple(images.shape)
+    if images.ndim != 4:
+        raise UserError(f"images must be {expected}, got shape {shape}")
+    if not images.is_floating_point():
+        # a silent cast would explain 0-255 inputs that the model never saw in training
+        raise UserError(
+            f"images are {images.dtype}, not floating point: convert and normalise them as "
+            "in training (e.g. image.float() / 255, then the training mean and std)")
+    if channels is not None and shape[1] != channels:
+        hint = ""
+        if shape[-1] == channels:
+            hint = "; channels-last (N, H, W, C) images need images.permute(0, 3, 1, 2)"
+        raise UserError(f"images must be {expected} (the model takes {channels} input "
+                        f"channel(s)), got shape {shape}{hint}")
+    height, width = shape[-2:]
+    if stride and (height % stride or width % stride):
+        padded = tuple(-(-side // stride) * stride for side in (height, width))
+        raise UserError(f"images must be {expected} (the model's output stride), got "
+                        f"{height}x{width}; pad or resize them, e.g. to {padded[0]}x{padded[1]}")
+    if not len(images):
+        raise UserError("no images to explain: the batch is empty")
+
+
+def _module_paths(
+    model: nn.Module, layers: LayerSpec | Sequence[str], input_size: tuple[int, int] | None
+) -> LayerSpec:
+    """Layer names as a spec takes them: aliases (encoder_last) and the index form
+    (encoder._blocks[15]) become dotted module paths through the spec's resolver, which
+    also names a mistyped path's closest match; modules and existing module paths are
+    taken as they are, so they cost no dry forward. A list of names names itself."""
+    if isinstance(layers, str):  # one name, not its characters
+        layers = [layers]
+    if not isinstance(layers, Mapping):
+        layers = {name: name for name in layers}
+    modules = {name for name, _ in model.named_modules()}
+    names = [layer for layer in layers.values()
+             if isinstance(layer, str) and (layer in ALIASES or layer not in modules)]
+    if not names:
+        return layers
+    channels = _input_contract(model)[0] or 3
+    paths = resolve_layer_names(model, list(dict.fromkeys(names)),
+                                input_size or (PROBE_SIZE, PROBE_SIZE), channels)
+    return {display: paths.get(layer, layer) if isinstance(layer, str) else layer
+            for display, layer in layers.items()}
 
 
 class CamEngine:
     """Class-activation maps of a segmentation model for several layers and methods.
 
-    The model is moved to `device` and put in eval mode. `layers` maps display names
-    to dotted module paths or modules. `precision` sets Score-CAM's autocast
+    The model is moved to `device` and put in eval mode, and stays so (call
+    `model.train()` afterwards to go on training it). `layers` maps display names to
+    modules or to the layer names a spec takes: aliases (encoder_last, decoder_last...),
+    dotted module paths and their index form (`encoder._blocks[15]`); a list of names
+    names itself. Aliases are resolved by one dry forward at the images' size
+    `input_size` (128 px when None; larger sizes are probed at 128 px, as in a build).
+    `precision` sets Score-CAM's autocast
     (CUDA only); `scorecam_max_channels` scores only the channels of highest
     activation variance (approximate); `scorecam_chunk` is the number of masked
     inputs per forward (automatic from free CUDA memory when None);
@@ -101,7 +180,7 @@ class CamEngine:
     def __init__(
         self,
         model: nn.Module,
-        layers: LayerSpec,
+        layers: LayerSpec | Sequence[str],
         methods: Sequence[str],
         device: str | torch.device = "cpu",
         precision: str = "auto",
@@ -110,6 +189,7 @@ class CamEngine:
         scorecam_chunk: int | None = None,
         scorecam_compile: bool = False,
         channels_last: bool | None = None,
+        input_size: tuple[int, int] | None = None,
     ):
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
@@ -125,7 +205,8 @@ class CamEngine:
                 self.model.to(memory_format=torch.channels_last)
             except RuntimeError:  # parameters of another rank (e.g. Conv3d): as they are
                 self.channels_last = False
-        self.layers = resolve_layers(self.model, layers)
+        self.layers = resolve_layers(self.model, _module_paths(self.model, layers, input_size))
+        self.in_channels, self.stride = _input_contract(self.model)
         self.methods: list[MethodEntry] = [get_method(name) for name in dict.fromkeys(methods)]
         self.autocast_dtype = resolve_precision(precision, self.device)
         # "fp32" asks for float32 arithmetic: no TF32 on CUDA either
@@ -146,16 +227,17 @@ class CamEngine:
         gt_masks: torch.Tensor | None = None,
         on_device: bool = False,
     ) -> CamResult:
-        """Maps for `images` [N, 3, H, W], streamed in batches of `batch_size`.
+        """Maps for `images` [N, C, H, W], streamed in batches of `batch_size`.
 
-        The result's tensors are on the host, unless `on_device`: then they stay on the
-        engine's device (no copy, for callers that go on computing there; the device
-        then holds every image's maps). On a CUDA out-of-memory error the batch size
-        halves and the work continues (recorded in `events`); later calls start from the
-        halved size.
+        Images are floating point and normalised as in training (a UserError otherwise,
+        as for a layout, channel count or size, a multiple of the output stride, that an
+        smp model cannot take). The result's tensors are on the host, unless `on_device`:
+        then they stay on the engine's device (no copy, for callers that go on computing
+        there; the device then holds every image's maps). On a CUDA out-of-memory error
+        the batch size halves and the work continues (recorded in `events`); later calls
+        start from the halved size.
         """
-        if images.ndim != 4:
-            raise UserError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+        _check_images(images, self.in_channels, self.stride)
         result = CamResult()
         clock = _Stopwatch(self.device)
         parts: dict[str, list] = defaultdict(list)
@@ -305,23 +387,52 @@ def compute_cam(
     method: str,
     target: SegmentationTarget | None = None,
     device: str | torch.device | None = None,
+    gt_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The normalised map [H, W] of one image ([C, H, W] or [1, C, H, W]) for one layer
-    and one method; the target defaults to class 0 over the predicted region."""
+    and one method.
+
+    `layer` is a module or any layer name a spec takes: an alias (encoder_last), a dotted
+    module path or its index form (`encoder._blocks[15]`); aliases are resolved at the
+    image's size. The target defaults to class 0 over the predicted region;
+    `SegmentationTarget(region="ground_truth")` needs `gt_mask` ([H, W] or [1, H, W]).
+    The model runs on `device` (default: where its parameters are; it stays there) in
+    eval mode, and gets its train/eval modes back afterwards.
+    """
     if input_tensor.ndim == 3:
         input_tensor = input_tensor[None]
     if input_tensor.ndim != 4 or len(input_tensor) != 1:
         raise UserError(f"compute_cam takes one image, got shape {tuple(input_tensor.shape)}")
+    # before the alias resolver's dry forward, which would fail less clearly
+    _check_images(input_tensor, *_input_contract(model))
+    if gt_mask is not None and gt_mask.ndim == 2:
+        gt_mask = gt_mask[None]
     if device is None:
         device = next(model.parameters()).device
-    engine = CamEngine(model, {"layer": layer}, [method], device=device, batch_size=1)
-    result = engine.explain(input_tensor, target or SegmentationTarget())
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        # channels_last off: a one-call helper should not reformat the caller's model
+        engine = CamEngine(model, {"layer": layer}, [method], device=device, batch_size=1,
+                           channels_last=False, input_size=tuple(input_tensor.shape[-2:]))
+        result = engine.explain(input_tensor, target or SegmentationTarget(), gt_mask)
+    finally:
+        for module, training in modes:
+            module.training = training
     return result.maps["layer", method][0]
+
+
+# check-row flags beside normalise's: what the build's Score-CAM options do to a cell
+APPROXIMATE, SKIPPED = "approximate", "skipped"
 
 
 @dataclass
 class CheckRow:
-    """One layer x method of `reportgen check`."""
+    """One layer x method of `reportgen check`.
+
+    flags: the map's flags (see `normalise.FLAG_REASONS`), plus "approximate" for a
+    Score-CAM map from the highest-variance channels only and "skipped" for a Score-CAM
+    cell outside the Score-CAM layers, which is not run (ok, no map).
+    """
 
     layer: str
     method: str
@@ -332,6 +443,14 @@ class CheckRow:
     map_max: float | None
     flags: list[str]
 
+    @property
+    def approximate(self) -> bool:
+        return APPROXIMATE in self.flags
+
+    @property
+    def skipped(self) -> bool:
+        return SKIPPED in self.flags
+
 
 def check_methods(
     model: nn.Module,
@@ -341,16 +460,37 @@ def check_methods(
     target: SegmentationTarget,
     device: str | torch.device = "cpu",
     gt_mask: torch.Tensor | None = None,
+    *,
+    precision: str = "auto",
+    scorecam_max_channels: int | None = None,
+    scorecam_chunk: int | None = None,
+    scorecam_layers: Collection[str] | None = None,
 ) -> list[CheckRow]:
-    """Run every layer x method on one image [C, H, W]; one row each, failures included."""
+    """Run every layer x method on one image [C, H, W]; one row each, failures included.
+
+    The engine options are a build's, so that a check costs and computes what the build
+    will: `precision` for every method; for Score-CAM `scorecam_max_channels` (rows
+    flagged "approximate" where it leaves channels out), `scorecam_chunk` and
+    `scorecam_layers`, the display names of the layers Score-CAM runs at (None: all;
+    the other cells are rows flagged "skipped").
+    """
     rows = []
     masks = None if gt_mask is None else gt_mask[None]
     for layer_name, layer in layers.items():
         for method in methods:
+            if method == "scorecam" and scorecam_layers is not None and (
+                    layer_name not in scorecam_layers):
+                rows.append(CheckRow(layer_name, method, True,
+                                     "skipped (not in method_options.scorecam.layers)", 0.0,
+                                     None, None, [SKIPPED]))
+                continue
             start = time.perf_counter()
             # A check reports every failure as a row, whatever raised it.
             try:
-                engine = CamEngine(model, {layer_name: layer}, [method], device=device)
+                engine = CamEngine(model, {layer_name: layer}, [method], device=device,
+                                   precision=precision,
+                                   scorecam_max_channels=scorecam_max_channels,
+                                   scorecam_chunk=scorecam_chunk)
                 result = engine.explain(image[None], target, masks)
             except Exception as error:
                 seconds = time.perf_counter() - start
@@ -359,10 +499,15 @@ def check_methods(
                 continue
             seconds = time.perf_counter() - start
             values = result.maps[layer_name, method][0]
-            flags = result.flags[layer_name, method][0]
+            flags = list(result.flags[layer_name, method][0])
             finite = values[torch.isfinite(values)]
             low = finite.min().item() if finite.numel() else None
             high = finite.max().item() if finite.numel() else None
-            reason = "; ".join(FLAG_REASONS[flag] for flag in flags)
+            reasons = [FLAG_REASONS[flag] for flag in flags]
+            if (layer_name, method) in result.approximate:
+                flags.append(APPROXIMATE)
+                reasons.append(f"approximate: only the {scorecam_max_channels} highest-variance "
+                               "channels are scored (method_options.scorecam.max_channels)")
+            reason = "; ".join(reasons)
             rows.append(CheckRow(layer_name, method, True, reason, seconds, low, high, flags))
     return rows
