@@ -19,6 +19,7 @@ validated (with pyHanko, the `sign` extra): a change after signing is a problem.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -249,7 +250,7 @@ def verify_pdf(pdf: Path) -> PdfReport:
         data = attachment.content
         contents[name] = data
         report.checked += 1
-        stored = _raw_bytes(attachment.checksum)
+        stored = _raw_bytes(attachment.checksum, MD5_BYTES)
         if stored is not None and stored.hex() != hashlib.md5(
                 data, usedforsecurity=False).hexdigest():
             report.problems.append(Finding(name, "attachment changed",
@@ -281,13 +282,26 @@ def verify_pdf(pdf: Path) -> PdfReport:
     return report
 
 
-def _raw_bytes(value: object) -> bytes | None:
-    """The bytes of a PDF string as stored (pypdf decodes them to text)."""
+MD5_BYTES = 16
+_BYTE_ORDER_MARKS = (codecs.BOM_UTF16_BE, codecs.BOM_UTF16_LE)
+
+
+def _raw_bytes(value: object, length: int | None = None) -> bytes | None:
+    """The bytes of a PDF string as stored (pypdf decodes them to text).
+
+    pypdf takes some binary strings for UTF-16 text (about 1 MD5 digest in 200, e.g.
+    one starting with a zero byte) and gives them back with a byte-order mark in
+    front; a string known to hold `length` bytes loses that mark again, or every such
+    attachment would read as changed."""
     if value is None:
         return None
     if hasattr(value, "get_original_bytes"):
-        return value.get_original_bytes()
-    return bytes(value) if isinstance(value, bytes) else str(value).encode("latin-1")
+        raw = value.get_original_bytes()
+    else:
+        raw = bytes(value) if isinstance(value, bytes) else str(value).encode("latin-1")
+    if length is not None and len(raw) == length + 2 and raw[:2] in _BYTE_ORDER_MARKS:
+        raw = raw[2:]
+    return raw
 
 
 def signature_state(pdf: Path) -> SignatureState:

@@ -197,3 +197,24 @@ def test_signing_with_a_wrong_password_is_a_user_error(tmp_path: Path, site: Pat
     p12 = _self_signed_p12(tmp_path, b"secret")
     with pytest.raises(UserError, match="password"):
         sign_pdf(site / "report.pdf", p12, "wrong", make_context())
+
+
+def test_an_attachment_whose_md5_pypdf_reads_as_text_still_verifies(tmp_path: Path):
+    """About 1 MD5 in 200 (here one starting with a zero byte) is read back by pypdf as
+    UTF-16 text; the check must compare the stored bytes, not a re-encoding of them."""
+    import hashlib
+    import io
+
+    from weasyprint import HTML, Attachment
+
+    from reportgen.verify import verify_pdf
+
+    data = b'{"n": 13}'
+    assert hashlib.md5(data, usedforsecurity=False).digest()[:1] == b"\0"
+    pdf = tmp_path / "report.pdf"
+    HTML(string="<p>report</p>").write_pdf(pdf, attachments=[
+        Attachment(file_obj=io.BytesIO(b"{}"), name="manifest.json"),
+        Attachment(file_obj=io.BytesIO(data), name="notes.json")])
+    report = verify_pdf(pdf)
+    assert report.checked == 2
+    assert not [f for f in report.problems if f.problem == "attachment changed"]
