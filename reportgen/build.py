@@ -258,6 +258,12 @@ def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildRe
         except ValueError:
             raise UserError(f"output.pdf {spec.output.pdf} must lie inside output.site "
                             f"{site}") from None
+    if options.sign is not None:  # a key that cannot sign must not cost a whole build
+        if pdf_rel is None:
+            raise UserError("--sign signs the PDF, but output.pdf is null: no PDF is written")
+        from reportgen.render.pdf_sign import check_signing_key
+
+        check_signing_key(options.sign, options.sign_password)
     m = spec.model
     # Every input is read once before anything is computed or written: a bad file found
     # late must never cost a half build.

@@ -218,3 +218,23 @@ def test_an_attachment_whose_md5_pypdf_reads_as_text_still_verifies(tmp_path: Pa
     report = verify_pdf(pdf)
     assert report.checked == 2
     assert not [f for f in report.problems if f.problem == "attachment changed"]
+
+
+def test_a_key_that_cannot_sign_stops_the_build_before_any_work(tmp_path: Path, monkeypatch):
+    pytest.importorskip("pyhanko")
+    from reportgen.build import BuildOptions, Pipeline, build
+    from reportgen.errors import UserError
+    from tests.pdf_fixtures import write_project
+
+    spec = write_project(tmp_path)
+    p12 = _self_signed_p12(tmp_path, b"secret")
+
+    def never(*args, **kwargs):
+        raise AssertionError("computed before the key was checked")
+
+    monkeypatch.setattr(Pipeline, "process", never)
+    with pytest.raises(UserError, match="password"):
+        build(spec, BuildOptions(quiet=True, sign=p12, sign_password="wrong"))
+    with pytest.raises(UserError, match="no such file"):
+        build(spec, BuildOptions(quiet=True, sign=tmp_path / "missing.p12"))
+    assert not (tmp_path / "site").exists()

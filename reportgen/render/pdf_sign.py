@@ -33,8 +33,13 @@ log = logging.getLogger(__name__)
 FIELD_NAME = "ReportgenSignature"
 
 
-def sign_pdf(pdf: Path, pkcs12: Path, password: str | None, context: ReportContext) -> None:
-    """Sign `pdf` in place with the key and certificate of the PKCS#12 file `pkcs12`."""
+def check_signing_key(pkcs12: Path, password: str | None) -> None:
+    """Fail now, as `sign_pdf` would after the whole build, if the key cannot be read."""
+    load_signer(pkcs12, password)
+
+
+def load_signer(pkcs12: Path, password: str | None) -> signers.SimpleSigner:
+    """The signer of the PKCS#12 file `pkcs12`, or a UserError saying why not."""
     if not pkcs12.is_file():
         raise UserError(f"--sign {pkcs12}: no such file")
     try:
@@ -46,6 +51,12 @@ def sign_pdf(pdf: Path, pkcs12: Path, password: str | None, context: ReportConte
     if signer is None:
         raise UserError(f"--sign {pkcs12}: cannot read the key and certificate; "
                         "check the password")
+    return signer
+
+
+def sign_pdf(pdf: Path, pkcs12: Path, password: str | None, context: ReportContext) -> None:
+    """Sign `pdf` in place with the key and certificate of the PKCS#12 file `pkcs12`."""
+    signer = load_signer(pkcs12, password)
     metadata = signers.PdfSignatureMetadata(
         field_name=FIELD_NAME, md_algorithm="sha256",
         subfilter=fields.SigSeedSubFilter.PADES,
