@@ -83,7 +83,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         result = {"ok": True, "summary": spec_summary(spec)}
         out.print_json(json.dumps({**result, "note": note} if note else result))
-    else:
+    elif not args.quiet:  # quiet: the exit code says it
         out.print(f"ok: {spec_summary(spec)}", markup=False)
         if note:
             out.print(f"note: {note}", markup=False)
@@ -170,6 +170,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     rows = check_spec(args.spec, device=args.device)
     if args.json:
         out.print_json(json.dumps(rows))
+    elif args.quiet:  # only what failed
+        for r in rows:
+            if not r["ok"]:
+                err.print(f"{r['layer']} x {r['method']}: failed: {r['reason']}", markup=False)
     else:
         table = Table(title="layer x method check on the first image")
         for col in ("layer", "method", "status", "seconds", "map range", "flags"):
@@ -321,7 +325,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"reportgen {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    common.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    common.add_argument("--quiet", "-q", action="store_true",
+                        help="print only errors (layers, methods and schema print their "
+                        "answer anyway)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}

@@ -316,3 +316,10 @@ def test_a_library_logging_a_traceback_shows_only_its_message(project, capsys, m
     assert code == 2 and "Could not load key material" in err
     assert "error: --sign notes.txt: cannot read the key and certificate" in err
     assert "Traceback" not in err and "deserialize" not in err
+
+
+def test_quiet_validate_and_check_print_nothing_when_all_is_well(project, capsys):
+    spec = write_spec(project / "s.yaml")
+    assert run(capsys, "validate", "-q", str(spec)) == (0, "", "")
+    code, out, err = run(capsys, "check", "-q", str(spec))
+    assert (code, out, err) == (0, "", "")
