@@ -170,7 +170,7 @@ def seed_everything(seed: int, device: torch.device) -> list[str]:
     return notes
 
 
-NO_CHECKOUT = "none (not run from a git checkout)"
+NO_CHECKOUT = "none (not run from a git checkout, or git could not tell)"
 
 
 def versions() -> dict[str, str]:
@@ -476,8 +476,10 @@ class Pipeline:
             self.engines.append(CamEngine(model, resolved, plan.gradient_methods, device=device,
                                           precision=precision,
                                           batch_size=spec.runtime.batch_size))
-        # the manifest records this decision, not whether any image needed it, so a
-        # rebuild from the cache writes the same manifest as the build that filled it
+        # the manifest records this decision, not whether any image needed it: on the CPU
+        # (auto never compiles there) a rebuild from the cache writes the same manifest as
+        # the build that filled it; on CUDA, whose builds are not byte-reproducible anyway,
+        # it says what this build would have done for the images it computed
         self.scorecam_compiled = bool(plan.scorecam_layers) and _compile_pays(
             spec, device, infos, plan, images_to_compute)
         if plan.scorecam_layers:
@@ -717,6 +719,7 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
     definitions = [MetricDefinition(s.name, s.title, s.formula, s.direction, s.reference,
                                     s.group) for s in METRICS.values() if s.group in spec.metrics]
     report = spec.report
+    bands = spec.metric_options.attention.bands
     image_dirs = sorted({_shown_path(s.path.parent, spec_path) for s in samples})
     return ReportContext(
         title=report.title, report_id=report.id, author=report.author,
@@ -739,7 +742,8 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         device=device_name(device), seed=spec.runtime.seed,
         precision=f"{spec.runtime.precision}: {arithmetic(spec.runtime.precision, device)}",
         colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
-        warnings=warnings, bounds=plan.bounds, verdict_layers=spec.verdict_layers)
+        warnings=warnings, bounds=plan.bounds, verdict_layers=spec.verdict_layers,
+        verdict_bands=(bands.fair, bands.good, bands.excellent))
 
 
 def _write_pdf(staging: Path, pdf_rel: Path, context: ReportContext, spec_path: Path,

@@ -116,20 +116,17 @@ class ResultCache:
         self._base = json.dumps({"format": CACHE_FORMAT, "code": code_version(),
                                  "versions": _versions(), **inputs},
                                 sort_keys=True, default=_plain)
-        self._keys: dict[tuple[str, Path, Path | None], str] = {}
         self.hits = 0
         self.misses = 0
 
     def key(self, sample: Sample | SampleRef) -> str:
-        """The entry key of an image (its files are hashed once per cache object)."""
-        known = (sample.id, sample.path, sample.mask_path)
-        if known not in self._keys:
-            digest = hashlib.sha256(self._base.encode())
-            mask = sha256_file(sample.mask_path) if sample.mask_path else ""
-            for part in (sample.id, sha256_file(sample.path), mask):
-                digest.update(b"\0" + part.encode())
-            self._keys[known] = digest.hexdigest()
-        return self._keys[known]
+        """The entry key of an image: its files are hashed each time, when the batch is
+        read, so a file changed during a long build is stored under its new content."""
+        digest = hashlib.sha256(self._base.encode())
+        mask = sha256_file(sample.mask_path) if sample.mask_path else ""
+        for part in (sample.id, sha256_file(sample.path), mask):
+            digest.update(b"\0" + part.encode())
+        return digest.hexdigest()
 
     def missing(self, refs: Iterable[SampleRef]) -> int:
         """How many of `refs` have no entry: the images a build will compute."""
@@ -309,14 +306,16 @@ def entries(folder: Path) -> list[tuple[Path, int, float]]:
     return sorted(found, key=lambda item: (item[2], item[0].name))
 
 
-def _remove(entry: Path) -> None:
-    """Delete an entry: renamed first (one atomic step), then removed at leisure."""
+def _remove(entry: Path) -> bool:
+    """Delete an entry: renamed first (one atomic step), then removed at leisure. False
+    when it could not be (e.g. another build removed it first)."""
     doomed = entry.with_name(f".{entry.name[:8]}-removed-{os.getpid()}")
     try:
         os.replace(entry, doomed)
     except OSError:
-        return
+        return False
     shutil.rmtree(doomed, ignore_errors=True)
+    return True
 
 
 def prune(folder: Path, max_bytes: int, now: float | None = None) -> tuple[int, int]:
@@ -328,23 +327,24 @@ def prune(folder: Path, max_bytes: int, now: float | None = None) -> tuple[int, 
     freed = 0
     for shard in _shards(folder):
         for scratch in shard.glob(".*"):
-            try:
-                stale = now - scratch.stat().st_mtime > STALE_SCRATCH_SECONDS
+            try:  # another build may be pruning the same folder
+                if now - scratch.stat().st_mtime <= STALE_SCRATCH_SECONDS:
+                    continue
+                size = _size(scratch)
             except OSError:
                 continue
-            if stale:
-                freed += _size(scratch)
-                shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
+            freed += size
     found = entries(folder)
     total = sum(size for _, size, _ in found)
     removed = 0
     for entry, size, _ in found:
         if total <= max_bytes:
             break
-        _remove(entry)
-        total -= size
-        freed += size
-        removed += 1
+        if _remove(entry):
+            freed += size
+            removed += 1
+        total -= size  # gone, by this build or another
     if removed:
         log.info("cache: removed %d least recently used entries (%.2f GB) to stay within "
                  "%.2f GB", removed, freed / GB, max_bytes / GB)

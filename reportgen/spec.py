@@ -193,9 +193,9 @@ class VerdictBands(Strict):
 class AttentionOptions(Strict):
     bands: VerdictBands = Field(default_factory=VerdictBands)
     verdict_layers: list[str] | None = Field(
-        None, description="layers whose verdicts make each image's and the report's median "
-        "verdict (default: every layer but encoder_early, where low ratios are expected; "
-        "all layers when that is the only one)")
+        None, min_length=1, description="layers whose verdicts make each image's and the "
+        "report's median verdict (default: every layer but encoder_early, where low ratios "
+        "are expected; all layers when that is the only one)")
 
 
 class FaithfulnessOptions(Strict):

@@ -167,3 +167,14 @@ def test_method_distributions_name_the_ratios_a_log_axis_cannot_hold() -> None:
     plot = methods_distribution_plot(demo_ratios(), [("attention_ratio", "attention ratio")])
     assert plot.png is not None
     assert "left out of the boxes (gradcam++: 5 of 0; layercam: 3 ∞)" in plot.caption
+
+
+def test_ratio_plots_draw_the_spec_bands() -> None:
+    stats = demo_ratios()
+    stats.verdict_bands = (20.0, 50.0, 100.0)
+    plot = attention_ratio_plot(stats)
+    assert "verdict bands (20 fair, 50 good, 100 excellent)" in plot.caption
+    assert "verdict bands 20, 50, 100" in layer_profile_plot(stats).caption
+    ticks, _ = ratio_ticks(ratio_axis(ratio_groups(stats), stats.verdict_bands),
+                           stats.verdict_bands)
+    assert {20.0, 50.0, 100.0} <= set(ticks)

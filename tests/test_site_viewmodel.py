@@ -317,3 +317,18 @@ def test_methods_are_compared_on_the_verdict_layers_only() -> None:
     gradcam = dict(view.means.rows)["gradcam"][column]
     expected = np.mean(stats.metric_values("attention_mean", "decoder_last", "gradcam"))
     assert gradcam.text == format_number(float(expected))
+
+
+def test_summary_verdicts_and_legend_follow_the_spec_bands() -> None:
+    """metric_options.attention.bands of 20 / 50 / 100: a median ratio of 7 is concerning,
+    as each image's own verdict is, not excellent by the default bands."""
+    context = make_context()
+    context.verdict_bands = (20.0, 50.0, 100.0)
+    stats = dataset(3)
+    aggregates = [AggregateRow("encoder_last", "gradcam", "attention_ratio", n=2, mean=7.0,
+                               std=0.1, median=7.0, min=6.9, max=7.1, n_na=0, na_reasons={})]
+    cell = summary_rows(context, stats, aggregates, Footnotes())[0].cells[0]
+    assert cell.verdict.key == "concerning"
+    view = index_view(context, stats, aggregates, [])
+    assert view.bands_text == ("above 100 excellent, 50–100 good, 20–50 fair, "
+                               "below 20 concerning")

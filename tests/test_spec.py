@@ -82,6 +82,8 @@ BAD_SPECS = [
                                             "data": {"masks": None}}, ["data.masks"]),
     ("subset outside the spec's layers", {"method_options": {"scorecam": {"layers": ["seg_head"]}}},
      ["method_options.scorecam.layers", "seg_head"]),
+    ("no verdict layer", {"metric_options": {"attention": {"verdict_layers": []}}},
+     ["metric_options.attention.verdict_layers", "at least 1"]),
     ("verdict layers outside the spec's layers",
      {"metric_options": {"attention": {"verdict_layers": ["seg_head"]}}},
      ["metric_options.attention.verdict_layers", "seg_head"]),

@@ -343,7 +343,10 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
     return ImageSection(
         anchor=f"image-{summary.id}", id=summary.id, position=f"Image {position + 1} of {total}",
         source_name=source, mask_name=summary.mask_name or "none", dice=dice, iou=iou,
-        verdict=summarise_verdicts(summary.verdicts, context.verdict_layers), figures=main,
+        # in spec order, as the site's image page names the worst maps
+        verdict=summarise_verdicts({(la, me): summary.verdicts[la, me] for la in layers
+                                    for me in methods if (la, me) in summary.verdicts},
+                                   context.verdict_layers), figures=main,
         methods=method_heads(context, methods), grid=grid,
         metric_tables=tables, footnotes=notes.notes, notes=list(input_notes))
 

@@ -139,11 +139,12 @@ class RatioAxis:
     infinite_row: float | None  # where infinite ratios are marked (above `data`), None if none
 
 
-def ratio_axis(groups: Sequence[RatioGroup]) -> RatioAxis:
+def ratio_axis(groups: Sequence[RatioGroup],
+               lines: Sequence[float] = VERDICT_LINES) -> RatioAxis:
     """Limits that hold every finite positive ratio and the verdict lines with a margin of
     8% of the span (in decades) plus 0.1 decade, and, when any ratio is 0 or infinite, a
     row of a tenth of that height below or above for it (a log axis has no 0 or ∞)."""
-    values = [v for group in groups for v in group.positive] + list(VERDICT_LINES)
+    values = [v for group in groups for v in group.positive] + list(lines)
     low, high = math.log10(min(values)), math.log10(max(values))
     margin = 0.08 * (high - low) + 0.1
     low, high = low - margin, high + margin
@@ -158,11 +159,12 @@ def ratio_axis(groups: Sequence[RatioGroup]) -> RatioAxis:
     )
 
 
-def ratio_ticks(axis: RatioAxis) -> tuple[list[float], list[str]]:
+def ratio_ticks(axis: RatioAxis,
+                lines: Sequence[float] = VERDICT_LINES) -> tuple[list[float], list[str]]:
     """The powers of ten and verdict lines inside the data part, then the 0 and ∞ rows."""
     low, high = (math.log10(limit) for limit in axis.data)
     ticks = sorted({10.0 ** k for k in range(math.ceil(low), math.floor(high) + 1)}
-                   | set(VERDICT_LINES))
+                   | set(lines))
     labels = [f"{tick:,.0f}" if tick >= 1 else f"{tick:g}" for tick in ticks]
     if axis.zero_row is not None:
         ticks, labels = [axis.zero_row, *ticks], ["0", *labels]
@@ -171,11 +173,12 @@ def ratio_ticks(axis: RatioAxis) -> tuple[list[float], list[str]]:
     return ticks, labels
 
 
-def ratio_caption(groups: Sequence[RatioGroup]) -> str:
+def ratio_caption(groups: Sequence[RatioGroup], lines: Sequence[float] = VERDICT_LINES) -> str:
     """What the plot shows, and exactly which ratios are not in the boxes and why."""
-    caption = ("Dashed lines: verdict bands (1 fair, 2 good, 5 excellent); shaded background: "
-               "concerning (red) to excellent (green). The axis holds every finite, positive "
-               "ratio.")
+    fair, good, excellent = (f"{line:g}" for line in lines)
+    caption = (f"Dashed lines: verdict bands ({fair} fair, {good} good, {excellent} excellent); "
+               "shaded background: concerning (red) to excellent (green). The axis holds every "
+               "finite, positive ratio.")
     for field, what, marker, row, edge in (
             ("zero", "of exactly 0 (no attention inside the mask)", "▼", "0", "bottom"),
             ("infinite", "that are infinite (no attention outside the mask)", "▲", "∞", "top")):
@@ -208,8 +211,9 @@ def attention_ratio_plot(stats: DatasetStats) -> Plot:
     figure = new_figure(min(width, 13.0), 3.8)
     axes = figure.add_subplot()
     axes.set_yscale("log")
-    axis = ratio_axis(groups)
-    edges = (axis.data[0], *VERDICT_LINES, axis.data[1])
+    lines = stats.verdict_bands
+    axis = ratio_axis(groups, lines)
+    edges = (axis.data[0], *lines, axis.data[1])
     for low, high, colour in zip(edges[:-1], edges[1:], BAND_COLOURS, strict=True):
         axes.axhspan(low, high, color=colour, alpha=0.08, linewidth=0)
     step = len(methods) + 1
@@ -227,7 +231,7 @@ def attention_ratio_plot(stats: DatasetStats) -> Plot:
         for patch, (_, group) in zip(boxes["boxes"], boxed, strict=True):
             patch.set_facecolor(colours[group.method])
             patch.set_alpha(0.75)
-    for line in VERDICT_LINES:
+    for line in lines:
         axes.axhline(line, color="#6b7280", linewidth=0.7, linestyle="--")
     for row, boundary, field, marker in ((axis.zero_row, axis.data[0], "zero", "v"),
                                          (axis.infinite_row, axis.data[1], "infinite", "^")):
@@ -242,7 +246,7 @@ def attention_ratio_plot(stats: DatasetStats) -> Plot:
                 axes.annotate(str(count), (position, row), xytext=(5, 0),
                               textcoords="offset points", va="center", fontsize=7)
     axes.set_ylim(*axis.limits)
-    axes.set_yticks(*ratio_ticks(axis))
+    axes.set_yticks(*ratio_ticks(axis, lines))
     axes.yaxis.set_minor_locator(NullLocator())
     axes.set_xlim(-0.8, positions[-1] + 0.8)
     axes.set_xticks([i * step + (len(methods) - 1) / 2 for i in range(len(stats.layers))])
@@ -263,7 +267,7 @@ def attention_ratio_plot(stats: DatasetStats) -> Plot:
            f"{len(methods)} methods on a logarithmic axis from {axis.data[0]:.3g} to "
            f"{axis.data[1]:.3g}; {zeros} ratios of 0 counted below it and {infinite} "
            "infinite ratios counted above it.")
-    return Plot("attention_ratio", title, to_png(figure), alt, ratio_caption(groups))
+    return Plot("attention_ratio", title, to_png(figure), alt, ratio_caption(groups, lines))
 
 
 @dataclass(frozen=True)
@@ -469,7 +473,8 @@ def layer_profile_plot(stats: DatasetStats) -> Plot:
     colours = dict(zip(stats.methods, palette(len(stats.methods)), strict=True))
     drawn = [v for triple in series.values() for part in triple for v in part
              if not math.isnan(v)]
-    axis = ratio_axis([split_ratios(drawn)])
+    lines = stats.verdict_bands
+    axis = ratio_axis([split_ratios(drawn)], lines)
     figure = new_figure(max(5.0, 1.4 * len(stats.layers) + 2.0), 3.2)
     axes = figure.add_subplot()
     x = np.arange(len(stats.layers))
@@ -481,9 +486,9 @@ def layer_profile_plot(stats: DatasetStats) -> Plot:
                           linewidth=0)
     axes.set_yscale("log")
     axes.set_ylim(*axis.limits)
-    axes.set_yticks(*ratio_ticks(axis))
+    axes.set_yticks(*ratio_ticks(axis, lines))
     axes.minorticks_off()
-    for line in VERDICT_LINES:
+    for line in lines:
         axes.axhline(line, color="#6b7280", linewidth=0.7, linestyle="--")
     for row in (axis.zero_row, axis.infinite_row):
         if row is not None:
@@ -496,7 +501,8 @@ def layer_profile_plot(stats: DatasetStats) -> Plot:
     axes.legend(fontsize=8)
     alt = (f"Line plot of the median attention ratio of {len(series)} methods across "
            f"{len(stats.layers)} layers, with shaded interquartile ranges.")
-    caption = "Shaded: interquartile range over images. Dashed lines: verdict bands 1, 2, 5."
+    caption = ("Shaded: interquartile range over images. Dashed lines: verdict bands "
+               f"{', '.join(f'{line:g}' for line in lines)}.")
     if axis.zero_row is not None or axis.infinite_row is not None:
         caption += (" A median or quartile of exactly 0 (no attention inside the mask) or ∞ "
                     "(none outside it) is drawn on the “0” or “∞” row beyond the solid line.")

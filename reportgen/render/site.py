@@ -119,7 +119,7 @@ class SiteWriter:
         self._env = template_environment()
         self._lut = fig.colormap_lut(context.colormap)
         layers, methods = ordered_names(context, [])
-        self.stats = DatasetStats(layers, methods)
+        self.stats = DatasetStats(layers, methods, context.verdict_bands)
         self._single_parts: IO[str] | None = None
         if single_file:
             self._single_parts = tempfile.TemporaryFile("w+", encoding="utf-8")

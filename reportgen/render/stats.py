@@ -126,9 +126,11 @@ def metric_float(value: object) -> float | None:
 class DatasetStats:
     """Everything the dataset pages need, accumulated one image at a time."""
 
-    def __init__(self, layers: list[str], methods: list[str]) -> None:
+    def __init__(self, layers: list[str], methods: list[str],
+                 verdict_bands: tuple[float, float, float] = (1.0, 2.0, 5.0)) -> None:
         self.layers = layers
         self.methods = methods
+        self.verdict_bands = verdict_bands  # fair, good, excellent: drawn on the ratio plots
         self.summaries: list[ImageSummary] = []
         self.method_agreement = PairAgreement()
         self.layer_agreement = PairAgreement()

@@ -17,6 +17,7 @@ import numpy as np
 
 from reportgen import __version__
 from reportgen.cam.normalise import FLAG_REASONS
+from reportgen.metrics.attention import VerdictBands
 from reportgen.metrics.attention import verdict as ratio_verdict
 from reportgen.render.figures import OVERLAY_VARIANTS
 from reportgen.render.stats import DatasetStats, ImageSummary, PairAgreement, metric_float
@@ -577,6 +578,7 @@ class IndexView:
     dice: str
     dice_detail: str
     verdict_legend: list[VerdictView]
+    bands_text: str  # e.g. "above 5 excellent, 2–5 good, 1–2 fair, below 1 concerning"
     tables: list[MetricTable]
     plots: list[PlotView]
     gallery: list[GalleryItem]
@@ -630,6 +632,8 @@ def summary_rows(context: ReportContext, stats: DatasetStats,
     the mask has ratio +inf, and one such image makes the mean +inf whatever the others
     say)."""
     by_key = aggregate_index(aggregates)
+    fair, good, excellent = context.verdict_bands
+    bands = VerdictBands(excellent=excellent, good=good, fair=fair)
     rows = []
     for layer in stats.layers:
         cells = []
@@ -641,7 +645,7 @@ def summary_rows(context: ReportContext, stats: DatasetStats,
                 median = value_view(None, notes, absent=na_reason_text(row) or "undefined")
             else:
                 median = value_view(row.median, notes)
-            median_verdict_name = ratio_verdict(row.median if row else None)
+            median_verdict_name = ratio_verdict(row.median if row else None, bands)
             tally: dict[str, int] = {}
             for summary in stats.summaries:
                 name = summary.verdicts.get((layer, method))
@@ -706,6 +710,13 @@ def dice_summary(summaries: Sequence[ImageSummary]) -> tuple[str, str]:
     return format_number(float(np.mean(values))), detail
 
 
+def bands_text(bands: tuple[float, float, float]) -> str:
+    """The attention-ratio verdict bands in words, from (fair, good, excellent)."""
+    fair, good, excellent = bands
+    return (f"above {excellent:g} excellent, {good:g}–{excellent:g} good, {fair:g}–{good:g} "
+            f"fair, below {fair:g} concerning")
+
+
 def downloads(context: ReportContext) -> list[Link]:
     """Links to the data files, and to the PDF where the spec asked for one."""
     links = [Link(path, label) for path, label in DATA_FILES]
@@ -755,6 +766,7 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
         overall=overall_verdict(context, summary, stats.methods),
         dice=dice, dice_detail=dice_detail,
         verdict_legend=[verdict_view(name) for name in VERDICT_ORDER],
+        bands_text=bands_text(context.verdict_bands),
         tables=metric_tables(context, stats, aggregates, notes),
         plots=plots,
         gallery=gallery_items(stats, thumbs or {}),
