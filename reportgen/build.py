@@ -716,10 +716,13 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
                     "highest-variance channels scored")
         methods.append(ReportMethodRow(name, entry.family, entry.cost, entry.reference,
                                        entry.description, bool(note), note))
-    definitions = [MetricDefinition(s.name, s.title, s.formula, s.direction, s.reference,
-                                    s.group) for s in METRICS.values() if s.group in spec.metrics]
-    report = spec.report
     bands = spec.metric_options.attention.bands
+    definitions = [MetricDefinition(
+        s.name, s.title,
+        s.formula + (f"; verdict: {VerdictBands(**bands.model_dump()).text}"
+                     if s.name == "attention_ratio" else ""),
+        s.direction, s.reference, s.group) for s in METRICS.values() if s.group in spec.metrics]
+    report = spec.report
     image_dirs = sorted({_shown_path(s.path.parent, spec_path) for s in samples})
     return ReportContext(
         title=report.title, report_id=report.id, author=report.author,

@@ -311,3 +311,13 @@ def test_a_cuda_index_the_machine_lacks_is_a_user_error(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(UserError, match=r"'cuda:2' .* has 2 CUDA device\(s\), cuda:0 to cuda:1"):
         resolve_device("cuda:2")
+
+
+def test_the_ratio_definition_prints_the_spec_bands(built: Path):
+    from reportgen.metrics.attention import VerdictBands
+
+    methods = (built / "site" / "methods.html").read_text()
+    assert "P = predicted mask; verdict: above 5 excellent, 2–5 good, 1–2 fair, below 1 " \
+           "concerning" in methods
+    assert VerdictBands(excellent=100, good=50, fair=20).text == (
+        "above 100 excellent, 50–100 good, 20–50 fair, below 20 concerning")

@@ -40,6 +40,13 @@ class VerdictBands:
     good: float = 2.0
     fair: float = 1.0
 
+    @property
+    def text(self) -> str:
+        """The bands in words, e.g. "above 5 excellent, 2–5 good, 1–2 fair, below 1
+        concerning"."""
+        return (f"above {self.excellent:g} excellent, {self.good:g}–{self.excellent:g} good, "
+                f"{self.fair:g}–{self.good:g} fair, below {self.fair:g} concerning")
+
     def __post_init__(self) -> None:
         if not self.fair <= self.good <= self.excellent:
             raise ValueError(

@@ -188,8 +188,7 @@ METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in [
         lambda inputs: attention_std(inputs.stacked)),
     MetricSpec(
         "attention_ratio", "attention ratio", "attention",
-        "mean(L inside P) / mean(L outside P), P = predicted mask; verdict: > 5 excellent, "
-        "2–5 good, 1–2 fair, < 1 concerning", "higher",
+        "mean(L inside P) / mean(L outside P), P = predicted mask", "higher",
         ATTENTION_SOURCE + "; the verdict bands are that script's", "[0, ∞]",
         ("map", "prediction"),
         lambda inputs: attention_ratio(inputs.stacked, inputs.prediction)),

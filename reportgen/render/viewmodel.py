@@ -713,8 +713,7 @@ def dice_summary(summaries: Sequence[ImageSummary]) -> tuple[str, str]:
 def bands_text(bands: tuple[float, float, float]) -> str:
     """The attention-ratio verdict bands in words, from (fair, good, excellent)."""
     fair, good, excellent = bands
-    return (f"above {excellent:g} excellent, {good:g}–{excellent:g} good, {fair:g}–{good:g} "
-            f"fair, below {fair:g} concerning")
+    return VerdictBands(excellent=excellent, good=good, fair=fair).text
 
 
 def downloads(context: ReportContext) -> list[Link]:
