@@ -115,6 +115,7 @@ PLOTS = (("attention_ratio", "Attention ratio per layer and method"),
          ("sanity", "Sanity check"))
 DECISIONS = ("Approved", "Approved with conditions", "Rejected")
 BLANK_REVIEWERS = 2
+COMPACT_SUMMARY_METHODS = 5  # above this, the verdict summary's type shrinks to fit words
 CHUNK_IMAGES = 40  # image sections per separately laid-out part of a larger dossier
 PT = 0.75  # PDF points per CSS pixel
 UA_IDENTIFICATION = (b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
@@ -201,6 +202,7 @@ class PdfView:
     warnings: list[str]
     bounds: list[str]
     index: IndexView
+    summary_class: str  # "summary", or "summary compact" when many methods share the width
     methods: MethodsView
     layers: list[tuple[str, str, str, str, str]]
     plots: list[PrintFigure]
@@ -421,6 +423,8 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
                     ("Layers", ", ".join(row.name for row in context.layers))],
         warnings=list(context.warnings), bounds=list(context.bounds),
         index=index,
+        summary_class="summary compact" if len(index.methods) > COMPACT_SUMMARY_METHODS
+        else "summary",
         methods=methods_view(context, stats, [], sanity, 0),
         layers=layers, plots=plots,
         audit=audit_view(context, stats),
