@@ -31,6 +31,7 @@ import torch
 from reportgen import __version__
 from reportgen.cache import GB, RANDOM_METHODS, ResultCache
 from reportgen.cam import CamEngine, SegmentationTarget
+from reportgen.cam.engine import resolve_device
 from reportgen.cam.methods import METHODS
 from reportgen.cam.normalise import FLAG_REASONS
 from reportgen.cam.scorecam import arithmetic
@@ -134,22 +135,6 @@ class Stopwatch:
         """Count `seconds` more for `stage` (from any thread)."""
         with self._lock:
             self.totals[stage] = self.totals.get(stage, 0.0) + seconds
-
-
-def resolve_device(device: str) -> torch.device:
-    """The torch device of `runtime.device` or `--device` (auto: CUDA when there is one)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} (runtime.device or --device) but no CUDA device "
-                        "is available (use auto or cpu)")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and resolved.index is not None and (
-            resolved.index >= torch.cuda.device_count()):
-        raise UserError(f"device {device!r} (runtime.device or --device) but this machine "
-                        f"has {torch.cuda.device_count()} CUDA device(s), cuda:0 to "
-                        f"cuda:{torch.cuda.device_count() - 1}")
-    return resolved
 
 
 def seed_everything(seed: int, device: torch.device) -> list[str]:

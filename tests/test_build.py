@@ -304,7 +304,7 @@ def test_manifest_and_audit_page_record_the_arithmetic_of_precision_auto(built: 
 def test_a_cuda_index_the_machine_lacks_is_a_user_error(monkeypatch):
     import torch
 
-    from reportgen.build import resolve_device
+    from reportgen.cam.engine import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

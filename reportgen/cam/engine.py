@@ -81,8 +81,9 @@ class _Stopwatch:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU; CUDA without a GPU is a UserError (as
-    `runtime.device` is in a build), not torch's driver error at the first move."""
+    """ "auto" -> CUDA when available, else CPU. CUDA without a GPU, or a cuda:N the
+    machine lacks, is a UserError (for the engine, `runtime.device` and `--device`
+    alike), not torch's driver error at the first move."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -92,6 +93,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device is {str(device)!r} but no CUDA device is available "
                         "(use auto or cpu)")
+    count = torch.cuda.device_count() if resolved.type == "cuda" else 0
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= count:
+        raise UserError(f"device is {str(device)!r} but this machine has {count} CUDA "
+                        f"device(s), cuda:0 to cuda:{count - 1}")
     return resolved
 
 
