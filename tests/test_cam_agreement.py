@@ -25,7 +25,7 @@ from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
 from reportgen.cam import CamEngine, SegmentationTarget
 from reportgen.cam.normalise import normalise
-from tests.cam_fixtures import LAYERS, one_thread, pearson, synthetic_shapes, trained_unetpp
+from tests.cam_fixtures import LAYERS, pearson, synthetic_shapes, trained_unetpp
 
 GRADIENT_METHODS = {
     "gradcam": GradCAM,
@@ -35,6 +35,7 @@ GRADIENT_METHODS = {
     "hirescam": HiResCAM,
     "gradcam-elementwise": GradCAMElementWise,
 }
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_pytorch_grad_cam(cam_class, model, module, images, regions):
@@ -72,12 +73,6 @@ def assert_agree(result, key, images, their_raw, their_output, raw_tolerance=1e-
         assert (ours - theirs[index]).abs().max().item() <= 1e-3
         assert pearson(ours, their_output[index]) >= 0.999
     return informative
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,11 @@ from torch import nn
 
 from reportgen.cam import CamEngine, SegmentationTarget, check_methods, compute_cam
 from reportgen.errors import UserError
-from tests.cam_fixtures import LAYERS, one_thread, synthetic_shapes, trained_unetpp
+from tests.cam_fixtures import LAYERS, synthetic_shapes
 
 PREDICTION = SegmentationTarget(class_index=0, region="prediction")
 GROUND_TRUTH = SegmentationTarget(class_index=0, region="ground_truth")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def model():
-    return trained_unetpp()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,21 +22,11 @@ from reportgen.cam.hooks import ActivationRecorder
 from reportgen.cam.normalise import normalise
 from reportgen.cam.scorecam import _fp32_switches, strict_fp32
 from reportgen.errors import LayerError, UserError
-from tests.cam_fixtures import LAYERS, one_thread, pearson, synthetic_shapes, trained_unetpp
+from tests.cam_fixtures import LAYERS, pearson, synthetic_shapes
 
 GRADIENT_METHODS = [name for name, entry in METHODS.items() if entry.family == "gradient"]
 PREDICTION = SegmentationTarget(class_index=0, region="prediction")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def model():
-    return trained_unetpp()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
