@@ -94,6 +94,12 @@ def test_the_engine_takes_aliases_and_a_list_of_names(model, shapes):
         assert torch.equal(maps, by_path.maps[key]), key
 
 
+
+def test_a_mistyped_module_path_names_the_closest_one(model):
+    with pytest.raises(UserError, match=r"Did you mean 'encoder\._blocks\.15'\?"):
+        CamEngine(model, ["encoder._blocks.15x"], ["gradcam"], input_size=(64, 64))
+
+
 def test_compute_cam_gives_a_training_model_its_modes_back(model, shapes):
     training = copy.deepcopy(model).train()
     training.encoder.eval()  # mixed modes come back as they were, module by module

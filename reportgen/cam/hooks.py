@@ -12,7 +12,6 @@ and modified through the alias.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 
 import torch
@@ -36,14 +35,10 @@ def resolve_layers(model: nn.Module, layers: LayerSpec) -> dict[str, nn.Module]:
                 raise LayerError(f"layer '{display_name}' is not a module of the model")
             resolved[display_name] = layer
             continue
-        try:
+        try:  # names were checked (with a did-you-mean) by the spec's resolver
             resolved[display_name] = model.get_submodule(layer)
         except AttributeError:
-            close = difflib.get_close_matches(layer, [n for n in names.values() if n], n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise LayerError(
-                f"layer '{display_name}': the model has no module '{layer}'{hint}"
-            ) from None
+            raise LayerError(f"layer '{display_name}': the model has no module '{layer}'") from None
     return resolved
 
 
