@@ -487,7 +487,7 @@ class Pipeline:
     def process(self, part: list[Sample], clock: Stopwatch) -> list[ImageOutput]:
         if not part:  # every image of the batch came from the cache
             return []
-        spec, m = self.spec, self.spec.model
+        spec = self.spec
         images = torch.stack([s.tensor for s in part])
         gt = None
         if all(s.gt_mask is not None for s in part):
@@ -498,12 +498,8 @@ class Pipeline:
                 results.append(engine.explain(images, self.target, gt))
         logits = results[0].logits.float()
         regions = results[0].regions
-        if m.output_activation == "sigmoid":
-            probability = torch.sigmoid(logits[:, spec.target_index])
-            prediction = probability > spec.target.threshold
-        else:
-            probability = torch.softmax(logits, 1)[:, spec.target_index]
-            prediction = logits.argmax(1) == spec.target_index
+        probability = self.target.probability(logits)
+        prediction = self.target.prediction(logits)
         on_device = images.to(self.device)  # one copy per batch for the metrics' forwards
         outputs = []
         for i, sample in enumerate(part):

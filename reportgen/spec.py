@@ -119,6 +119,9 @@ class ModelSection(Strict):
         if self.class_names is not None and len(self.class_names) != self.classes:
             raise ValueError(f"class_names has {len(self.class_names)} names for "
                              f"{self.classes} classes")
+        if self.activation == "softmax" and self.classes == 1:
+            raise ValueError("activation softmax needs classes >= 2: over one output channel "
+                             "it is 1 everywhere (use sigmoid for a 1-class model)")
         return self
 
     @property

@@ -100,6 +100,19 @@ def test_ground_truth_region_needs_masks(model, images):
         engine.explain(images[:1], SegmentationTarget(region="ground_truth"))
 
 
+def test_the_target_region_is_the_prediction_the_metrics_use():
+    logits = torch.tensor([[[[-3.0, 1.0]], [[3.0, 0.5]]]])  # [1 image, 2 classes, 1 x 2 pixels]
+    sigmoid = SegmentationTarget(class_index=1, threshold=0.5)
+    softmax = SegmentationTarget(class_index=1, activation="softmax")
+    assert torch.equal(sigmoid.regions(logits), sigmoid.prediction(logits))
+    assert torch.equal(softmax.regions(logits), softmax.prediction(logits))
+    assert softmax.prediction(logits).tolist() == [[[True, False]]]
+    torch.testing.assert_close(softmax.probability(logits),
+                               torch.softmax(logits, 1)[:, 1])
+    with pytest.raises(UserError, match="'softmax' needs 2 or more output channels"):
+        SegmentationTarget(activation="softmax").regions(logits[:, :1])
+
+
 class ConvBnInplaceRelu(nn.Module):
     def __init__(self):
         super().__init__()

@@ -75,6 +75,8 @@ BAD_SPECS = [
     ("unknown class name", {"target": {"class": "tumour"}, "model": {"class_names": ["lesion"]}},
      ["target.class", "'tumour'", "lesion"]),
     ("input size", {"model": {"input_size": 100}}, ["model.input_size", "multiples of 32"]),
+    ("softmax over one class", {"model": {"activation": "softmax"}},
+     ["model", "softmax needs classes >= 2"]),
     ("missing model", {"model": None}, ["model", "required"]),
     ("unknown metric", {"metrics": ["dice", "attnetion"]}, ["metrics.1", "'attention'"]),
     ("bad device", {"runtime": {"device": "gpu"}}, ["runtime.device", "cuda:N"]),

@@ -71,9 +71,28 @@ class SegmentationTarget:
                 )
             gt_masks = gt_masks.to(logits.device)
             return gt_masks > 0.5 if gt_masks.is_floating_point() else gt_masks != 0
-        if self.activation == "softmax" and classes > 1:
-            return logits.argmax(dim=1) == self.class_index
-        return torch.sigmoid(logits[:, self.class_index].float()) > self.threshold
+        return self.prediction(logits)
+
+    def probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probability of the target class [N, H, W] (float32): sigmoid of its logit, or
+        its softmax over the classes."""
+        if self.activation == "sigmoid":
+            return torch.sigmoid(logits[:, self.class_index].float())
+        self._check_softmax(logits)
+        return torch.softmax(logits.float(), dim=1)[:, self.class_index]
+
+    def prediction(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's predicted mask of the target class [N, H, W] (bool)."""
+        if self.activation == "sigmoid":
+            return self.probability(logits) > self.threshold
+        self._check_softmax(logits)
+        return logits.argmax(dim=1) == self.class_index
+
+    @staticmethod
+    def _check_softmax(logits: torch.Tensor) -> None:
+        if logits.shape[1] == 1:
+            raise UserError("activation 'softmax' needs 2 or more output channels: over one "
+                            "channel it is 1 everywhere (use 'sigmoid' for a 1-class model)")
 
     def scores(self, logits: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
         """Per-image target scores [N] (float32), differentiable in the logits."""

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
+from reportgen.cam.target import SegmentationTarget
 from reportgen.errors import UserError
 from reportgen.metrics.values import as_mask, non_finite_maps
 
@@ -35,12 +36,6 @@ Activation = Literal["sigmoid", "softmax"]
 # RISE's insertion baseline: a Gaussian blur with an 11-pixel kernel, sigma 5.
 BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
-
-_PROBABILITY: dict[Activation, Callable[[Tensor, int], Tensor]] = {
-    "sigmoid": lambda logits, index: logits[:, index].sigmoid(),
-    "softmax": lambda logits, index: logits.softmax(dim=1)[:, index],
-}
-
 
 @dataclass(frozen=True)
 class FaithfulnessCurves:
@@ -65,12 +60,12 @@ def target_score_fn(model: nn.Module, class_index: int, region_mask: Tensor,
     region = as_mask(region_mask)
     if not region.any():
         raise ValueError("target region is empty")
-    probability = _PROBABILITY[activation]
+    target = SegmentationTarget(class_index, activation=activation)
     weights = region.double() / region.sum()
 
     def score(images: Tensor) -> Tensor:
         with torch.no_grad():
-            probabilities = probability(model(images), class_index).double()
+            probabilities = target.probability(model(images)).double()
             return (probabilities * weights.to(probabilities.device)).sum(dim=(-2, -1))
 
     return score
