@@ -195,7 +195,7 @@ def run_build(spec_path: Path) -> dict[str, object]:
     timed(pdf, "write_pdf", "pdf")
     os.environ.pop("SOURCE_DATE_EPOCH", None)  # the manifest keeps its timings
     start = time.perf_counter()
-    result = build(spec_path, BuildOptions(quiet=True, force=True))
+    result = build(spec_path, BuildOptions(force=True))
     wall = time.perf_counter() - start
     manifest = json.loads((result.site / "data" / "manifest.json").read_text())
     stages = {k: v for k, v in manifest["timings"].items() if k not in ("render", "pdf")}

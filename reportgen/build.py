@@ -91,7 +91,6 @@ NON_FINITE_OUTPUT = "the model's output holds NaN or infinite values"
 @dataclass
 class BuildOptions:
     device: str | None = None  # overrides runtime.device
-    quiet: bool = False
     single_file: bool = False
     force: bool = False
     sign: Path | None = None  # PKCS#12 file: sign the PDF (PAdES)

@@ -199,7 +199,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from reportgen.build import BuildOptions, build
 
     password = args.sign_password or os.environ.get(SIGN_PASSWORD_ENV)
-    options = BuildOptions(device=args.device, quiet=args.quiet, single_file=args.single_file,
+    options = BuildOptions(device=args.device, single_file=args.single_file,
                            force=args.force, sign=args.sign, sign_password=password,
                            keep_going=args.keep_going, cache=not args.no_cache)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
@@ -330,11 +330,9 @@ def _parser() -> argparse.ArgumentParser:
                         "answer anyway)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str):
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        commands[name] = func
         p.set_defaults(func=func)
         return p
 

@@ -488,8 +488,7 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
 def _format_errors(exc: ValidationError, located: _Located) -> list[str]:
     problems = []
     for error in exc.errors():
-        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p)
-                    and p not in ("function-after[_same_length(), Normalization]",))
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
         # pydantic reports union branches as extra path parts; keep the user's keys only
         loc = tuple(p for p in loc if isinstance(p, int) or not p.startswith(("int", "tuple",
                                                                                 "list", "str",

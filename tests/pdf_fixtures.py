@@ -26,5 +26,5 @@ def build_project(root: Path, images: int = 2) -> Path:
     spec = root / "spec.yaml"
     if not spec.exists():
         write_project(root, images)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     return root / "site"

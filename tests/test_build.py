@@ -36,7 +36,7 @@ def built(tmp_path_factory) -> Path:
     write_images(root, count=3)
     spec = write_spec(root / "spec.yaml", report={"title": "Small report", "id": "T-1"},
                       **FAST)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     return root
 
 
@@ -162,7 +162,7 @@ def test_failed_build_keeps_the_previous_site_and_leaves_no_staging(built: Path)
     (built / "masks" / "img99.png").write_bytes((built / "masks" / "img00.png").read_bytes())
     try:
         with pytest.raises(DataError, match="img99.png"):
-            build(built / "spec.yaml", BuildOptions(quiet=True))
+            build(built / "spec.yaml", BuildOptions())
     finally:
         bad.unlink()
         (built / "masks" / "img99.png").unlink()
@@ -175,7 +175,7 @@ def test_second_build_into_the_same_folder_refuses_while_one_runs(built: Path):
     try:
         (built / ".site.lock").write_text(str(sleeper.pid))
         with pytest.raises(UserError, match=f"another build \\(pid {sleeper.pid}\\)"):
-            build(built / "spec.yaml", BuildOptions(quiet=True))
+            build(built / "spec.yaml", BuildOptions())
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -187,10 +187,10 @@ def test_output_in_a_system_folder_needs_force_and_never_the_spec_folder(tmp_pat
     spec = write_spec(tmp_path / "p" / "spec.yaml", output={"site": "/usr/share/report"},
                       **FAST)
     with pytest.raises(UserError, match="system folder.*--force"):
-        build(spec, BuildOptions(quiet=True))
+        build(spec, BuildOptions())
     spec = write_spec(tmp_path / "p" / "spec.yaml", output={"site": "."}, **FAST)
     with pytest.raises(UserError, match="contains the spec's folder"):
-        build(spec, BuildOptions(quiet=True, force=True))
+        build(spec, BuildOptions(force=True))
 
 
 def test_folder_that_is_not_a_report_is_not_replaced(tmp_path: Path):
@@ -199,7 +199,7 @@ def test_folder_that_is_not_a_report_is_not_replaced(tmp_path: Path):
     (tmp_path / "site" / "thesis.tex").write_text("precious")
     spec = write_spec(tmp_path / "spec.yaml", **FAST)
     with pytest.raises(UserError, match="not a reportgen site"):
-        build(spec, BuildOptions(quiet=True))
+        build(spec, BuildOptions())
     assert (tmp_path / "site" / "thesis.tex").read_text() == "precious"
 
 
@@ -209,7 +209,7 @@ def test_stale_lock_of_a_killed_build_is_taken_over(built: Path):
     (built / ".site.lock").write_text(str(dead.pid))
     stale = built / f".site.building-{dead.pid}"
     stale.mkdir()
-    build(built / "spec.yaml", BuildOptions(quiet=True))
+    build(built / "spec.yaml", BuildOptions())
     assert not (built / ".site.lock").exists() and not stale.exists()
     assert os.path.isfile(built / "site" / "index.html")
 
@@ -248,7 +248,7 @@ def test_maps_are_deflated_unless_asked_to_be_stored_and_load_the_same(tmp_path:
     for compress in (True, False):
         spec = write_spec(tmp_path / "spec.yaml", layers=["decoder_last"], methods=["gradcam"],
                           output={"pdf": None, "compress_maps": compress}, **FAST)
-        build(spec, BuildOptions(quiet=True, force=True))
+        build(spec, BuildOptions(force=True))
         path = tmp_path / "site" / "data" / "maps" / "img00.npz"
         with zipfile.ZipFile(path) as npz:
             kinds = {info.compress_type for info in npz.infolist()}

@@ -325,7 +325,7 @@ def every_metric(tmp_path_factory) -> Path:
                methods=["gradcam", "gradcam++"], metrics=list(GROUPS),
                metric_options={"faithfulness": {"steps": 4},
                                "sanity": {"images": 1, "levels": 2}})
-    build(root / "spec.yaml", BuildOptions(quiet=True))
+    build(root / "spec.yaml", BuildOptions())
     return root
 
 

@@ -32,7 +32,7 @@ def _build(root: Path, name: str, **runtime: object) -> Path:
     spec = write_spec(root / f"{name}.yaml", output={"site": name, "pdf": None},
                       runtime={"batch_size": 2, "device": "cpu", **runtime},
                       **{k: v for k, v in SECTIONS.items() if k != "output"})
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     return root / name
 
 

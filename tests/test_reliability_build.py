@@ -70,7 +70,7 @@ def test_nan_weights_give_invalid_verdicts_never_a_nan_number(tmp_path: Path):
 
     save_checkpoint(tmp_path / "poisoned.pth", poison)
     spec = write_spec(tmp_path / "spec.yaml", model={"checkpoint": "poisoned.pth"}, **FAST)
-    result = build(spec, BuildOptions(quiet=True))
+    result = build(spec, BuildOptions())
     site = tmp_path / "site"
     assert any("NaN or infinite weights" in w for w in result.warnings)
     page = (site / "images" / "img00.html").read_text()
@@ -92,7 +92,7 @@ def test_empty_predictions_and_a_constant_image_are_reported_per_image(tmp_path:
 
     save_checkpoint(tmp_path / "empty.pth", nothing_predicted)
     spec = write_spec(tmp_path / "spec.yaml", model={"checkpoint": "empty.pth"}, **FAST)
-    result = build(spec, BuildOptions(quiet=True))
+    result = build(spec, BuildOptions())
     site = tmp_path / "site"
     assert result.images == 3
     rows = json.loads((site / "data" / "metrics.json").read_text())
@@ -119,7 +119,7 @@ def _cli(*argv: str) -> list[str]:
 def test_killed_build_leaves_the_site_and_a_concurrent_build_is_refused(tmp_path: Path):
     write_images(tmp_path, count=6)
     spec = write_spec(tmp_path / "spec.yaml", **FAST)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     site = tmp_path / "site"
     before = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
     # Score-CAM with batch size 1 keeps the next build busy long enough to be caught
@@ -151,7 +151,7 @@ def test_killed_build_leaves_the_site_and_a_concurrent_build_is_refused(tmp_path
     after = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
     assert after == before  # the previous site, complete and unchanged
     write_spec(tmp_path / "spec.yaml", **FAST, report={"title": "changed"})
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     assert not staging.exists() and not (tmp_path / ".site.lock").exists()
     assert "changed" in (site / "index.html").read_text()
 
@@ -170,7 +170,7 @@ def test_hostile_title_and_file_names_are_escaped_in_site_and_pdf(tmp_path: Path
     (tmp_path / "masks" / "bad<b>.png").write_bytes(b"")
     spec = write_spec(tmp_path / "spec.yaml", **{**FAST, "output": {}},
                       report={"title": HOSTILE, "author": HOSTILE, "description": HOSTILE})
-    build(spec, BuildOptions(quiet=True, keep_going=True))
+    build(spec, BuildOptions(keep_going=True))
     site = tmp_path / "site"
     pages = list(site.rglob("*.html"))
     assert [p.name for p in (site / "images").glob("*.html")] == [
@@ -239,7 +239,7 @@ def test_build_needs_no_network(tmp_path: Path, monkeypatch):
 
     for name in ("socket", "create_connection", "getaddrinfo"):
         monkeypatch.setattr(socket, name, refuse)
-    result = build(spec, BuildOptions(quiet=True))
+    result = build(spec, BuildOptions())
     assert (result.site / "index.html").is_file() and result.pdf and result.pdf.is_file()
 
 
@@ -268,7 +268,7 @@ def test_render_workers_change_no_byte_and_a_failing_one_leaves_no_site(
     built = {}
     for workers in (1, 4):  # the same spec (the audit page prints it), so set from here
         monkeypatch.setattr(build_module, "render_workers", lambda spec, n=workers: n)
-        build(spec, BuildOptions(quiet=True, cache=False, force=True))
+        build(spec, BuildOptions(cache=False, force=True))
         built[workers] = _site_bytes(tmp_path / "site")
     assert len(built[1]) > 40 and "report-single.html" in built[1]
     assert built[4] == built[1]  # pages, figures, maps, agreement sums, single file
@@ -282,7 +282,7 @@ def test_render_workers_change_no_byte_and_a_failing_one_leaves_no_site(
     monkeypatch.setattr(SiteWriter, "prepare_image", failing)
     before = _site_bytes(tmp_path / "site")
     with pytest.raises(RuntimeError, match="figure encoder failed"):
-        build(spec, BuildOptions(quiet=True, cache=False, force=True))
+        build(spec, BuildOptions(cache=False, force=True))
     assert _site_bytes(tmp_path / "site") == before  # the previous site, untouched
     assert not list(tmp_path.glob(".site.*"))
 
@@ -297,7 +297,7 @@ def test_out_of_memory_halves_batches_keeps_the_numbers_and_is_in_the_manifest(
                       metrics=["attention", "faithfulness"], layers=["decoder_last"],
                       methods=["gradcam"], metric_options={"faithfulness": {"steps": 4}},
                       output={"pdf": None})
-    build(spec, BuildOptions(quiet=True, cache=False))
+    build(spec, BuildOptions(cache=False))
     site = tmp_path / "site"
     expected = _metric_values(site)
     manifest = json.loads((site / "data" / "manifest.json").read_text())
@@ -319,7 +319,7 @@ def test_out_of_memory_halves_batches_keeps_the_numbers_and_is_in_the_manifest(
 
     _engine_oom_above_one_image(monkeypatch)
     monkeypatch.setattr(registry, "target_score_fn", score_oom)
-    build(spec, BuildOptions(quiet=True, cache=False))
+    build(spec, BuildOptions(cache=False))
     manifest = json.loads((site / "data" / "manifest.json").read_text())
     assert manifest["events"] == [
         "img00: out of memory; batch size halved to 1",
@@ -347,7 +347,7 @@ def test_sanity_levels_start_from_the_batch_size_that_fitted(tmp_path: Path, mon
                       metric_options={"sanity": {"images": 2, "levels": 3}},
                       output={"pdf": None})
     _engine_oom_above_one_image(monkeypatch)
-    build(spec, BuildOptions(quiet=True, cache=False))
+    build(spec, BuildOptions(cache=False))
     manifest = json.loads((tmp_path / "site" / "data" / "manifest.json").read_text())
     # the images' batch halves once; the sanity check's engines (one per level plus the
     # trained model) halve once, then start from one image

@@ -53,24 +53,24 @@ def test_presentation_change_recomputes_no_map_and_cached_pages_are_identical(
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1738281600")
     write_images(tmp_path, count=2)
     spec = write_spec(tmp_path / "spec.yaml", report={"title": "First"}, **FAST)
-    build(spec, BuildOptions(quiet=True, cache=False))
+    build(spec, BuildOptions(cache=False))
     assert explain_calls and not (tmp_path / CACHE).exists()
     computed = site_files(tmp_path / "site")
     explain_calls.clear()
-    build(spec, BuildOptions(quiet=True))  # fills the cache
+    build(spec, BuildOptions())  # fills the cache
     assert sum(explain_calls) == 2 and len(entries(tmp_path)) == 2
     explain_calls.clear()
-    build(spec, BuildOptions(quiet=True))  # everything from the cache
+    build(spec, BuildOptions())  # everything from the cache
     assert explain_calls == []
     assert site_files(tmp_path / "site") == computed  # byte-identical to computed pages
     write_spec(tmp_path / "spec.yaml", report={"title": "Second", "author": "QA"},
                render={"colormap": "magma", "alpha": 0.3}, **FAST)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     assert explain_calls == []
     assert "Second" in (tmp_path / "site" / "index.html").read_text()
     write_spec(tmp_path / "spec.yaml", report={"title": "Second"},
                **{**FAST, "methods": ["gradcam", "gradcam++"]})
-    build(spec, BuildOptions(quiet=True))  # the methods changed: every map is recomputed
+    build(spec, BuildOptions())  # the methods changed: every map is recomputed
     assert sum(explain_calls) == 2
 
 
@@ -86,11 +86,11 @@ def test_interrupted_build_resumes_from_the_cache(tmp_path: Path, explain_calls,
 
     monkeypatch.setattr(Pipeline, "process", dies_on_the_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        build(spec, BuildOptions(quiet=True))
+        build(spec, BuildOptions())
     assert not (tmp_path / "site").exists() and len(entries(tmp_path)) == 1
     monkeypatch.setattr(Pipeline, "process", original)
     explain_calls.clear()
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     assert explain_calls == [1, 1]  # only the two images the interrupted build had not done
     assert len(list((tmp_path / "site" / "images").glob("*.html"))) == 3
 
@@ -102,10 +102,10 @@ def test_no_cache_flag_and_null_setting_neither_read_nor_write(tmp_path: Path, e
     assert cli.main(["build", "-q", "--no-cache", str(spec)]) == 0
     assert not (tmp_path / CACHE).exists() and explain_calls == [1]
     write_spec(tmp_path / "spec.yaml", runtime={"cache": None}, **FAST)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     assert not (tmp_path / CACHE).exists() and explain_calls == [1, 1]
     write_spec(tmp_path / "spec.yaml", runtime={"cache": "elsewhere/cache"}, **FAST)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     assert len(list((tmp_path / "elsewhere" / "cache").glob("??/*"))) == 1
 
 
@@ -113,7 +113,7 @@ def test_cache_clear_removes_the_spec_cache_and_only_a_cache(tmp_path: Path, cap
                                                              monkeypatch):
     write_images(tmp_path, count=2)
     spec = write_spec(tmp_path / "spec.yaml", **FAST)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     assert cli.main(["cache", "clear", str(spec)]) == 0
     assert "removed 2 cached image result(s)" in capsys.readouterr().out
     assert not (tmp_path / CACHE).exists()
@@ -139,7 +139,7 @@ def test_damaged_or_hostile_cache_entries_are_recomputed_never_run(tmp_path: Pat
                                                                    explain_calls):
     write_images(tmp_path, count=2)
     spec = write_spec(tmp_path / "spec.yaml", **FAST)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     first = sorted(site_files(tmp_path / "site").items())
     marker = tmp_path / "pwned"
     hostile, damaged = entries(tmp_path)
@@ -149,7 +149,7 @@ def test_damaged_or_hostile_cache_entries_are_recomputed_never_run(tmp_path: Pat
     (damaged / "result.json").write_text("{")
     shutil.rmtree(tmp_path / "site")
     explain_calls.clear()
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     assert not marker.exists()
     assert sum(explain_calls) == 2  # both recomputed
     assert sorted(site_files(tmp_path / "site").items()) == first
@@ -159,7 +159,7 @@ def test_cache_keeps_within_its_size_limit_dropping_the_least_recently_used(
         tmp_path: Path, explain_calls, capsys):
     write_images(tmp_path, count=3)
     spec = write_spec(tmp_path / "spec.yaml", **FAST)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     found = cache.entries(tmp_path / CACHE)
     assert cli.main(["cache", "info", str(spec), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -175,7 +175,7 @@ def test_cache_keeps_within_its_size_limit_dropping_the_least_recently_used(
         os.utime(by_image[image][0], (1e9 + age, 1e9 + age))
     (tmp_path / "images" / "img02.png").unlink()
     explain_calls.clear()
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     assert explain_calls == []
     # a scratch folder a killed build left long ago goes; one being written stays
     shard = found[0][0].parent
@@ -195,22 +195,22 @@ def test_cache_keeps_within_its_size_limit_dropping_the_least_recently_used(
 def test_a_build_prunes_the_cache_to_runtime_cache_max_gb(tmp_path: Path, explain_calls):
     write_images(tmp_path, count=3)
     spec = write_spec(tmp_path / "spec.yaml", **FAST)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     sizes = [size for _, size, _ in cache.entries(tmp_path / CACHE)]
     one_and_a_half = (max(sizes) + min(sizes) // 2) / cache.GB
     write_spec(tmp_path / "spec.yaml", runtime={"cache_max_gb": one_and_a_half}, **FAST)
     explain_calls.clear()
-    build(spec, BuildOptions(quiet=True))  # all read from the cache, then pruned to one
+    build(spec, BuildOptions())  # all read from the cache, then pruned to one
     assert explain_calls == [] and len(entries(tmp_path)) == 1
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     assert sum(explain_calls) == 2  # the two pruned images are computed again
     write_spec(tmp_path / "spec.yaml", runtime={"cache_max_gb": None}, **FAST)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     assert len(entries(tmp_path)) == 3
     # a cache folder that also holds someone's file is used, but never pruned
     (tmp_path / CACHE / "notes.txt").write_text("mine")
     write_spec(tmp_path / "spec.yaml", runtime={"cache_max_gb": 1e-9}, **FAST)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     assert len(entries(tmp_path)) == 3 and (tmp_path / CACHE / "notes.txt").exists()
 
 
@@ -225,8 +225,8 @@ def test_compilation_is_decided_on_the_images_the_cache_lacks(tmp_path: Path, mo
     fast = {**FAST, "methods": ["gradcam", "scorecam"],
             "method_options": {"scorecam": {"max_channels": 2}}}
     spec = write_spec(tmp_path / "spec.yaml", **fast)
-    build(spec, BuildOptions(quiet=True))
+    build(spec, BuildOptions())
     write_images(tmp_path, count=3)  # the same two images and a new one
-    build(spec, BuildOptions(quiet=True))
-    build(spec, BuildOptions(quiet=True))  # nothing to compute
+    build(spec, BuildOptions())
+    build(spec, BuildOptions())  # nothing to compute
     assert decided == [2, 1, 0]

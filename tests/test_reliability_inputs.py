@@ -228,5 +228,5 @@ def test_keep_going_with_no_usable_image_is_refused(tmp_path: Path):
     (tmp_path / "images" / "img00.png").write_bytes(b"")
     spec = write_spec(tmp_path / "spec.yaml", **FAST)
     with pytest.raises(DataError, match="none of the 1 input image"):
-        build(spec, BuildOptions(quiet=True, keep_going=True))
+        build(spec, BuildOptions(keep_going=True))
     assert not (tmp_path / "site").exists()

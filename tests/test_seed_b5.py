@@ -53,7 +53,7 @@ def test_seed_b5_configuration_builds_end_to_end(tmp_path: Path):
     path.write_text(yaml.safe_dump(spec))
     loaded = load_spec(path)
     assert loaded.model.checkpoint == tmp_path / "models" / "best_model.pth"
-    result = build(path, BuildOptions(quiet=True))
+    result = build(path, BuildOptions())
     assert result.images == 2
     page = (tmp_path / "site-b5" / "images" / "case0.html").read_text()
     assert "encoder_last" in page and "scorecam" in page

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PEAK_RSS = """
 import resource, sys
 from reportgen.build import BuildOptions, build
-build(sys.argv[1], BuildOptions(quiet=True))
+build(sys.argv[1], BuildOptions())
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 

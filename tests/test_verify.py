@@ -234,7 +234,7 @@ def test_a_key_that_cannot_sign_stops_the_build_before_any_work(tmp_path: Path, 
 
     monkeypatch.setattr(Pipeline, "process", never)
     with pytest.raises(UserError, match="password"):
-        build(spec, BuildOptions(quiet=True, sign=p12, sign_password="wrong"))
+        build(spec, BuildOptions(sign=p12, sign_password="wrong"))
     with pytest.raises(UserError, match="no such file"):
-        build(spec, BuildOptions(quiet=True, sign=tmp_path / "missing.p12"))
+        build(spec, BuildOptions(sign=tmp_path / "missing.p12"))
     assert not (tmp_path / "site").exists()

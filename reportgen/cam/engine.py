@@ -490,14 +490,16 @@ def check_methods(
                                      None, None, [SKIPPED]))
                 continue
             start = time.perf_counter()
-            # A check reports every failure as a row, whatever raised it.
+            # A check reports as a row what a layer x method cannot do: a user error
+            # (layer, target, adapter) or torch refusing the computation; a bug of ours
+            # still raises.
             try:
                 engine = CamEngine(model, {layer_name: layer}, [method], device=device,
                                    precision=precision,
                                    scorecam_max_channels=scorecam_max_channels,
                                    scorecam_chunk=scorecam_chunk)
                 result = engine.explain(image[None], target, masks)
-            except Exception as error:
+            except (UserError, RuntimeError) as error:
                 seconds = time.perf_counter() - start
                 reason = f"{type(error).__name__}: {error}"
                 rows.append(CheckRow(layer_name, method, False, reason, seconds, None, None, []))

@@ -8,7 +8,6 @@ only when the spec says ``model.trust_pickle: true``.
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -239,14 +238,3 @@ def guess_model(state: Mapping[str, torch.Tensor]) -> str | None:
         if {k for k in m.state_dict() if k.startswith("decoder.")} == decoder_keys:
             return f"{arch} with encoder {encoder} ({classes} classes)"
     return f"encoder {encoder}"
-
-
-def pretrained_config(path: Path) -> dict[str, object] | None:
-    """The config.json of an smp save_pretrained folder, when there is one."""
-    config = path / "config.json"
-    if path.is_dir() and config.exists():
-        try:
-            return json.loads(config.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-    return None

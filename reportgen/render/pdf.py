@@ -82,7 +82,6 @@ from reportgen.render.viewmodel import (
     index_view,
     method_heads,
     methods_view,
-    paragraphs,
     summarise_verdicts,
     value_view,
     verdict_view,
@@ -452,7 +451,6 @@ def template_environment() -> jinja2.Environment:
         loader=jinja2.PackageLoader("reportgen", "templates/pdf"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
         lstrip_blocks=True, keep_trailing_newline=True)
-    environment.globals["paragraphs"] = paragraphs
     return environment
 
 

@@ -31,6 +31,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
+from reportgen.output import inside
 from reportgen.render import figures as fig
 from reportgen.render import plots
 from reportgen.render.stats import RANK_SIZE, DatasetStats
@@ -55,11 +56,10 @@ from reportgen.report import AggregateRow, ImageResult, ReportContext, SanityRow
 CELL_SIZE = 320  # longest side of a grid figure, px
 MAIN_SIZE = 512  # longest side of input / ground truth / prediction, px
 THUMB_SIZE = 192  # longest side of an index thumbnail, px
-GRID_FORMAT = "jpeg"
-"""Encoding of the grid figures (4 per layer x method): "jpeg" (quality 90, full chroma)
-or "png". A 5 x 4 grid is 80 figures per image: JPEG writes them about 20x faster and
-4x smaller than PNG, with no visible loss at this quality. The input, ground truth and
-prediction figures are always lossless PNG."""
+# The grid figures (4 per layer x method) are JPEG (quality GRID_JPEG_QUALITY, full
+# chroma): a 5 x 4 grid is 80 figures per image, which JPEG writes about 20x faster and 4x
+# smaller than PNG, with no visible loss at this quality. The input, ground truth and
+# prediction figures are lossless PNG.
 GRID_JPEG_QUALITY = 90
 SINGLE_CELL_SIZE = 128  # grid figures in report-single.html
 SINGLE_MAIN_SIZE = 208
@@ -131,7 +131,7 @@ class SiteWriter:
     # ------------------------------------------------------------------ files
 
     def _write_bytes(self, relative: str, data: bytes) -> None:
-        path = self.out_dir / relative
+        path = inside(self.out_dir, self.out_dir / relative)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         with self._lock:  # images are written from several threads
@@ -196,7 +196,7 @@ class SiteWriter:
         folder = f"figures/{result.id}"
         sources: dict[str, str] = {}
         for name, image in self._composed(result, MAIN_SIZE, CELL_SIZE, with_variants=True):
-            if name.startswith("cell-") and GRID_FORMAT == "jpeg":
+            if name.startswith("cell-"):
                 data, suffix = fig.encode_jpeg(image, GRID_JPEG_QUALITY, full_chroma=True), "jpg"
             else:
                 data, suffix = fig.encode_png(image), "png"
