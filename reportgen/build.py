@@ -171,6 +171,11 @@ def versions() -> dict[str, str]:
     return found
 
 
+def verdict_bands(spec: Spec) -> VerdictBands:
+    """The attention-ratio verdict bands the spec asks for (metric_options.attention.bands)."""
+    return VerdictBands(**spec.metric_options.attention.bands.model_dump())
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} ({device})"
@@ -474,7 +479,7 @@ class Pipeline:
                 scorecam_max_channels=score.max_channels, scorecam_chunk=score.chunk_size,
                 scorecam_compile=self.scorecam_compiled))
         self.settings = MetricSettings(
-            bands=VerdictBands(**spec.metric_options.attention.bands.model_dump()),
+            bands=verdict_bands(spec),
             faithfulness_steps=spec.metric_options.faithfulness.steps,
             faithfulness_baseline=spec.metric_options.faithfulness.baseline,
             sanity_threshold=spec.metric_options.sanity.threshold,
@@ -696,10 +701,10 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
                     "highest-variance channels scored")
         methods.append(ReportMethodRow(name, entry.family, entry.cost, entry.reference,
                                        entry.description, bool(note), note))
-    bands = spec.metric_options.attention.bands
+    bands = verdict_bands(spec)
     definitions = [MetricDefinition(
         s.name, s.title,
-        s.formula + (f"; verdict: {VerdictBands(**bands.model_dump()).text}"
+        s.formula + (f"; verdict: {bands.text}"
                      if s.name == "attention_ratio" else ""),
         s.direction, s.reference, s.group) for s in METRICS.values() if s.group in spec.metrics]
     report = spec.report
@@ -726,7 +731,7 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         precision=f"{spec.runtime.precision}: {arithmetic(spec.runtime.precision, device)}",
         colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
         warnings=warnings, bounds=plan.bounds, verdict_layers=spec.verdict_layers,
-        verdict_bands=(bands.fair, bands.good, bands.excellent))
+        verdict_bands=bands)
 
 
 def _write_pdf(staging: Path, pdf_rel: Path, context: ReportContext, spec_path: Path,

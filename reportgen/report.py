@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reportgen.metrics.attention import VerdictBands
 from reportgen.metrics.export import AggregateRow
 
 __all__ = ["AggregateRow", "Cell", "CellKey", "ImageResult", "LayerRow", "MethodRow",
@@ -147,8 +148,7 @@ class ReportContext:
     # layers whose verdicts make the median verdicts of each image and of the report
     verdict_layers: list[str] = field(default_factory=list)  # empty: every layer
     pdf: str | None = None  # the PDF's path in the site (POSIX), None when none is written
-    # lower bounds of the fair, good and excellent verdicts (metric_options.attention.bands)
-    verdict_bands: tuple[float, float, float] = (1.0, 2.0, 5.0)
+    verdict_bands: VerdictBands = field(default_factory=VerdictBands)  # attention.bands
 
 
 @dataclass

@@ -180,7 +180,8 @@ class TargetSection(Strict):
 
 
 class VerdictBands(Strict):
-    """Attention-ratio verdict bands: > excellent, > good, > fair, else concerning."""
+    """Attention-ratio verdict bands: above excellent "excellent", from good "good", from
+    fair "fair", else "concerning" (reportgen.metrics.VerdictBands applies them)."""
 
     excellent: float = 5.0
     good: float = 2.0

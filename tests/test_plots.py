@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from reportgen.metrics.attention import VerdictBands
 from reportgen.render.figures import png_size
 from reportgen.render.plots import (
     VERDICT_LINES,
@@ -171,10 +172,10 @@ def test_method_distributions_name_the_ratios_a_log_axis_cannot_hold() -> None:
 
 def test_ratio_plots_draw_the_spec_bands() -> None:
     stats = demo_ratios()
-    stats.verdict_bands = (20.0, 50.0, 100.0)
+    stats.verdict_bands = VerdictBands(fair=20.0, good=50.0, excellent=100.0)
     plot = attention_ratio_plot(stats)
     assert "verdict bands (20 fair, 50 good, 100 excellent)" in plot.caption
     assert "verdict bands 20, 50, 100" in layer_profile_plot(stats).caption
-    ticks, _ = ratio_ticks(ratio_axis(ratio_groups(stats), stats.verdict_bands),
-                           stats.verdict_bands)
+    lines = stats.verdict_bands.lines
+    ticks, _ = ratio_ticks(ratio_axis(ratio_groups(stats), lines), lines)
     assert {20.0, 50.0, 100.0} <= set(ticks)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reportgen.metrics.attention import VerdictBands
 from reportgen.metrics.export import AggregateRow
 from reportgen.render import figures as fig
 from reportgen.render.stats import CURVE_POINTS, DatasetStats, standardised_ranks
@@ -323,7 +324,7 @@ def test_summary_verdicts_and_legend_follow_the_spec_bands() -> None:
     """metric_options.attention.bands of 20 / 50 / 100: a median ratio of 7 is concerning,
     as each image's own verdict is, not excellent by the default bands."""
     context = make_context()
-    context.verdict_bands = (20.0, 50.0, 100.0)
+    context.verdict_bands = VerdictBands(fair=20.0, good=50.0, excellent=100.0)
     stats = dataset(3)
     aggregates = [AggregateRow("encoder_last", "gradcam", "attention_ratio", n=2, mean=7.0,
                                std=0.1, median=7.0, min=6.9, max=7.1, n_na=0, na_reasons={})]

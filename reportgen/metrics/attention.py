@@ -41,6 +41,11 @@ class VerdictBands:
     fair: float = 1.0
 
     @property
+    def lines(self) -> tuple[float, float, float]:
+        """The bounds (fair, good, excellent), low to high, as drawn on ratio plots."""
+        return (self.fair, self.good, self.excellent)
+
+    @property
     def text(self) -> str:
         """The bands in words, e.g. "above 5 excellent, 2–5 good, 1–2 fair, below 1
         concerning"."""

@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
+from reportgen.metrics.attention import VerdictBands
 from reportgen.metrics.faithfulness import Baseline
 from reportgen.render.figures import encode_png
 from reportgen.render.stats import CURVE_POINTS, DatasetStats
@@ -42,8 +43,8 @@ STYLE = {
     "ytick.color": "#3e4c59",
     "legend.frameon": False,
 }
-VERDICT_LINES = (1.0, 2.0, 5.0)
-"""The attention-ratio verdict bands' bounds (fair, good, excellent), always on the axis."""
+VERDICT_LINES = VerdictBands().lines
+"""The default verdict bands' bounds (fair, good, excellent), always on the axis."""
 BAND_COLOURS = ("#c62828", "#f0b429", "#7cc37f", "#1b7f3b")  # concerning .. excellent
 CURVE_FLAT = 0.05
 """A mean deletion/insertion curve whose score moves less than this cannot rank maps."""
@@ -211,7 +212,7 @@ def attention_ratio_plot(stats: DatasetStats) -> Plot:
     figure = new_figure(min(width, 13.0), 3.8)
     axes = figure.add_subplot()
     axes.set_yscale("log")
-    lines = stats.verdict_bands
+    lines = stats.verdict_bands.lines
     axis = ratio_axis(groups, lines)
     edges = (axis.data[0], *lines, axis.data[1])
     for low, high, colour in zip(edges[:-1], edges[1:], BAND_COLOURS, strict=True):
@@ -473,7 +474,7 @@ def layer_profile_plot(stats: DatasetStats) -> Plot:
     colours = dict(zip(stats.methods, palette(len(stats.methods)), strict=True))
     drawn = [v for triple in series.values() for part in triple for v in part
              if not math.isnan(v)]
-    lines = stats.verdict_bands
+    lines = stats.verdict_bands.lines
     axis = ratio_axis([split_ratios(drawn)], lines)
     figure = new_figure(max(5.0, 1.4 * len(stats.layers) + 2.0), 3.2)
     axes = figure.add_subplot()

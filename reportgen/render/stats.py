@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from reportgen.metrics.attention import VerdictBands
 from reportgen.report import CellKey, ImageResult
 
 RANK_SIZE = 64
@@ -127,10 +128,10 @@ class DatasetStats:
     """Everything the dataset pages need, accumulated one image at a time."""
 
     def __init__(self, layers: list[str], methods: list[str],
-                 verdict_bands: tuple[float, float, float] = (1.0, 2.0, 5.0)) -> None:
+                 verdict_bands: VerdictBands | None = None) -> None:
         self.layers = layers
         self.methods = methods
-        self.verdict_bands = verdict_bands  # fair, good, excellent: drawn on the ratio plots
+        self.verdict_bands = verdict_bands or VerdictBands()  # drawn on the ratio plots
         self.summaries: list[ImageSummary] = []
         self.method_agreement = PairAgreement()
         self.layer_agreement = PairAgreement()

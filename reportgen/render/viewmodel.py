@@ -17,7 +17,6 @@ import numpy as np
 
 from reportgen import __version__
 from reportgen.cam.normalise import FLAG_REASONS
-from reportgen.metrics.attention import VerdictBands
 from reportgen.metrics.attention import verdict as ratio_verdict
 from reportgen.render.figures import OVERLAY_VARIANTS
 from reportgen.render.stats import DatasetStats, ImageSummary, PairAgreement, metric_float
@@ -632,8 +631,7 @@ def summary_rows(context: ReportContext, stats: DatasetStats,
     the mask has ratio +inf, and one such image makes the mean +inf whatever the others
     say)."""
     by_key = aggregate_index(aggregates)
-    fair, good, excellent = context.verdict_bands
-    bands = VerdictBands(excellent=excellent, good=good, fair=fair)
+    bands = context.verdict_bands
     rows = []
     for layer in stats.layers:
         cells = []
@@ -710,12 +708,6 @@ def dice_summary(summaries: Sequence[ImageSummary]) -> tuple[str, str]:
     return format_number(float(np.mean(values))), detail
 
 
-def bands_text(bands: tuple[float, float, float]) -> str:
-    """The attention-ratio verdict bands in words, from (fair, good, excellent)."""
-    fair, good, excellent = bands
-    return VerdictBands(excellent=excellent, good=good, fair=fair).text
-
-
 def downloads(context: ReportContext) -> list[Link]:
     """Links to the data files, and to the PDF where the spec asked for one."""
     links = [Link(path, label) for path, label in DATA_FILES]
@@ -765,7 +757,7 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
         overall=overall_verdict(context, summary, stats.methods),
         dice=dice, dice_detail=dice_detail,
         verdict_legend=[verdict_view(name) for name in VERDICT_ORDER],
-        bands_text=bands_text(context.verdict_bands),
+        bands_text=context.verdict_bands.text,
         tables=metric_tables(context, stats, aggregates, notes),
         plots=plots,
         gallery=gallery_items(stats, thumbs or {}),
