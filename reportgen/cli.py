@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from reportgen import __version__
-from reportgen.errors import SpecError, UserError
+from reportgen.errors import LayerError, SpecError, UserError
 
 log = logging.getLogger("reportgen")
 out = Console(highlight=False, soft_wrap=True)
@@ -120,20 +120,28 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     from reportgen.models.layers import ALIASES, all_module_shapes, describe_layers, resolve_layers
 
     model, size, in_channels, layers = _layer_model(args)
+    problems: dict[str, str] = {}  # layer -> why it does not resolve; the others are listed
     if args.all:
         infos = all_module_shapes(model, size, in_channels)
     else:
-        aliases = list(ALIASES) + [x for x in layers if x not in ALIASES]
-        infos = describe_layers(model, resolve_layers(model, aliases, size, in_channels), size,
-                                in_channels)
+        resolved: dict[str, str] = {}
+        for layer in list(ALIASES) + [x for x in layers if x not in ALIASES]:
+            try:
+                resolved.update(resolve_layers(model, [layer], size, in_channels))
+            except LayerError as exc:
+                problems[layer] = str(exc)
+        infos = describe_layers(model, resolved, size, in_channels) if resolved else []
     rows = [
         {"alias": i.name if i.name in ALIASES else "", "path": i.path, "channels": i.channels,
          "stride": i.stride, "meaning": ALIASES[i.name].meaning if i.name in ALIASES else ""}
         for i in infos
     ]
+    code = 2 if problems else 0  # a layer that does not resolve would stop a build
     if args.json:
-        out.print_json(json.dumps(rows))
-        return 0
+        out.print_json(json.dumps(rows + [{"alias": k if k in ALIASES else "", "path": None,
+                                           "layer": k, "error": v}
+                                          for k, v in problems.items()]))
+        return code
     table = Table(title=f"layers of {type(model).__name__} at {size[0]}x{size[1]}")
     table.add_column("alias", no_wrap=True)
     # never cut a path the user will copy into a spec
@@ -145,7 +153,9 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         stride = f"{r['stride']:g}" if r["stride"] else "-"
         table.add_row(r["alias"], r["path"], str(r["channels"] or "-"), stride, r["meaning"])
     out.print(table)
-    return 0
+    for problem in problems.values():
+        err.print(f"error: {problem}", markup=False)
+    return code
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:

@@ -45,12 +45,10 @@ def test_aliases_resolve_for_architecture_and_encoder_family(arch: str, encoder:
             _build(arch, encoder)
         return
     model = _build(arch, encoder)
-    if arch == "DPT":  # reassembled ViT-style features: aliases resolve or name module paths
-        for alias in ALIASES:
-            try:
-                _check(model, [alias])
-            except LayerError as exc:
-                assert "module path" in str(exc)
+    if arch == "DPT":  # its CNN encoders list no stride-16 feature: the stage is found
+        _check(model, list(ALIASES))
+        infos = describe_layers(model, resolve_layers(model, ["encoder_mid"], SIZE), SIZE)
+        assert infos[0].stride == 16
         return
     aliases = [a for a in ALIASES if not (arch in NO_STRIDE_16 and a == "encoder_mid")]
     _check(model, aliases, (128, 128) if arch in NEEDS_128 else SIZE)
@@ -138,3 +136,48 @@ def test_module_that_never_runs_is_named():
     model = _build("UnetPlusPlus", "efficientnet-b0")
     with pytest.raises(LayerError, match=r"encoder._conv_head.*never runs"):
         resolve_layers(model, ["encoder._conv_head"], SIZE)
+
+
+@pytest.mark.parametrize(("encoder", "early", "mid"), [
+    ("vgg11", "encoder.features.9", "encoder.features.19"),  # ReLU(inplace=True) after conv
+    ("densenet121", "encoder.features.transition1.relu", "encoder.features.transition3.relu"),
+])
+def test_an_alias_names_the_inplace_activation_the_decoder_sees(encoder, early, mid):
+    model = _build("Unet", encoder)
+    resolved = resolve_layers(model, ["encoder_early", "encoder_mid"], SIZE)
+    assert resolved == {"encoder_early": early, "encoder_mid": mid}
+
+
+def test_mix_transformer_aliases_name_the_norm_its_features_copy():
+    model = _build("Segformer", "mit_b0")
+    resolved = resolve_layers(model, ["encoder_early", "encoder_mid", "encoder_last"], SIZE)
+    assert resolved == {"encoder_early": "encoder.norm1", "encoder_mid": "encoder.norm3",
+                        "encoder_last": "encoder.norm4"}
+
+
+def test_resolving_leaves_a_training_model_as_it_was():
+    model = _build("Unet", "resnet18").train()
+    model.encoder.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    resolved = resolve_layers(model, list(ALIASES), SIZE)
+    describe_layers(model, resolved, SIZE)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and not model.encoder.training and model.decoder.training
+
+
+class FixedSize(torch.nn.Module):
+    """A model that, like timm's ViT and Swin, asserts its input size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-1] == 160, f"Input width ({x.shape[-1]}) doesn't match model (160)"
+        return self.conv(x)
+
+
+def test_a_model_with_a_fixed_input_size_is_traced_at_that_size():
+    assert resolve_layers(FixedSize(), ["conv"], (160, 160)) == {"conv": "conv"}
+    with pytest.raises(LayerError, match=r"at 96x96 failed .*doesn't match model \(160\)"):
+        resolve_layers(FixedSize(), ["conv"], (96, 96))

@@ -27,7 +27,6 @@ class Trace:
     """What a dry forward saw: every module's output (kept alive) in execution order."""
 
     outputs: dict[str, object]
-    inputs: dict[str, tuple]
     order: list[str]
     encoder_features: list[torch.Tensor]
     decoder_output: object
@@ -44,14 +43,12 @@ class LayerInfo:
 
 def _trace(model: nn.Module, size: tuple[int, int], in_channels: int) -> Trace:
     outputs: dict[str, object] = {}
-    inputs: dict[str, tuple] = {}
     order: list[str] = []
     names = {m: n for n, m in model.named_modules()}
 
     def hook(module: nn.Module, args: tuple, output: object) -> None:
         name = names[module]
         outputs[name] = output
-        inputs[name] = args
         order.append(name)
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
@@ -71,54 +68,93 @@ def _trace(model: nn.Module, size: tuple[int, int], in_channels: int) -> Trace:
         # smp lists start with the input itself (index i = stride 2**i); other encoders
         # list only their stages, so put the input in front to keep that meaning.
         features = [torch.zeros(1, 1, *size)] + features
-    return Trace(outputs, inputs, order, features, outputs.get("decoder"))
+    return Trace(outputs, order, features, outputs.get("decoder"))
 
 
 def _dry_forward(model: nn.Module, size: tuple[int, int], in_channels: int) -> None:
+    """One forward of a fixed noise image in eval mode (a training model's BatchNorm
+    statistics must not take it in); the modules' train/eval modes are restored afterwards.
+    Noise, not zeros: on random weights a zero image makes many outputs equal (all zero),
+    and `_copied_from` tells features apart by their values."""
     device = next(model.parameters()).device
+    noise = torch.randn(1, in_channels, *size, generator=torch.Generator().manual_seed(0))
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, in_channels, *size, device=device))
-    except RuntimeError as exc:
+            model(noise.to(device))
+    # model code says "wrong size" as it likes: timm's fixed-size encoders assert
+    except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise LayerError(
             f"a dry forward of {type(model).__name__} at {size[0]}x{size[1]} failed "
-            f"(is the input size large enough for this architecture?): "
-            f"{str(exc).splitlines()[0]}"
+            f"(is the input size large enough for this architecture?): {first_line}"
         ) from exc
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
-def _producer(trace: Trace, tensor: object, within: str) -> str | None:
-    """Outermost module under `within` (not `within` itself) whose output is `tensor`."""
-    candidates = [
-        n for n in trace.order
-        if n.startswith(within + ".") and trace.outputs[n] is tensor
-    ]
-    if not candidates:
+def _outermost_last(names: list[str]) -> str | None:
+    """Of modules that return the same feature, the outermost; of those, the last to run:
+    a `ReLU(inplace=True)` after a convolution returns the convolution's output tensor,
+    modified, and the modified tensor is the feature the rest of the model sees."""
+    if not names:
         return None
-    name = min(candidates, key=lambda n: n.count("."))
-    return name
+    depth = min(n.count(".") for n in names)
+    return [n for n in names if n.count(".") == depth][-1]
 
 
 def _meaningful_producer(model: nn.Module, trace: Trace, tensor: object, within: str) -> str | None:
-    """Like `_producer` but looks through Identity/Dropout to the real source."""
-    seen = 0
-    while seen < 8:
-        name = _producer(trace, tensor, within)
-        if name is None:
-            return None
-        if not isinstance(model.get_submodule(name), PASSTHROUGH):
-            return name
-        args = trace.inputs[name]
-        if not args:
-            return None
-        tensor = args[0]
-        seen += 1
-    return None
+    """The module under `within` (not `within` itself) whose output is `tensor`, looking
+    through Identity/Dropout (in eval mode they return their input tensor itself)."""
+    return _outermost_last([
+        n for n in trace.order
+        if n.startswith(within + ".") and trace.outputs[n] is tensor
+        and not isinstance(model.get_submodule(n), PASSTHROUGH)
+    ])
+
+
+def _copied_from(model: nn.Module, trace: Trace, tensor: torch.Tensor, within: str) -> str | None:
+    """The module under `within` whose output `tensor` is a copy of (same shape and values):
+    MiT encoders return `norm(x).contiguous()`, a copy of the norm's output. Gradients with
+    respect to the copy and to the original are the same."""
+    candidates = [
+        n for n in trace.order
+        if n.startswith(within + ".") and not isinstance(model.get_submodule(n), PASSTHROUGH)
+        and isinstance(output := trace.outputs[n], torch.Tensor)
+        and output.shape == tensor.shape and output.dtype == tensor.dtype
+        and torch.equal(output, tensor)
+    ]
+    return _outermost_last(candidates)
 
 
 def _last_executed(trace: Trace, within: str, count: int = 5) -> list[str]:
     names = [n for n in trace.order if n.startswith(within + ".")]
     return names[-count:]
+
+
+def _by_stride(feats: list[torch.Tensor], index: int) -> int | None:
+    """Feature `index` when its measured stride is the nominal 2**index, else the first
+    feature at that stride; `index` when the encoder is dilated (DeepLabV3's stay at stride
+    8: the stage counts); None when the encoder skips that stride (DPT's CNN encoders)."""
+    height = feats[0].shape[-2]
+    strides = [height / f.shape[-2] for f in feats]
+    if strides[index] <= 2 ** index:
+        return index
+    return next((i for i, s in enumerate(strides) if s == 2 ** index), None)
+
+
+def _stage_at_stride(model: nn.Module, trace: Trace, stride: int) -> str | None:
+    """The outermost encoder module run last whose 4-D output has `stride`."""
+    height = trace.encoder_features[0].shape[-2]
+    candidates = [
+        n for n in trace.order
+        if n.startswith("encoder.") and not isinstance(model.get_submodule(n), PASSTHROUGH)
+        and isinstance(output := trace.outputs[n], torch.Tensor) and output.dim() == 4
+        and height / output.shape[-2] == stride
+    ]
+    return _outermost_last(candidates)
 
 
 def _encoder_feature(index: int | None, label: str):
@@ -138,8 +174,17 @@ def _encoder_feature(index: int | None, label: str):
                 f"{2 ** index} stage. Use encoder_last or a module path, e.g. one of: "
                 + ", ".join(_last_executed(trace, "encoder"))
             )
-        wanted = len(feats) - 1 if index is None else index
-        name = _meaningful_producer(model, trace, feats[wanted], "encoder")
+        wanted = len(feats) - 1 if index is None else _by_stride(feats, index)
+        if wanted is None:  # the encoder returns no feature at this stride
+            name = _stage_at_stride(model, trace, 2 ** index)
+            if name is None:
+                raise LayerError(
+                    f"{label} has no sensible meaning for {type(model).__name__}: its encoder "
+                    f"has no stride-{2 ** index} stage; give a module path instead"
+                )
+            return name
+        name = (_meaningful_producer(model, trace, feats[wanted], "encoder")
+                or _copied_from(model, trace, feats[wanted], "encoder"))
         if name is None:
             raise LayerError(
                 f"{label}: no single encoder module produces feature {wanted}; give a module "
