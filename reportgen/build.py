@@ -65,7 +65,13 @@ from reportgen.metrics import (
 from reportgen.models import build_model, describe_layers, load_checkpoint, resolve_layers
 from reportgen.models.build import parameter_count
 from reportgen.models.layers import ALIASES
-from reportgen.output import check_output_folder, output_lock, staging_folder, swap_in
+from reportgen.output import (
+    check_output_folder,
+    output_lock,
+    pdf_in_site,
+    staging_folder,
+    swap_in,
+)
 from reportgen.report import (
     Cell,
     ImageResult,
@@ -240,13 +246,7 @@ def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildRe
     spec, text = parse_spec(spec_path)
     site = spec.output.site
     check_output_folder(site, spec_path.resolve().parent, options.force)
-    pdf_rel = None
-    if spec.output.pdf is not None:
-        try:
-            pdf_rel = spec.output.pdf.resolve().relative_to(site.resolve())
-        except ValueError:
-            raise UserError(f"output.pdf {spec.output.pdf} must lie inside output.site "
-                            f"{site}") from None
+    pdf_rel = None if spec.output.pdf is None else pdf_in_site(site, spec.output.pdf)
     if options.sign is not None:  # a key that cannot sign must not cost a whole build
         if pdf_rel is None:
             raise UserError("--sign signs the PDF, but output.pdf is null: no PDF is written")

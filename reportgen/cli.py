@@ -73,9 +73,12 @@ def _port(value: str) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from reportgen.output import pdf_in_site
     from reportgen.spec import load_spec, spec_summary
 
     spec = load_spec(args.spec)
+    if spec.output.pdf is not None:
+        pdf_in_site(spec.output.site, spec.output.pdf)
     # validate stays fast by not building the model, so it cannot vouch for module paths
     paths = [layer for layer in spec.layers if "." in layer or "[" in layer]
     note = (f"module paths ({', '.join(paths)}) are checked when the model is built: run "
@@ -226,6 +229,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(json.dumps(result.summary()))
     elif not args.quiet:
+        for warning in result.warnings:  # also on the audit page; a reader of the console
+            err.print(f"warning: {warning}", markup=False)  # must not miss random weights
         out.print(f"site: {(result.site / 'index.html').resolve()}")
         if result.pdf:
             out.print(f"pdf:  {result.pdf.resolve()}")
@@ -352,7 +357,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--single-file", action="store_true",
                    help="also write one self-contained HTML file")
     p.add_argument("--force", action="store_true",
-                   help="allow an output folder outside the spec's folder tree")
+                   help="allow an output folder in a system folder, or one holding files "
+                   "that are not a reportgen site (they are replaced)")
     p.add_argument("--sign", type=Path, metavar="CERT.p12",
                    help="sign the PDF (PAdES) with this PKCS#12 key and certificate")
     p.add_argument("--sign-password",

@@ -20,6 +20,8 @@ from reportgen.errors import UserError
 SYSTEM_FOLDERS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64",
                                           "/proc", "/sbin", "/sys", "/usr", "/var"))
 MARKER = "data/manifest.json"
+# The folders a site writes its own files into: a PDF there could overwrite one of them.
+SITE_FOLDERS = ("assets", "data", "figures", "images", "plots", "thumbs")
 
 
 def check_output_folder(site: Path, spec_dir: Path, force: bool) -> None:
@@ -99,6 +101,25 @@ def swap_in(staging: Path, site: Path) -> None:
         os.replace(site, old)
     os.replace(staging, site)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def pdf_in_site(site: Path, pdf: Path) -> Path:
+    """The PDF's path relative to the site; a UserError unless it is a .pdf file of its own
+    inside the site (not the site, not among the files the site writes)."""
+    try:
+        relative = pdf.resolve().relative_to(site.resolve())
+    except ValueError:
+        raise UserError(f"output.pdf {pdf} must lie inside output.site {site}") from None
+    if relative == Path("."):
+        raise UserError(f"output.pdf {pdf} is the site folder itself; name a file in it, "
+                        "e.g. report.pdf")
+    if relative.suffix.lower() != ".pdf":
+        raise UserError(f"output.pdf {pdf} must end in .pdf")
+    if len(relative.parts) > 1 and relative.parts[0] in SITE_FOLDERS:
+        raise UserError(f"output.pdf {pdf} is in the site's own folder {relative.parts[0]}/, "
+                        f"whose files the build writes; put it at the top of the site or in a "
+                        f"folder other than {', '.join(SITE_FOLDERS)}")
+    return relative
 
 
 def inside(root: Path, path: Path) -> Path:

@@ -7,6 +7,7 @@ once as ``file:line:column: field.path: message (hint)``.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import glob
 import json
@@ -63,6 +64,18 @@ class ReportSection(Strict):
     limitations: str = Field("", description="Model-card section: known limitations")
     reviewers: list[Reviewer] = Field(default_factory=list,
                                       description="[{name, role}] for the PDF's sign-off block")
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _iso_date(cls, value: object) -> object:
+        # YAML reads an unquoted 2026-01-31 as a date
+        return value.isoformat() if isinstance(value, datetime.date) else value
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_text(cls, value: object) -> object:
+        # an unquoted numeric id (`id: 12345`) is an id all the same
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class Normalization(Strict):
@@ -148,13 +161,25 @@ class ModelSection(Strict):
 
 
 class DataSection(Strict):
-    images: str | list[str] = Field(description="glob, folder, or list of files")
+    images: str | list[str] = Field(
+        description="glob (files with an image suffix or none), folder (files with an image "
+        "suffix), or list of files")
     masks: str | None = Field(None, description="ground-truth pattern with {stem}, e.g. "
                                                 "masks/{stem}.png")
     limit: int | None = Field(None, description="keep the first N images in sorted order")
     intensity: Literal["dtype", "minmax"] = Field(
         "dtype", description="16-bit scaling: by the type's range (dtype) or per image (minmax)"
     )
+    mask_values: Literal["binary", "labels"] | None = Field(
+        None, description="how masks mark the target class: binary (non-zero is inside) or "
+        "labels (each pixel holds a class index); default binary for 1 class, labels otherwise")
+
+    @field_validator("images")
+    @classmethod
+    def _some_images(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("the list of images is empty")
+        return value
 
     @field_validator("limit")
     @classmethod
@@ -386,6 +411,9 @@ class Spec(Strict):
         if isinstance(target, int) and not 0 <= target < self.model.classes:
             raise ValueError(f"target.class {target} is out of range for "
                              f"{self.model.classes} classes (0..{self.model.classes - 1})")
+        if self.data.mask_values == "labels" and self.model.classes == 1:
+            raise ValueError("data.mask_values labels needs a model of 2 or more classes (a "
+                             "1-class model's masks are binary)")
         if self.target.region == "ground_truth" and not self.data.masks:
             raise ValueError("target.region is ground_truth but data.masks is not given")
         for option, subset, full in (
@@ -418,8 +446,44 @@ class Spec(Strict):
         c = self.target.class_
         return self.model.names.index(c) if isinstance(c, str) else c
 
+    @property
+    def mask_label(self) -> int | None:
+        """The pixel value of the target class in label-map masks; None for binary masks."""
+        values = self.data.mask_values or ("binary" if self.model.classes == 1 else "labels")
+        return self.target_index if values == "labels" else None
+
 
 # ---------------------------------------------------------------- loading
+
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where a spec's meaning is at stake.
+
+    A duplicated key is an error (PyYAML keeps the last one silently: a second `model:`
+    would drop the first one's checkpoint). Aliases (`*name`) are refused: they let a
+    few lines expand into billions of nodes, and a spec has no need of them.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed in a spec; "
+                "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first}); a key may "
+                    "appear once per mapping", key_node.start_mark)
+            if isinstance(key, str):
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 class _Located:
@@ -429,7 +493,7 @@ class _Located:
         self.file = path
         self.marks: dict[tuple, tuple[int, int]] = {}
         self.key_marks: dict[tuple, tuple[int, int]] = {}
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=SpecLoader)
         if node is not None:
             self._walk(node, ())
 
@@ -537,13 +601,15 @@ def parse_spec(path: Path, check_files: bool = True) -> tuple[Spec, str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([f"{path}: cannot read the spec ({exc})"]) from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader: no Python objects
         located = _Located(path, text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         hint = _yaml_hint(exc.problem or "")
-        raise SpecError([f"{where}: YAML syntax error: {exc.problem}{hint}"]) from exc
+        kind = "syntax error" if isinstance(exc, yaml.scanner.ScannerError
+                                            | yaml.parser.ParserError) else "error"
+        raise SpecError([f"{where}: YAML {kind}: {exc.problem}{hint}"]) from exc
     except yaml.YAMLError as exc:
         raise SpecError([f"{path}: YAML error: {exc}"]) from exc
     if not isinstance(data, dict):
@@ -565,7 +631,7 @@ def load_spec(path: str | Path, check_files: bool = True) -> Spec:
 
 
 def _absolute(p: str | Path, base: Path) -> Path:
-    p = Path(p)
+    p = Path(p).expanduser()  # ~/data means the home folder, as in a shell
     return p if p.is_absolute() else base / p
 
 
@@ -597,9 +663,11 @@ def find_images(data: DataSection) -> list[Path]:
         pattern = Path(data.images)
         if pattern.is_dir():
             found = [p for p in pattern.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
-        else:
+        else:  # a pattern also takes files without a suffix (DICOM files often have none)
             found = [Path(p) for p in glob.glob(data.images, recursive=True)]
-            found = [p for p in found if p.is_file()]
+            found = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES or not p.suffix]
+        # files only: a sub-folder named x.png is not an image, nor is notes.txt
+        found = [p for p in found if p.is_file()]
     found = sorted(found, key=lambda p: str(p))
     return found[: data.limit] if data.limit else found
 

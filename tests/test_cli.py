@@ -149,10 +149,19 @@ def test_check_runs_score_cam_as_the_build_would(project, capsys):
     assert "skipped" in out
 
 
-def test_build_prints_where_the_site_is(project, capsys):
+def test_build_prints_where_the_site_is_and_its_warnings(project, capsys):
     spec = write_spec(project / "s.yaml", metrics=["attention"], output={"pdf": None})
-    code, out, _ = run(capsys, "build", str(spec))
+    code, out, err = run(capsys, "build", str(spec))
     assert code == 0 and f"site: {project / 'site' / 'index.html'}" in out
+    assert "warning: no checkpoint" in err and "RANDOM weights" in err  # no checkpoint given
+    code, out, err = run(capsys, "build", "-q", str(spec))
+    assert code == 0 and not out and not err
+
+
+def test_validate_refuses_a_pdf_that_would_overwrite_a_site_page(project, capsys):
+    spec = write_spec(project / "s.yaml", output={"pdf": "site/index.html"})
+    code, _, err = run(capsys, "validate", str(spec))
+    assert code == 2 and "must end in .pdf" in err
 
 
 def parse_error(capsys, *argv: str) -> str:

@@ -29,7 +29,7 @@ from reportgen.build import BuildOptions, build
 from reportgen.data import safe_id
 from reportgen.errors import UserError
 from reportgen.models import build_model
-from reportgen.output import inside
+from reportgen.output import inside, pdf_in_site
 from tests.helpers import write_images, write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -367,3 +367,18 @@ def _engine_oom_above_one_image(monkeypatch) -> None:
         return original(self, images, *args, **kwargs)
 
     monkeypatch.setattr(CamEngine, "_explain_batch", engine_oom)
+
+
+@pytest.mark.parametrize(("pdf", "message"), [
+    ("site", "is the site folder itself"),
+    ("site/index.html", "must end in .pdf"),
+    ("site/data/report.pdf", "in the site's own folder data/"),
+    ("site/assets/x.pdf", "in the site's own folder assets/"),
+    ("elsewhere/report.pdf", "must lie inside output.site"),
+])
+def test_a_pdf_path_that_would_overwrite_the_site_is_refused(tmp_path: Path, pdf: str,
+                                                           message: str):
+    with pytest.raises(UserError, match=re.escape(message)):
+        pdf_in_site(tmp_path / "site", tmp_path / pdf)
+    assert pdf_in_site(tmp_path / "site", tmp_path / "site/dossier/VAL-1.pdf") == Path(
+        "dossier/VAL-1.pdf")

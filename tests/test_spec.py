@@ -89,6 +89,9 @@ BAD_SPECS = [
     ("verdict layers outside the spec's layers",
      {"metric_options": {"attention": {"verdict_layers": ["seg_head"]}}},
      ["metric_options.attention.verdict_layers", "seg_head"]),
+    ("empty image list", {"data": {"images": [], "masks": None}}, ["data.images", "empty"]),
+    ("label masks for one class", {"data": {"mask_values": "labels"}},
+     ["mask_values labels needs a model of 2 or more classes"]),
 ]
 
 
@@ -124,6 +127,51 @@ def test_yaml_syntax_error_has_position(tmp_path: Path):
     path.write_text("model:\n  architecture: [Unet\n")
     (problem,) = problems_of(path)
     assert problem.startswith(f"{path}:") and "YAML syntax error" in problem
+
+
+def test_a_duplicated_key_is_an_error_not_a_silent_override(project: Path):
+    path = write_spec(project / "spec.yaml")
+    text = path.read_text()
+    path.write_text(text + "model: {architecture: Unet, encoder: resnet18}\n")
+    (problem,) = problems_of(path)
+    first = next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith("model"))
+    assert problem.startswith(f"{path}:{len(text.splitlines()) + 1}:1: YAML error: duplicate "
+                              f"key 'model' (first at line {first})")
+
+
+def test_yaml_aliases_are_refused_before_they_can_expand(tmp_path: Path):
+    path = tmp_path / "spec.yaml"
+    levels = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]'] + [
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path.write_text("\n".join(levels) + "\n")  # 9**10 nodes once expanded
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:2:") and "YAML aliases (*a0) are not allowed" in problem
+
+
+def test_unquoted_dates_and_numeric_ids_are_taken_as_written(project: Path):
+    path = write_spec(project / "spec.yaml")
+    path.write_text(path.read_text() + "report:\n  date: 2026-01-31\n  id: 12345\n")
+    spec = load_spec(path)
+    assert (spec.report.date, spec.report.id) == ("2026-01-31", "12345")
+
+
+def test_a_pattern_takes_image_files_and_suffixless_dicoms_but_not_notes_or_folders(
+        project: Path):
+    images = project / "images"
+    (images / "notes.txt").write_text("acquisition notes")
+    (images / "sub.png").mkdir()
+    (images / "IM0001").write_bytes((images / "img00.png").read_bytes())
+    by_folder = load_spec(write_spec(project / "a.yaml", data={"images": "images", "masks": None}))
+    assert [p.name for p in find_images(by_folder.data)] == [f"img0{i}.png" for i in range(4)]
+    by_glob = load_spec(write_spec(project / "b.yaml", data={"images": "images/*", "masks": None}))
+    assert [p.name for p in find_images(by_glob.data)] == ["IM0001"] + [
+        f"img0{i}.png" for i in range(4)]
+
+
+def test_a_home_relative_path_means_the_home_folder(project: Path, monkeypatch):
+    monkeypatch.setenv("HOME", str(project))
+    spec = load_spec(write_spec(project / "spec.yaml", output={"site": "~/out"}))
+    assert spec.output.site == project / "out"
 
 
 def test_method_typed_the_way_people_say_it_suggests_the_registered_name(project: Path):
