@@ -22,10 +22,10 @@ from reportgen.render.viewmodel import (
     image_page_view,
     index_view,
     layers_view,
+    markdown,
     median_verdict,
     methods_view,
     metric_tables,
-    paragraphs,
     summarise_verdicts,
     summary_rows,
     value_view,
@@ -155,9 +155,15 @@ def test_definitions_follow_the_registry_order_and_name_unknown_metrics() -> Non
     assert definitions_for({"custom_x"}, context)[0].title == "custom x"
 
 
-def test_paragraphs_split_at_blank_lines() -> None:
-    assert paragraphs("one\nline\n\n\ntwo\n") == ["one line", "two"]
-    assert paragraphs("") == []
+def test_free_text_is_markdown_without_raw_html_images_or_unsafe_links() -> None:
+    assert markdown("one\nline\n\n\n**two**\n") == "<p>one\nline</p>\n<p><strong>two</strong></p>\n"
+    assert markdown("") == ""
+    assert markdown("# Scope\n- adults") == "<h3>Scope</h3>\n<ul>\n<li>adults</li>\n</ul>\n"
+    html = markdown('<script>x()</script> <img src=x onerror=y()> ![scan](/etc/scan.png) '
+                    "[a](javascript:x()) [b](file:///etc/passwd) [c](../secret) "
+                    "[d](https://example.org/protocol)")
+    assert "<script" not in html and "<img" not in html and "&lt;script&gt;" in html
+    assert html.count("<a ") == 1 and '<a href="https://example.org/protocol">d</a>' in html
 
 
 def test_image_page_view_draws_placeholders_for_undefined_and_flagged_maps() -> None:

@@ -8,12 +8,13 @@ page that shows it.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import numpy as np
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from reportgen import __version__
 from reportgen.cam.normalise import FLAG_REASONS
@@ -87,12 +88,25 @@ def format_seconds(value: float) -> str:
     return f"{value:.2f} s"
 
 
-def paragraphs(text: str) -> list[str]:
-    """Free text split into paragraphs at blank lines (shown as plain text)."""
-    blocks = re.split(r"\n\s*\n", text.replace("\r\n", "\n"))
-    joined = (" ".join(line.strip() for line in block.splitlines() if line.strip())
-              for block in blocks)
-    return [block for block in joined if block]
+def _safe_link(url: str) -> bool:
+    # web and mail links only: a relative or file: link would point into the machine
+    # that built the report, and javascript: would run
+    return url.strip().lower().startswith(("https://", "http://", "mailto:"))
+
+
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).disable("image")
+_MARKDOWN.validateLink = _safe_link
+
+
+def markdown(text: str, top: int = 3) -> Markup:
+    """The spec's free text (CommonMark) as HTML. Raw HTML is shown as text, images are
+    not embedded (a dossier shows no outside files) and links are web or mail links only;
+    headings start at level `top`, under the page's own."""
+    tokens = _MARKDOWN.parse(text)
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(6, int(token.tag[1]) + top - 1)}"
+    return Markup(_MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {}))
 
 
 def href(path: str) -> str:
@@ -565,9 +579,9 @@ class IndexView:
     page: PageView
     author: str
     date: str
-    description: list[str]
-    intended_use: list[str]
-    limitations: list[str]
+    description: Markup  # the spec's Markdown, rendered safely
+    intended_use: Markup
+    limitations: Markup
     reviewers: list[tuple[str, str]]
     model_card: list[tuple[str, str]]
     data: list[tuple[str, str]]
@@ -746,9 +760,9 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
     return IndexView(
         page=page_view(context, "Summary", "index.html"),
         author=context.author, date=context.date,
-        description=paragraphs(context.description),
-        intended_use=paragraphs(context.intended_use),
-        limitations=paragraphs(context.limitations),
+        description=markdown(context.description),
+        intended_use=markdown(context.intended_use),
+        limitations=markdown(context.limitations),
         reviewers=list(context.reviewers),
         model_card=model_card_rows(context),
         data=data_rows(context, stats.summaries),
