@@ -9,31 +9,25 @@ at any time, so memory does not grow with the data.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import platform
 import shutil
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from reportgen import __version__
 from reportgen.cache import GB, RANDOM_METHODS, ResultCache
-from reportgen.cam import CamEngine, SegmentationTarget
+from reportgen.cam import CamEngine
 from reportgen.cam.engine import resolve_device
-from reportgen.cam.methods import METHODS
-from reportgen.cam.normalise import FLAG_REASONS
 from reportgen.cam.scorecam import arithmetic
 from reportgen.data import (
     Sample,
@@ -49,20 +43,17 @@ from reportgen.hashing import sha256_path, write_npz
 from reportgen.manifest import git_commit, source_date, write_checksums
 from reportgen.metrics import (
     METRICS,
-    FaithfulnessCurves,
     MetricInputs,
     MetricRow,
     MetricSettings,
     SanityResult,
-    VerdictBands,
     aggregate,
     evaluate_image,
     sanity_check,
-    verdict,
     write_metrics_csv,
     write_metrics_json,
 )
-from reportgen.models import build_model, describe_layers, load_checkpoint, resolve_layers
+from reportgen.models import build_model, load_checkpoint, resolve_layers
 from reportgen.models.build import parameter_count
 from reportgen.models.layers import ALIASES
 from reportgen.output import (
@@ -72,12 +63,19 @@ from reportgen.output import (
     staging_folder,
     swap_in,
 )
+from reportgen.pipeline import (
+    ImageOutput,
+    Pipeline,
+    Plan,
+    Stopwatch,
+    plan_layers,
+    seed_everything,
+    segmentation_target,
+    verdict_bands,
+)
 from reportgen.report import (
-    Cell,
-    ImageResult,
     LayerRow,
     MetricDefinition,
-    MetricValue,
     ModelCard,
     ReportContext,
     SanityRow,
@@ -89,10 +87,6 @@ if TYPE_CHECKING:
     from reportgen.render.site import PreparedImage, SiteWriter
 
 log = logging.getLogger(__name__)
-
-UNDEFINED_FLAGS = ("empty_target", "non_finite")
-NON_FINITE_OUTPUT = "the model's output holds NaN or infinite values"
-
 
 @dataclass
 class BuildOptions:
@@ -120,46 +114,6 @@ class BuildResult:
                 "warnings": self.warnings}
 
 
-class Stopwatch:
-    """Seconds per stage, summed over the build (stages may overlap: the images are
-    computed in a background thread or on workers while the pages are written)."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(stage, time.perf_counter() - start)
-
-    def add(self, stage: str, seconds: float) -> None:
-        """Count `seconds` more for `stage` (from any thread)."""
-        with self._lock:
-            self.totals[stage] = self.totals.get(stage, 0.0) + seconds
-
-
-def seed_everything(seed: int, device: torch.device) -> list[str]:
-    """Seed every generator and ask torch for deterministic kernels.
-
-    Returns what could not be made deterministic (recorded in the manifest).
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    notes = []
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        notes.append("CUDA: bilinear upsampling backward and atomics-based reductions have no "
-                     "deterministic kernel; maps may differ in the last bits between runs")
-    return notes
-
-
 NO_CHECKOUT = "none (not run from a git checkout, or git could not tell)"
 
 
@@ -177,65 +131,10 @@ def versions() -> dict[str, str]:
     return found
 
 
-def verdict_bands(spec: Spec) -> VerdictBands:
-    """The attention-ratio verdict bands the spec asks for (metric_options.attention.bands)."""
-    return VerdictBands(**spec.metric_options.attention.bands.model_dump())
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} ({device})"
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-@dataclass
-class Plan:
-    """What the spec asks for, resolved against the model and the registries."""
-
-    spec: Spec
-    layers: dict[str, str]  # spec name -> module path
-    gradient_methods: list[str]  # everything but Score-CAM: one engine call
-    scorecam_layers: list[str]
-    faithfulness_keys: set[tuple[str, str]]
-    sanity_keys: list[tuple[str, str]]
-    bounds: list[str]
-
-
-def make_plan(spec: Spec, layers: dict[str, str], channels: dict[str, int | None],
-              image_count: int) -> Plan:
-    methods = spec.methods
-    gradient_methods = [m for m in methods if m != "scorecam"]
-    score = spec.method_options.scorecam
-    scorecam_layers = (score.layers or list(layers)) if "scorecam" in methods else []
-    bounds = []
-    if scorecam_layers and score.max_channels:
-        for layer in scorecam_layers:
-            k = channels.get(layer)
-            if k and score.max_channels < k:
-                bounds.append(f"Score-CAM at {layer} is approximate: the {score.max_channels} "
-                              f"highest-variance channels of {k} were scored")
-    if "scorecam" in methods and score.layers:
-        bounds.append(f"Score-CAM computed only at: {', '.join(score.layers)}")
-    faith = spec.metric_options.faithfulness
-    faith_layers, faith_methods = faith.layers or list(layers), faith.methods or methods
-    faithfulness_keys = set()
-    if "faithfulness" in spec.metrics:
-        faithfulness_keys = {(la, me) for la in faith_layers for me in faith_methods
-                             if me != "scorecam" or la in scorecam_layers}
-        bounds.append(f"Deletion/insertion AUC: {faith.steps} steps, {faith.baseline} baseline"
-                      + ("" if faith.layers is None and faith.methods is None else
-                         f", only for layers {', '.join(faith_layers)} x methods "
-                         f"{', '.join(faith_methods)}"))
-    sanity = spec.metric_options.sanity
-    sanity_methods = sanity.methods or [m for m in methods if METHODS[m].family == "gradient"]
-    sanity_keys = []
-    if "sanity" in spec.metrics:
-        sanity_keys = [(la, me) for la in sanity.layers or list(layers) for me in sanity_methods
-                       if me != "scorecam" or la in scorecam_layers]
-        bounds.append(f"Sanity check on the first {min(sanity.images, image_count)} image(s), "
-                      f"{sanity.levels} randomisation levels, methods {', '.join(sanity_methods)}")
-    return Plan(spec, layers, gradient_methods, scorecam_layers, faithfulness_keys, sanity_keys,
-                bounds)
 
 
 def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildResult:
@@ -299,12 +198,9 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     device = resolve_device(options.device or spec.runtime.device)
     warnings: list[str] = []
     determinism = seed_everything(spec.runtime.seed, device)
-    m = spec.model
     model, fmt, sha = _load_model(spec, clock, warnings)
     with clock("model"):
-        resolved = resolve_layers(model, spec.layers, m.size, m.in_channels)
-        infos = describe_layers(model, resolved, m.size, m.in_channels)
-    plan = make_plan(spec, resolved, {i.name: i.channels for i in infos}, len(refs))
+        resolved, infos, plan = plan_layers(spec, model, len(refs))
     model = model.to(device).eval()
     context = _context(spec, text, spec_path, model, fmt, sha, infos, plan, refs, device,
                        warnings)
@@ -412,116 +308,6 @@ def render_workers(spec: Spec) -> int:
     return max(2, min(MAX_RENDER_WORKERS, (os.cpu_count() or 2) // 2))
 
 
-COMPILE_BREAK_EVEN = 35_000
-"""Masked forwards of 640 x 640 px past which compiling Score-CAM's model repays itself.
-Measured on an H100 with U-Net++ efficientnet-b5: compilation 72 s when torch's on-disk
-cache is cold, then 2.5 instead of 4.6 ms per masked forward (bf16). Smaller inputs
-save proportionally less per forward, so they need proportionally more forwards. A
-warm cache (a later build on the same machine) compiles in seconds, and repays sooner."""
-
-
-def _compile_pays(spec: Spec, device: torch.device, infos, plan: Plan, images: int) -> bool:
-    """Whether Score-CAM should run through torch.compile (`runtime.compile`)."""
-    if spec.runtime.compile != "auto":
-        return spec.runtime.compile == "always"
-    if device.type != "cuda":
-        return False
-    channels = {i.name: i.channels or 0 for i in infos}
-    cap = spec.method_options.scorecam.max_channels
-    forwards = images * sum(min(channels[la], cap or channels[la]) for la in plan.scorecam_layers)
-    height, width = spec.model.size
-    return forwards * (height * width) / 640**2 >= COMPILE_BREAK_EVEN
-
-
-@dataclass
-class ImageOutput:
-    """Everything computed for one image: its page data, metric rows and map arrays."""
-
-    result: ImageResult
-    rows: list[MetricRow]
-    maps: dict[str, np.ndarray]  # "layer|method|normalised" / "...|raw" -> array
-    region: torch.Tensor  # the target region the maps explain
-    events: list[str] = field(default_factory=list)  # e.g. out-of-memory halvings (manifest)
-
-
-class Pipeline:
-    """The per-image computation (engine, prediction, metrics) of one spec.
-
-    Built once per process, or once per worker when images are sharded: it holds
-    the model and the engines; `process` is a function of the images alone.
-    """
-
-    def __init__(self, spec: Spec, model: torch.nn.Module, resolved: dict[str, str], plan: Plan,
-                 infos, device: torch.device, images_to_compute: int):
-        self.spec, self.model, self.plan, self.device = spec, model, plan, device
-        # what decides whether compiling repays: images already cached cost no forwards
-        self.images_to_compute = images_to_compute
-        m = spec.model
-        self.target = SegmentationTarget(spec.target_index, spec.target.region,
-                                         spec.target.threshold, m.output_activation)
-        precision = spec.runtime.precision
-        self.engines: list[CamEngine] = []
-        if plan.gradient_methods:
-            self.engines.append(CamEngine(model, resolved, plan.gradient_methods, device=device,
-                                          precision=precision,
-                                          batch_size=spec.runtime.batch_size))
-        # the manifest records this decision, not whether any image needed it: on the CPU
-        # (auto never compiles there) a rebuild from the cache writes the same manifest as
-        # the build that filled it; on CUDA, whose builds are not byte-reproducible anyway,
-        # it says what this build would have done for the images it computed
-        self.scorecam_compiled = bool(plan.scorecam_layers) and _compile_pays(
-            spec, device, infos, plan, images_to_compute)
-        if plan.scorecam_layers:
-            score = spec.method_options.scorecam
-            self.engines.append(CamEngine(
-                model, {k: resolved[k] for k in plan.scorecam_layers}, ["scorecam"],
-                device=device, precision=precision, batch_size=spec.runtime.batch_size,
-                scorecam_max_channels=score.max_channels, scorecam_chunk=score.chunk_size,
-                scorecam_compile=self.scorecam_compiled))
-        self.settings = MetricSettings(
-            bands=verdict_bands(spec),
-            faithfulness_steps=spec.metric_options.faithfulness.steps,
-            faithfulness_baseline=spec.metric_options.faithfulness.baseline,
-            sanity_threshold=spec.metric_options.sanity.threshold,
-            # forward-only batches: on a CPU small batches stay in cache (batch 8 costs
-            # 40 ms per 192 px image on 2 cores, batch 32 64 ms); a GPU wants them large
-            batch_size=spec.runtime.batch_size * (4 if device.type == "cuda" else 1),
-        )
-
-    def process(self, part: list[Sample], clock: Stopwatch) -> list[ImageOutput]:
-        if not part:  # every image of the batch came from the cache
-            return []
-        spec = self.spec
-        images = torch.stack([s.tensor for s in part])
-        gt = None
-        if all(s.gt_mask is not None for s in part):
-            gt = torch.stack([torch.from_numpy(s.gt_mask) for s in part])
-        results = []
-        for engine in self.engines:
-            with clock("scorecam" if engine.methods[0].name == "scorecam" else "cam"):
-                results.append(engine.explain(images, self.target, gt))
-        logits = results[0].logits.float()
-        regions = results[0].regions
-        probability = self.target.probability(logits)
-        prediction = self.target.prediction(logits)
-        on_device = images.to(self.device)  # one copy per batch for the metrics' forwards
-        outputs = []
-        for i, sample in enumerate(part):
-            with clock("metrics"):
-                result, rows, curves = _image_result(
-                    sample, i, results, probability[i], prediction[i], regions[i],
-                    on_device[i], self.model, self.plan, self.settings, spec)
-            events = [event for r in results for event in r.events] if i == 0 else []
-            if curves is not None:
-                events += curves.events
-                if curves.batch_size < self.settings.batch_size:  # what fitted, from now on
-                    self.settings = dataclasses.replace(self.settings,
-                                                        batch_size=curves.batch_size)
-            outputs.append(ImageOutput(result, rows, _map_arrays(results, i), regions[i],
-                                       [f"{sample.id}: {event}" for event in events]))
-        return outputs
-
-
 def _computed_batches(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clock: Stopwatch,
                       options: BuildOptions, cache: ResultCache | None = None,
                       ) -> Iterator[tuple[list[Sample], list[ImageOutput]]]:
@@ -548,93 +334,6 @@ def _computed_batches(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clo
     cache.prune()
 
 
-def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
-                  prediction: torch.Tensor, region: torch.Tensor, image: torch.Tensor,
-                  model: torch.nn.Module, plan: Plan, settings: MetricSettings,
-                  spec: Spec) -> tuple[ImageResult, list[MetricRow], FaithfulnessCurves | None]:
-    """Page data and metric rows of image i of a batch, and its faithfulness curves when
-    computed; `image` is on the model's device."""
-    maps: dict[tuple[str, str], torch.Tensor] = {}
-    flags: dict[tuple[str, str], list[str]] = {}
-    approximate: set[tuple[str, str]] = set()
-    for result in results:
-        for key, stacked in result.maps.items():
-            maps[key] = stacked[i]
-            flags[key] = list(result.flags[key][i])
-        approximate |= result.approximate
-    order = [(la, me) for la in plan.layers for me in spec.methods if (la, me) in maps]
-    defined = {k: maps[k] for k in order if not set(flags[k]) & set(UNDEFINED_FLAGS)}
-    gt = torch.from_numpy(sample.gt_mask) if sample.gt_mask is not None else None
-    groups = [g for g in spec.metrics if g not in ("faithfulness", "sanity")]
-    inputs = MetricInputs(sample.id, maps=defined, prediction=prediction, ground_truth=gt,
-                          image=image, model=model, class_index=spec.target_index,
-                          activation=spec.model.output_activation, target_region=region,
-                          settings=settings)
-    rows = evaluate_image(inputs, groups) if groups else []
-    if not bool(torch.isfinite(probability).all()):
-        # NaN compares false, so the prediction is empty and Dice would read 0: a number
-        # that says nothing about this model; the image-level metrics are invalid instead
-        rows = [MetricRow(r.image, r.layer, r.method, r.metric, None, "invalid",
-                          NON_FINITE_OUTPUT) if not (r.layer or r.method) else r for r in rows]
-    curves: dict[tuple[str, str], dict[str, list[float]]] = {}
-    faith = {k: v for k, v in defined.items() if k in plan.faithfulness_keys}
-    found: FaithfulnessCurves | str | None = None
-    if faith:
-        finputs = MetricInputs(sample.id, maps=faith, prediction=prediction, image=image,
-                               model=model, class_index=spec.target_index,
-            activation=spec.model.output_activation, target_region=region, settings=settings)
-        rows += evaluate_image(finputs, ["faithfulness"])
-        found = finputs.faithfulness
-        if not isinstance(found, str):
-            for j, key in enumerate(faith):
-                curves[key] = {"deletion": found.deletion[j].tolist(),
-                               "insertion": found.insertion[j].tolist()}
-    for key in order:  # undefined maps: every per-map metric is n/a with the reason
-        if key not in defined:
-            reason = "; ".join(FLAG_REASONS.get(f, f) for f in flags[key] if f in UNDEFINED_FLAGS)
-            for spec_metric in METRICS.values():
-                if spec_metric.per_map and spec_metric.group in groups:
-                    rows.append(MetricRow(sample.id, key[0], key[1], spec_metric.name, None,
-                                          "n/a", reason))
-    by_cell: dict[tuple[str, str], dict[str, MetricValue]] = {}
-    image_level: dict[str, MetricValue] = {}
-    for row in rows:
-        shown = MetricValue.of_row(row.value, row.status, row.reason)
-        if row.layer or row.method:
-            by_cell.setdefault((row.layer, row.method), {})[row.metric] = shown
-        else:
-            image_level[row.metric] = shown
-    cells = {}
-    for key in order:
-        metrics = by_cell.get(key, {})
-        ratio = metrics.get("attention_ratio")
-        status = "invalid" if "non_finite" in flags[key] else (
-            "ok" if ratio is not None and ratio.ok else "n/a")
-        cells[key] = Cell(
-            layer=key[0], method=key[1],
-            map=maps[key].numpy().astype(np.float32) if key in defined else None,
-            flags=flags[key], metrics=metrics,
-            verdict=verdict(ratio.value if ratio else None, settings.bands, status=status),
-            approximate=key in approximate, curves=curves.get(key, {}))
-    result = ImageResult(
-        id=sample.id, source=sample.path, display=sample.display,
-        probability=probability.numpy().astype(np.float32), prediction=prediction.numpy(),
-        ground_truth=sample.gt_mask, mask_source=sample.mask_path,
-        dice=image_level.get("dice"), iou=image_level.get("iou"), cells=cells,
-        notes=list(sample.notes))
-    return result, rows, found if isinstance(found, FaithfulnessCurves) else None
-
-
-def _map_arrays(results, i: int) -> dict[str, np.ndarray]:
-    """The maps of image i for export: normalised (float16) and raw (float32) per cell."""
-    arrays = {}
-    for result in results:
-        for (layer, method), stacked in result.maps.items():
-            arrays[f"{layer}|{method}|normalised"] = stacked[i].numpy().astype(np.float16)
-            arrays[f"{layer}|{method}|raw"] = result.raw[(layer, method)][i].numpy()
-    return arrays
-
-
 def _sanity(model, samples: list[tuple[Sample, torch.Tensor]], plan: Plan, spec: Spec,
             device: torch.device, settings: MetricSettings,
             events: list[str]) -> tuple[SanityResult, list[SanityRow]]:
@@ -645,8 +344,7 @@ def _sanity(model, samples: list[tuple[Sample, torch.Tensor]], plan: Plan, spec:
     fixed = torch.stack([region for _, region in samples])
     layers = sorted({k[0] for k in plan.sanity_keys}, key=list(plan.layers).index)
     methods = sorted({k[1] for k in plan.sanity_keys}, key=spec.methods.index)
-    target = SegmentationTarget(spec.target_index, "ground_truth", spec.target.threshold,
-                                spec.model.output_activation)
+    target = segmentation_target(spec, "ground_truth")
     score = spec.method_options.scorecam
     fitted = {"batch_size": spec.runtime.batch_size, "chunk": score.chunk_size}
 
@@ -818,8 +516,7 @@ def check_spec(spec_path: Path, device: str | None = None) -> list[dict[str, obj
     resolved = resolve_layers(model, spec.layers, m.size, m.in_channels)
     samples = load_samples(spec.data.model_copy(update={"limit": 1}), m.size, m.in_channels,
                            m.norm)
-    target = SegmentationTarget(spec.target_index, spec.target.region, spec.target.threshold,
-                                m.output_activation)
+    target = segmentation_target(spec)
     gt = None
     if samples[0].gt_mask is not None:
         gt = torch.from_numpy(samples[0].gt_mask)

@@ -32,16 +32,17 @@ import numpy as np
 import torch
 
 from reportgen.errors import UserError
+from reportgen.models import build_model
+from reportgen.pipeline import ImageOutput, Pipeline, Stopwatch, plan_layers, seed_everything
 
 if TYPE_CHECKING:
-    from reportgen.build import ImageOutput, Pipeline, Stopwatch
     from reportgen.data import Sample
     from reportgen.spec import Spec
 
 log = logging.getLogger(__name__)
 
 Batch = list["Sample"]
-Computed = tuple[Batch, list["ImageOutput"]]
+Computed = tuple[Batch, list[ImageOutput]]
 
 QUEUE_DEPTH = 1  # computed batches waiting for the caller (local executor)
 IN_FLIGHT_PER_WORKER = 2  # batches submitted ahead to each Ray worker
@@ -109,9 +110,6 @@ class PipelineWorker:
 
     def __init__(self, spec: Spec, weights: dict[str, np.ndarray], device_type: str,
                  images_to_compute: int, threads: int) -> None:
-        from reportgen.build import Pipeline, make_plan, seed_everything
-        from reportgen.models import build_model, describe_layers, resolve_layers
-
         torch.set_num_threads(threads)
         device = torch.device(device_type)  # Ray makes the worker's GPU the only visible one
         seed_everything(spec.runtime.seed, device)
@@ -119,17 +117,12 @@ class PipelineWorker:
         model = build_model(m.architecture, m.encoder, m.classes, m.in_channels, m.options)
         model.load_state_dict({name: torch.from_numpy(np.array(value))
                                for name, value in weights.items()})
-        resolved = resolve_layers(model, spec.layers, m.size, m.in_channels)
-        infos = describe_layers(model, resolved, m.size, m.in_channels)
-        plan = make_plan(spec, resolved, {i.name: i.channels for i in infos},
-                         images_to_compute)
+        resolved, infos, plan = plan_layers(spec, model, images_to_compute)
         self.pipeline = Pipeline(spec, model.to(device).eval(), resolved, plan, infos, device,
                                  images_to_compute)
 
     def process(self, batch: Batch) -> tuple[list[ImageOutput], dict[str, float]]:
         """The batch's outputs and the seconds per stage spent on it."""
-        from reportgen.build import Stopwatch
-
         clock = Stopwatch()
         return self.pipeline.process(batch, clock), clock.totals
 

@@ -228,7 +228,7 @@ def test_score_cam_compiles_when_the_work_repays_it(tmp_path: Path, images, size
 
     import torch
 
-    from reportgen.build import _compile_pays
+    from reportgen.pipeline import _compile_pays
     from reportgen.spec import load_spec
 
     write_images(tmp_path, count=1)

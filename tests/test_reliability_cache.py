@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from reportgen import cache, cli
-from reportgen.build import BuildOptions, Pipeline, build
+from reportgen.build import BuildOptions, build
 from reportgen.cam import CamEngine
+from reportgen.pipeline import Pipeline
 from tests.helpers import write_images, write_spec
 
 FAST = {"metrics": ["attention", "dice", "localisation"],
@@ -216,10 +217,10 @@ def test_a_build_prunes_the_cache_to_runtime_cache_max_gb(tmp_path: Path, explai
 
 def test_compilation_is_decided_on_the_images_the_cache_lacks(tmp_path: Path, monkeypatch):
     """Adding a few images to a cached build must not pay a compilation sized for all."""
-    from reportgen import build as build_module
+    from reportgen import pipeline
 
     decided: list[int] = []
-    monkeypatch.setattr(build_module, "_compile_pays",
+    monkeypatch.setattr(pipeline, "_compile_pays",
                         lambda spec, device, infos, plan, images: decided.append(images) or False)
     write_images(tmp_path, count=2)
     fast = {**FAST, "methods": ["gradcam", "scorecam"],
