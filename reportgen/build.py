@@ -39,8 +39,8 @@ from reportgen.data import (
 )
 from reportgen.errors import UserError
 from reportgen.executors import computed_batches
-from reportgen.hashing import sha256_path, write_npz
-from reportgen.manifest import git_commit, source_date, write_checksums
+from reportgen.hashing import package_versions, sha256_path, write_npz
+from reportgen.manifest import git_commit, relative_location, source_date, write_checksums
 from reportgen.metrics import (
     METRICS,
     MetricInputs,
@@ -118,17 +118,12 @@ NO_CHECKOUT = "none (not run from a git checkout, or git could not tell)"
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    found = {"reportgen": __version__, "reportgen-commit": git_commit() or NO_CHECKOUT,
-             "python": platform.python_version()}
-    for dist in ("torch", "torchvision", "segmentation-models-pytorch", "grad-cam",
-                 "weasyprint", "numpy", "opencv-python-headless", "timm"):
-        try:
-            found[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            found[dist] = "not installed"
-    return found
+    """reportgen's version and commit, Python's, and the libraries' (the audit page)."""
+    return {"reportgen": __version__, "reportgen-commit": git_commit() or NO_CHECKOUT,
+            "python": platform.python_version(),
+            **package_versions(("torch", "torchvision", "segmentation-models-pytorch",
+                                "grad-cam", "weasyprint", "numpy", "opencv-python-headless",
+                                "timm"))}
 
 
 def device_name(device: torch.device) -> str:
@@ -204,7 +199,8 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     model = model.to(device).eval()
     context = _context(spec, text, spec_path, model, fmt, sha, infos, plan, refs, device,
                        warnings)
-    context.excluded = [(_relative_name(ref.path, spec_path), reason) for ref, reason in excluded]
+    context.excluded = [(relative_location(ref.path, spec_path.resolve().parent), reason)
+                        for ref, reason in excluded]
     context.pdf = pdf_rel.as_posix() if pdf_rel is not None else None
     if excluded:
         warnings.append(f"{len(excluded)} input(s) excluded (--keep-going): see Excluded inputs")
@@ -484,14 +480,9 @@ def _open_cache(spec: Spec, options: BuildOptions, checkpoint_sha: str,
                        None if limit is None else int(limit * GB))
 
 
-def _relative_name(path: Path, spec_path: Path) -> str:
-    """`path` relative to the spec's folder, as the manifest locates inputs."""
-    return Path(os.path.relpath(path.resolve(), spec_path.resolve().parent)).as_posix()
-
-
 def _shown_path(path: Path, spec_path: Path) -> str:
     """`path` as the report shows it: relative to the spec's folder and normalised, as the
-    manifest locates inputs (`_relative_name`); absolute (normalised) when the two share
+    manifest locates inputs (`relative_location`); absolute (normalised) when the two share
     no folder but the filesystem root, where a relative path would only climb through it.
     """
     target, base = path.resolve(), spec_path.resolve().parent
@@ -501,7 +492,7 @@ def _shown_path(path: Path, spec_path: Path) -> str:
         return target.as_posix()
     if shared == Path(target.anchor):
         return target.as_posix()
-    return _relative_name(path, spec_path)
+    return relative_location(path, spec_path.resolve().parent)
 
 
 def check_spec(spec_path: Path, device: str | None = None) -> list[dict[str, object]]:

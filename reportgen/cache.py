@@ -38,7 +38,6 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ import torch
 
 from reportgen.data import Sample, SampleRef
 from reportgen.errors import UserError
-from reportgen.hashing import sha256_file, write_npz
+from reportgen.hashing import package_versions, sha256_file, write_npz
 from reportgen.metrics import MetricRow
 from reportgen.report import Cell, ImageResult, MetricValue
 
@@ -81,14 +80,8 @@ def code_version() -> str:
     return digest.hexdigest()
 
 
-def _versions() -> dict[str, str]:
-    found = {}
-    for dist in ("torch", "segmentation-models-pytorch", "numpy", "grad-cam"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = "not installed"
-    return found
+# what computes the maps and metrics: a new version of any of them is a cache miss
+COMPUTE_DISTRIBUTIONS = ("torch", "segmentation-models-pytorch", "numpy", "grad-cam")
 
 
 def _plain(value: object) -> object:
@@ -114,7 +107,7 @@ class ResultCache:
         self.folder = folder
         self.max_bytes = max_bytes
         self._base = json.dumps({"format": CACHE_FORMAT, "code": code_version(),
-                                 "versions": _versions(), **inputs},
+                                 "versions": package_versions(COMPUTE_DISTRIBUTIONS), **inputs},
                                 sort_keys=True, default=_plain)
         self.hits = 0
         self.misses = 0

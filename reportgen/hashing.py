@@ -1,10 +1,12 @@
-"""sha256 of files and folders, and deterministic .npz writing."""
+"""sha256 of files and folders, installed versions, and deterministic .npz writing."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import zipfile
+from collections.abc import Iterable
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,17 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def package_versions(distributions: Iterable[str]) -> dict[str, str]:
+    """The installed version of each distribution, or "not installed"."""
+    found = {}
+    for dist in distributions:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
 
 
 def sha256_path(path: Path) -> str:

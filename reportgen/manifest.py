@@ -90,7 +90,8 @@ def output_hashes(site: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
     return {name: sha256_file(site / name) for name in site_files(site) if name not in skip}
 
 
-def _relative(path: Path, start: Path) -> str:
+def relative_location(path: Path, start: Path) -> str:
+    """`path` relative to the folder `start` (POSIX), as the manifest locates files."""
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
 
 
@@ -115,15 +116,15 @@ def write_manifest(site: Path, spec: Spec, spec_path: Path, samples: list[Sample
     checkpoint = spec.model.checkpoint
     inputs = {
         "spec": {"path": spec_path.name, "sha256": sha256_file(spec_path),
-                 "location": _relative(spec_path, site)},
+                 "location": relative_location(spec_path, site)},
         "checkpoint": {"path": checkpoint.name if checkpoint else None,
                        "sha256": sha or None, "format": fmt,
-                       "location": _relative(checkpoint, base) if checkpoint else None},
+                       "location": relative_location(checkpoint, base) if checkpoint else None},
         "images": [{"id": s.id, "path": s.path.name, "sha256": sha256_file(s.path),
-                    "location": _relative(s.path, base),
+                    "location": relative_location(s.path, base),
                     "mask": s.mask_path.name if s.mask_path else None,
                     "mask_sha256": sha256_file(s.mask_path) if s.mask_path else None,
-                    "mask_location": _relative(s.mask_path, base) if s.mask_path else None,
+                    "mask_location": relative_location(s.mask_path, base) if s.mask_path else None,
                     "notes": s.notes} for s in samples],
     }
     fixed = source_date()
