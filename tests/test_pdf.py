@@ -303,7 +303,6 @@ def test_a_dossier_laid_out_in_parts_rebuilds_byte_identical(parted: Path, monke
 
 
 def test_a_dossier_laid_out_in_parts_can_be_signed_and_verified(parted: Path, tmp_path: Path):
-    pytest.importorskip("pyhanko")
     from reportgen.render.pdf_sign import sign_pdf
     from tests.site_fixtures import make_context
     from tests.test_verify import _self_signed_p12

@@ -160,7 +160,6 @@ def _self_signed_p12(folder: Path, password: bytes) -> Path:
 
 def test_a_signed_pdf_verifies_and_any_later_change_is_detected(site: Path, tmp_path: Path,
                                                                capsys):
-    pytest.importorskip("pyhanko")
     from reportgen.render.pdf_sign import sign_pdf
     from tests.site_fixtures import make_context
 
@@ -189,7 +188,6 @@ def test_a_signed_pdf_verifies_and_any_later_change_is_detected(site: Path, tmp_
 
 
 def test_signing_with_a_wrong_password_is_a_user_error(tmp_path: Path, site: Path):
-    pytest.importorskip("pyhanko")
     from reportgen.errors import UserError
     from reportgen.render.pdf_sign import sign_pdf
     from tests.site_fixtures import make_context
@@ -221,7 +219,6 @@ def test_an_attachment_whose_md5_pypdf_reads_as_text_still_verifies(tmp_path: Pa
 
 
 def test_a_key_that_cannot_sign_stops_the_build_before_any_work(tmp_path: Path, monkeypatch):
-    pytest.importorskip("pyhanko")
     from reportgen.build import BuildOptions, build
     from reportgen.errors import UserError
     from reportgen.pipeline import Pipeline
