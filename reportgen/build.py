@@ -151,7 +151,7 @@ def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildRe
     # Every input is read once before anything is computed or written: a bad file found
     # late must never cost a half build.
     refs, excluded = check_inputs(sample_refs(spec.data), m.size, m.in_channels, m.norm,
-                                  spec.data.intensity, options.keep_going)
+                                  spec.data.intensity, options.keep_going, **spec.mask_reading)
     with output_lock(site):
         staging = staging_folder(site)
         try:
@@ -315,7 +315,8 @@ def _computed_batches(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clo
     def loaded() -> Iterator[list[Sample]]:
         for first in range(0, len(refs), batch):
             with clock("data"):
-                part = [load_sample(r, m.size, m.in_channels, m.norm, spec.data.intensity)
+                part = [load_sample(r, m.size, m.in_channels, m.norm, spec.data.intensity,
+                                    **spec.mask_reading)
                         for r in refs[first:first + batch]]
             yield part
 
@@ -468,6 +469,7 @@ def _open_cache(spec: Spec, options: BuildOptions, checkpoint_sha: str,
     inputs = {"checkpoint": checkpoint_sha,
               "model": spec.model.model_dump(mode="json", exclude={"checkpoint", "trust_pickle"}),
               "intensity": spec.data.intensity, "target": spec.target.model_dump(mode="json"),
+              "mask_label": spec.mask_label,
               "layers": resolved, "methods": spec.methods,
               "method_options": spec.method_options.model_dump(mode="json"),
               "metrics": spec.metrics, "metric_options": spec.metric_options.model_dump(
@@ -506,7 +508,7 @@ def check_spec(spec_path: Path, device: str | None = None) -> list[dict[str, obj
     m = spec.model
     resolved = resolve_layers(model, spec.layers, m.size, m.in_channels)
     samples = load_samples(spec.data.model_copy(update={"limit": 1}), m.size, m.in_channels,
-                           m.norm)
+                           m.norm, **spec.mask_reading)
     target = segmentation_target(spec)
     gt = None
     if samples[0].gt_mask is not None:

@@ -14,7 +14,13 @@ Rules (recorded per image in `Sample.notes`, and so in the manifest):
   differs from its image's is refused (it cannot be the same field of view); one of
   another size but the same aspect ratio is resized like the image.
 - Zero-byte, truncated and undecodable files (a non-image with an image extension)
-  are refused with the file named; so are non-finite pixels.
+  are refused with the file named; so are non-finite pixels, images over `MAX_PIXELS`
+  (measured from the file's header, before any pixel is decoded) and stacks (a
+  multi-page TIFF, a multi-frame DICOM): a page is one [H, W] or [H, W, C] image.
+- An EXIF (or TIFF) orientation tag is applied to images and masks as viewers apply
+  it, so a mask drawn on the image as shown lines up with the pixels the model sees.
+- A mask given with `mask_label=k` is a label map of class indices: the ground truth
+  is where it equals k (compared before resizing, so labels are never interpolated).
 
 `check_inputs` reads every image and mask once before a build computes anything, so a
 bad file found late never costs a half build: by default it refuses them all at once;
@@ -23,19 +29,42 @@ with keep-going it sets them aside as excluded inputs, each with its reason.
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
 from reportgen.errors import DataError
 from reportgen.spec import DataSection, Normalization, find_images, mask_for
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 TIFF_SUFFIXES = (".tif", ".tiff")
+# The largest image read, in pixels: 8192 x 8192 (64 megapixels). The largest medical
+# images in scope (mammograms, about 4000 x 5000; full-field radiographs) fit with room
+# to spare; the model sees about 640 x 640. Above it a float copy of an RGB image takes
+# gigabytes, and a file of a few kilobytes can claim billions of pixels (a decompression
+# bomb). Whole-slide images are out of scope.
+MAX_SIDE = 8192
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
+EXIF_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the array operation that shows the image as viewers do (the
+# transposes of Pillow's `ImageOps.exif_transpose`); 1 (and anything unknown) is as stored.
+ORIENTATIONS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 @dataclass
@@ -52,21 +81,46 @@ class Sample:
     notes: list[str] = field(default_factory=list)
 
 
+def _check_single_image(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse any shape but [H, W] or [H, W, C] with C in 1..4, and more than `MAX_PIXELS`.
+
+    Called on the header's shape before decoding where the format allows, so a stack or
+    a decompression bomb costs no memory, and on the decoded array, so that nothing but
+    a single 2-D image reaches the resize in `prepare`.
+    """
+    if (len(shape) == 3 and not 1 <= shape[2] <= 4) or len(shape) > 3:
+        # [N, H, W] or [N, H, W, C]: the leading axes count the pages (frames, planes)
+        planes = math.prod(shape[:-3] if shape[-1] <= 4 else shape[:-2])
+        raise DataError(f"{path}: array of shape {tuple(shape)}, {planes} pages/planes: not a "
+                        "single 2-D image (one page of [H, W] or [H, W, C] pixels is read)")
+    if len(shape) < 2:
+        raise DataError(f"{path}: array of shape {tuple(shape)}: not a 2-D image")
+    height, width = shape[0], shape[1]
+    if height * width > MAX_PIXELS:
+        raise DataError(f"{path}: image of {width}x{height} pixels ({height * width / 1e6:.0f} "
+                        f"megapixels) is larger than the {MAX_PIXELS / 2**20:.0f}-megapixel "
+                        f"limit ({MAX_SIDE}x{MAX_SIDE}); downsample it first")
+
+
 def _read_dicom(path: Path) -> tuple[np.ndarray, list[str]]:
     import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    notes = ["DICOM: modality rescale applied"]
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, OSError) as exc:
+        frames, samples = int(ds.get("NumberOfFrames") or 1), int(ds.get("SamplesPerPixel") or 1)
+        shape = (int(ds.Rows), int(ds.Columns)) + ((samples,) if samples > 1 else ())
+        _check_single_image(path, (frames, *shape) if frames > 1 else shape)
+        values = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+        if "WindowCenter" in ds or "VOILUTSequence" in ds:
+            values = apply_voi_lut(values, ds, index=0)
+            notes.append("DICOM: VOI window applied")
+    except DataError:
+        raise
+    except Exception as exc:  # pydicom and its decoder plugins (JPEG 2000, RLE, ...) raise
+        # anything for corrupt pixel data or tags (a window width of 0 is a ValueError)
         raise DataError(f"{path}: not a readable DICOM image ({exc})") from exc
-    notes = ["DICOM: modality rescale applied"]
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        values = apply_voi_lut(values, ds, index=0)
-        notes.append("DICOM: VOI window applied")
     lo, hi = float(values.min()), float(values.max())
     scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
@@ -77,38 +131,110 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, list[str]]:
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_PALETTE = 3  # IHDR colour type of an indexed-colour PNG
+# Signature -> Pillow's header parser for the raster formats the spec accepts. The
+# parsers are called directly because `Image.open` refuses large images with its own
+# error (above 179 megapixels), which does not say the image's size.
+HEADER_PARSERS = {
+    PNG_SIGNATURE: PngImagePlugin.PngImageFile,
+    b"\xff\xd8\xff": JpegImagePlugin.JpegImageFile,
+    b"BM": BmpImagePlugin.BmpImageFile,
+}
+UNREADABLE = "not a readable image (truncated, or not the format its extension says)"
 
 
-def _read_raster(path: Path) -> tuple[np.ndarray, list[str]]:
+def _apply_orientation(image: np.ndarray, orientation: int,
+                       notes: list[str]) -> np.ndarray:
+    """The image as viewers show it (EXIF orientation applied), noted when it changes."""
+    if orientation not in ORIENTATIONS:
+        return image
+    notes.append(f"EXIF orientation {orientation} applied")
+    return np.ascontiguousarray(ORIENTATIONS[orientation](image))
+
+
+def _raster_header(path: Path, signature: bytes) -> tuple[tuple[int, int], int]:
+    """([H, W], EXIF orientation) from the file's header, without decoding pixels."""
+    parser = next((p for s, p in HEADER_PARSERS.items() if signature.startswith(s)), None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = parser(path) if parser is not None else Image.open(path)
+        with image:
+            # only an EXIF block met before the pixels: to find a PNG's eXIf chunk after
+            # them, Pillow would decode the whole image
+            orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1) if (
+                "exif" in image.info) else 1
+            return (image.height, image.width), int(orientation)
+    except Image.DecompressionBombError as exc:  # a format without a parser above
+        raise DataError(f"{path}: image too large ({exc})") from exc
+    except Exception as exc:  # Pillow raises SyntaxError, OSError, struct.error, ...
+        raise DataError(f"{path}: {UNREADABLE}") from exc
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, list[str]]:
+    """The TIFF's first series, checked (pages, size) from its header before decoding."""
+    import tifffile
+
+    notes: list[str] = []
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            planar = series.axes.endswith("SYX")  # samples stored as planes: [.., C, H, W]
+            shape = tuple(series.shape)
+            _check_single_image(path, shape[:-3] + shape[-2:] + shape[-3:-2] if planar else shape)
+            image = series.asarray()
+            tag = tiff.pages[0].tags.get("Orientation")
+    except DataError:
+        raise
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise DataError(f"{path}: not a readable TIFF image ({exc})") from exc
+    if planar:
+        image = np.moveaxis(image, -3, -1)
+    return _apply_orientation(image, int(tag.value) if tag else 1, notes), notes
+
+
+def _read_raster(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Pixels as stored (RGB order, EXIF orientation applied), after a header check.
+
+    With `palette_indices`, a palette PNG gives its indices (a label map) instead of
+    the colours they stand for.
+    """
     if path.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
-
-        try:
-            return np.asarray(tifffile.imread(path)), []
-        except Exception as exc:  # tifffile raises many types for broken files
-            raise DataError(f"{path}: not a readable TIFF image ({exc})") from exc
+        return _read_tiff(path)
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
-    image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    size, orientation = _raster_header(path, raw[:8].tobytes())
+    _check_single_image(path, size)
+    palette = raw[:8].tobytes() == PNG_SIGNATURE and raw.size > 25 and raw[25] == PNG_PALETTE
+    try:
+        if palette and palette_indices:
+            with Image.open(path) as indexed:
+                image = np.asarray(indexed)
+        else:
+            image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    except (cv2.error, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: {UNREADABLE} ({exc})") from exc
     if image is None:
-        raise DataError(f"{path}: not a readable image (truncated, or not the format its "
-                        "extension says)")
+        raise DataError(f"{path}: {UNREADABLE}")
     notes = []
-    if raw[:8].tobytes() == PNG_SIGNATURE and raw.size > 25 and raw[25] == PNG_PALETTE:
+    if palette and not palette_indices:
         notes.append("palette (indexed colour): expanded to RGB")
     if image.ndim == 3 and image.shape[2] >= 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4
                              else cv2.COLOR_BGR2RGB)
-    return image, notes
+    return _apply_orientation(image, orientation, notes), notes
 
 
-def read_image(path: Path, intensity: str = "dtype") -> tuple[np.ndarray, list[str]]:
-    """Read an image as float32 [H, W, C] in [0, 1] (C = 1 or 3), with conversion notes."""
+def _check_file(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"{path}: image not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
+
+
+def read_image(path: Path, intensity: str = "dtype") -> tuple[np.ndarray, list[str]]:
+    """Read an image as float32 [H, W, C] in [0, 1] (C = 1 or 3), with conversion notes."""
+    _check_file(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         values, notes = _read_dicom(path)
     else:
@@ -129,10 +255,9 @@ def read_image(path: Path, intensity: str = "dtype") -> tuple[np.ndarray, list[s
             notes.append("floating-point pixels: scaled by min..max")
         else:
             raise DataError(f"{path}: unsupported pixel type {image.dtype}")
+    _check_single_image(path, values.shape)
     if values.ndim == 2:
         values = values[:, :, None]
-    if values.ndim != 3:
-        raise DataError(f"{path}: unsupported image shape {values.shape} (expected 2-D)")
     if values.shape[2] == 4:
         values = values[:, :, :3]
         notes.append("alpha channel dropped")
@@ -147,21 +272,67 @@ def read_image(path: Path, intensity: str = "dtype") -> tuple[np.ndarray, list[s
 ASPECT_TOLERANCE = 0.01  # relative; rounding when a mask was saved at another scale
 
 
-def read_mask(path: Path, size: tuple[int, int],
-              image_size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str]]:
+LABEL_MAP_HINT = "set data.mask_values: binary if the masks mark only the target class"
+
+
+def _read_label_map(path: Path, mask_classes: int | None) -> tuple[np.ndarray, list[str]]:
+    """A label-map mask as its integer class indices [H, W], each checked below `mask_classes`.
+
+    Read without any scaling (a palette PNG gives its indices), since a class index
+    scaled to [0, 1] or expanded to a colour no longer says which class it is.
+    """
+    _check_file(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        raise DataError(f"{path}: a label-map mask must be an 8- or 16-bit PNG, TIFF or BMP "
+                        "of class indices; DICOM pixels are rescaled and windowed")
+    labels, notes = _read_raster(path, palette_indices=True)
+    _check_single_image(path, labels.shape)
+    if labels.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"{path}: a label-map mask must hold integer class indices (8- or "
+                        f"16-bit), not {labels.dtype} pixels")
+    if labels.ndim == 3:
+        colour = labels[:, :, :3] if labels.shape[2] >= 3 else labels[:, :, :1]
+        if (colour != colour[:, :, :1]).any():
+            raise DataError(f"{path}: a label-map mask must have one channel of class "
+                            f"indices (greyscale or palette), not {labels.shape[2]} channels")
+        labels = colour[:, :, 0]
+    if mask_classes is not None and int(labels.max()) >= mask_classes:
+        raise DataError(f"{path}: label map holds the value {int(labels.max())} but the model "
+                        f"has {mask_classes} classes (0..{mask_classes - 1}); {LABEL_MAP_HINT}")
+    return labels, notes
+
+
+def read_mask(path: Path, size: tuple[int, int], image_size: tuple[int, int] | None = None,
+              *, mask_label: int | None = None,
+              mask_classes: int | None = None) -> tuple[np.ndarray, list[str]]:
     """Read a ground-truth mask as bool [H, W] at `size` (nearest), binarised by the rule above.
 
     `image_size` is its image's [H, W]: a mask of another aspect ratio is refused, since
-    stretching it would mark the wrong pixels as ground truth.
+    stretching it would mark the wrong pixels as ground truth. With `mask_label` k the
+    mask is a label map of class indices (at most `mask_classes` of them, when given)
+    and the ground truth is `mask == k`. It is compared before it is resized, and the
+    boolean resized nearest like a binary mask; nearest-neighbour picks source pixels,
+    so this equals comparing a nearest-resized label map, and no label is interpolated.
     """
-    values, _ = read_image(path, "dtype")
-    notes = []
+    if mask_label is None:
+        values, read_notes = read_image(path, "dtype")
+    else:
+        if mask_label < 0 or (mask_classes is not None and mask_label >= mask_classes):
+            raise ValueError(f"mask_label {mask_label} is not one of {mask_classes} classes")
+        labels, read_notes = _read_label_map(path, mask_classes)
+        values = labels[:, :, None]
+    # the intensity notes are moot for a mask; its orientation is not
+    notes = [f"mask {path.name}: {note}" for note in read_notes if note.startswith("EXIF")]
     if image_size is not None and values.shape[:2] != image_size:
         (mh, mw), (ih, iw) = values.shape[:2], image_size
         if abs(mw / mh - iw / ih) > ASPECT_TOLERANCE * (iw / ih):
             raise DataError(f"{path}: mask is {mw}x{mh} but its image is {iw}x{ih}; a mask "
                             "must have its image's size or at least its aspect ratio")
         notes.append(f"mask {path.name}: {mw}x{mh}, its image {iw}x{ih}: resized")
+    if mask_label is not None:
+        binary = values[:, :, 0] == mask_label
+        notes.append(f"mask {path.name}: label map, ground truth where the label is {mask_label}")
+        return _resize_mask(binary, size, path, notes)
     if values.shape[2] > 1:
         notes.append(f"mask {path.name}: colour mask, foreground where any channel is set")
     gray = values.max(axis=2)
@@ -172,6 +343,12 @@ def read_mask(path: Path, size: tuple[int, int],
     else:
         binary = gray >= gray.max() / 2.0
         notes.append(f"mask {path.name}: {len(levels)} grey levels, binarised at half maximum")
+    return _resize_mask(binary, size, path, notes)
+
+
+def _resize_mask(binary: np.ndarray, size: tuple[int, int], path: Path,
+                 notes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The bool mask at `size`, nearest-neighbour (a mask pixel is never blended)."""
     if binary.shape != size:
         notes.append(f"mask {path.name}: resized from {binary.shape[1]}x{binary.shape[0]}")
         binary = cv2.resize(binary.astype(np.uint8), (size[1], size[0]),
@@ -257,8 +434,12 @@ def sample_refs(data: DataSection) -> list[SampleRef]:
 
 
 def load_sample(ref: SampleRef, size: tuple[int, int], in_channels: int,
-                norm: Normalization | None, intensity: str = "dtype") -> Sample:
-    """Read and prepare one image and its mask; the conversion notes go to `ref.notes` too."""
+                norm: Normalization | None, intensity: str = "dtype", *,
+                mask_label: int | None = None, mask_classes: int | None = None) -> Sample:
+    """Read and prepare one image and its mask; the conversion notes go to `ref.notes` too.
+
+    `mask_label` and `mask_classes` are `read_mask`'s: None reads binary masks.
+    """
     values, notes = read_image(ref.path, intensity)
     channels = values.shape[2]
     if channels == 1 and in_channels > 1:
@@ -277,7 +458,8 @@ def load_sample(ref: SampleRef, size: tuple[int, int], in_channels: int,
     sample = Sample(ref.id, ref.path, tensor, display, original, notes=notes)
     if ref.mask_path is not None:
         sample.mask_path = ref.mask_path
-        sample.gt_mask, mask_notes = read_mask(ref.mask_path, size, original)
+        sample.gt_mask, mask_notes = read_mask(ref.mask_path, size, original,
+                                               mask_label=mask_label, mask_classes=mask_classes)
         sample.notes.extend(mask_notes)
     ref.notes = list(sample.notes)
     return sample
@@ -293,17 +475,21 @@ def _reason(error: DataError, ref: SampleRef) -> str:
 
 def check_inputs(refs: list[SampleRef], size: tuple[int, int], in_channels: int,
                  norm: Normalization | None, intensity: str = "dtype",
-                 keep_going: bool = False) -> tuple[list[SampleRef], list[tuple[SampleRef, str]]]:
+                 keep_going: bool = False, *, mask_label: int | None = None,
+                 mask_classes: int | None = None,
+                 ) -> tuple[list[SampleRef], list[tuple[SampleRef, str]]]:
     """Read every image and mask once, keeping no pixels: (usable refs, excluded with reasons).
 
     Without `keep_going` any bad file is a DataError naming every bad file, raised
     before anything is computed or written. With it, bad files are set aside; a
-    DataError is raised only when no image is left.
+    DataError is raised only when no image is left. `mask_label` and `mask_classes`
+    are `read_mask`'s.
     """
     usable, excluded, messages = [], [], []
     for ref in refs:
         try:
-            load_sample(ref, size, in_channels, norm, intensity)
+            load_sample(ref, size, in_channels, norm, intensity, mask_label=mask_label,
+                        mask_classes=mask_classes)
         except DataError as exc:
             excluded.append((ref, _reason(exc, ref)))
             messages.append(f"  {exc}")
@@ -323,6 +509,13 @@ def load_samples(
     size: tuple[int, int],
     in_channels: int,
     norm: Normalization | None,
+    *,
+    mask_label: int | None = None,
+    mask_classes: int | None = None,
 ) -> list[Sample]:
-    """Read every image (and mask) the spec names, in the spec's stable order."""
-    return [load_sample(r, size, in_channels, norm, data.intensity) for r in sample_refs(data)]
+    """Read every image (and mask) the spec names, in the spec's stable order.
+
+    `mask_label` and `mask_classes` are `read_mask`'s: None reads binary masks.
+    """
+    return [load_sample(r, size, in_channels, norm, data.intensity, mask_label=mask_label,
+                        mask_classes=mask_classes) for r in sample_refs(data)]

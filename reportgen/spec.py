@@ -452,6 +452,12 @@ class Spec(Strict):
         values = self.data.mask_values or ("binary" if self.model.classes == 1 else "labels")
         return self.target_index if values == "labels" else None
 
+    @property
+    def mask_reading(self) -> dict[str, int | None]:
+        """How the masks are read: `reportgen.data.read_mask`'s keyword arguments."""
+        label = self.mask_label
+        return {"mask_label": label, "mask_classes": None if label is None else self.model.classes}
+
 
 # ---------------------------------------------------------------- loading
 

@@ -13,6 +13,8 @@ import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import cv2
+import numpy as np
 import pytest
 
 from reportgen.build import (
@@ -22,8 +24,10 @@ from reportgen.build import (
     build,
     versions,
 )
+from reportgen.data import load_samples
 from reportgen.errors import DataError, UserError
 from reportgen.manifest import git_commit
+from reportgen.spec import load_spec
 from tests.helpers import write_images, write_spec
 from tests.site_fixtures import parse
 
@@ -321,3 +325,33 @@ def test_the_ratio_definition_prints_the_spec_bands(built: Path):
            "concerning" in methods
     assert VerdictBands(excellent=100, good=50, fair=20).text == (
         "above 100 excellent, 50–100 good, 20–50 fair, below 20 concerning")
+
+
+def test_a_multi_class_model_reads_label_map_masks_for_its_target_class(tmp_path: Path):
+    write_images(tmp_path, count=2)
+    expected = {}
+    for path in sorted((tmp_path / "masks").glob("*.png")):
+        disc = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 0
+        labels = disc.astype(np.uint8)  # 1: the disc's left half, 2: its right half
+        labels[:, 32:][disc[:, 32:]] = 2
+        cv2.imwrite(str(path), labels)
+        expected[path.stem] = labels == 2
+    classes = {"model": {"classes": 3, "class_names": ["background", "left", "right"]},
+               "target": {"class": "right", "region": "ground_truth"}}
+    spec = write_spec(tmp_path / "spec.yaml", **classes, **FAST, output={"pdf": None})
+    build(spec, BuildOptions())
+    manifest = json.loads((tmp_path / "site" / "data" / "manifest.json").read_text())
+    for image in manifest["inputs"]["images"]:
+        assert f"mask {image['id']}.png: label map, ground truth where the label is 2" in (
+            image["notes"])
+    loaded = load_spec(spec)
+    for sample in load_samples(loaded.data, loaded.model.size, 3, loaded.model.norm,
+                               **loaded.mask_reading):
+        assert np.array_equal(sample.gt_mask, expected[sample.id])
+    write_images(tmp_path, count=2)  # 0/255 masks: not class indices of a 3-class model
+    with pytest.raises(DataError, match="value 255 but the model has 3 classes .*set "
+                                        "data.mask_values: binary"):
+        build(spec, BuildOptions())
+    binary = write_spec(tmp_path / "spec.yaml", **classes, **FAST, output={"pdf": None},
+                        data={"mask_values": "binary"})
+    assert load_spec(binary).mask_reading == {"mask_label": None, "mask_classes": None}

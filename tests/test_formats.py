@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -9,10 +11,22 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
+from PIL import Image, ImageOps
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
-from reportgen.data import SampleRef, load_sample, prepare, read_image, read_mask
+from reportgen.data import (
+    MAX_PIXELS,
+    PNG_SIGNATURE,
+    SampleRef,
+    check_inputs,
+    load_sample,
+    prepare,
+    read_image,
+    read_mask,
+)
+from reportgen.errors import DataError
 from reportgen.spec import IMAGENET
 
 RAMP = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))  # 48 x 64, 0..252
@@ -116,3 +130,154 @@ def test_image_squashed_to_the_model_input_says_so_and_at_what_size(tmp_path: Pa
     assert ref.notes == sample.notes  # and so the manifest's
     kept = load_sample(ref, (24, 32), 3, IMAGENET)  # half size, same shape
     assert not [note for note in kept.notes if note.startswith("image resized")]
+
+
+# ---------------------------------------------------------------- hostile and unusual files
+
+
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """A greyscale PNG whose header claims width x height: a few kB of zlib'd zero rows."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    rows = zlib.compressobj(9)
+    pixels = b"".join(rows.compress(b"\0" * (width + 1)) for _ in range(64)) + rows.flush()
+    path.write_bytes(PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                                                0, 0, 0))
+                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def _ref(tmp_path: Path, name: str, mask: str | None = None) -> SampleRef:
+    return SampleRef(Path(name).stem, tmp_path / name, tmp_path / mask if mask else None)
+
+
+def test_decompression_bomb_is_refused_from_its_header_and_listed_as_excluded(tmp_path: Path):
+    cv2.imwrite(str(tmp_path / "good.png"), RAMP)
+    _png_claiming(tmp_path / "bomb.png", 60000, 60000)  # 3.6 gigapixels in ~12 kB
+    assert (tmp_path / "bomb.png").stat().st_size < 100_000
+    with pytest.raises(DataError, match=r"bomb\.png: image of 60000x60000 pixels .*limit"):
+        read_image(tmp_path / "bomb.png")
+    usable, excluded = check_inputs([_ref(tmp_path, "good.png"), _ref(tmp_path, "bomb.png")],
+                                    (32, 32), 3, IMAGENET, keep_going=True)
+    assert [r.path.name for r in usable] == ["good.png"]
+    assert [(r.path.name, "60000x60000" in why) for r, why in excluded] == [("bomb.png", True)]
+
+
+def test_oversized_tiff_and_dicom_are_refused_before_their_pixels_are_decoded(tmp_path: Path):
+    side = 9000  # 81 megapixels, just over MAX_PIXELS; written tile by tile, zlib'd
+    assert side * side > MAX_PIXELS > 8000 * 8000
+    tile = np.zeros((512, 512), np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", (tile for _ in range(18 * 18)), shape=(side, side),
+                     dtype=np.uint8, tile=(512, 512), compression="zlib")
+    with pytest.raises(DataError, match=r"big\.tif: image of 9000x9000 pixels"):
+        read_image(tmp_path / "big.tif")
+    write_dicom(tmp_path / "big.dcm", np.zeros((4, 4), np.uint16), 1.0, 0.0)
+    ds = pydicom.dcmread(tmp_path / "big.dcm")
+    ds.Rows = ds.Columns = 12000  # the header alone decides: the pixels are never read
+    ds.save_as(tmp_path / "big.dcm")
+    with pytest.raises(DataError, match=r"big\.dcm: image of 12000x12000 pixels"):
+        read_image(tmp_path / "big.dcm")
+
+
+def test_multi_page_tiff_is_refused_as_not_a_single_image(tmp_path: Path):
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([RAMP] * 5))
+    with pytest.raises(DataError, match=r"stack\.tif: .*5 pages/planes: not a single 2-D"):
+        load_sample(_ref(tmp_path, "stack.tif"), (32, 32), 3, IMAGENET)
+    rgb = np.dstack([RAMP, RAMP // 2, 255 - RAMP])  # one RGB page stored as 3 planes reads
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
+                     planarconfig="separate")
+    values, _ = read_image(tmp_path / "planar.tif")
+    assert np.array_equal(values, rgb / np.float32(255.0))
+
+
+def test_dicom_with_zero_window_width_or_corrupt_jpeg2000_is_refused_naming_it(tmp_path: Path):
+    write_dicom(tmp_path / "flat.dcm", RAMP.astype(np.uint16), 1.0, 0.0, center=40.0, width=0.0)
+    with pytest.raises(DataError, match=r"flat\.dcm: not a readable DICOM image"):
+        read_image(tmp_path / "flat.dcm")
+    ds = pydicom.dcmread(tmp_path / "flat.dcm")
+    del ds.WindowCenter, ds.WindowWidth
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 not a codestream"])
+    ds.save_as(tmp_path / "broken.dcm")
+    with pytest.raises(DataError, match=r"broken\.dcm: not a readable DICOM image"):
+        read_image(tmp_path / "broken.dcm")
+
+
+def _with_orientation(path: Path, array: np.ndarray, orientation: int) -> None:
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif.tobytes(), **({"quality": 95} if path.suffix == ".jpg" else {}))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_viewers_show_the_image(tmp_path: Path, orientation):
+    path = tmp_path / "oriented.png"
+    _with_orientation(path, RAMP + np.arange(48, dtype=np.uint8)[:, None], orientation)
+    values, notes = read_image(path)
+    with Image.open(path) as shown:
+        expected = np.asarray(ImageOps.exif_transpose(shown))
+    assert np.array_equal(values[:, :, 0], expected / np.float32(255.0))
+    assert (f"EXIF orientation {orientation} applied" in notes) == (orientation != 1)
+
+
+def test_mask_drawn_on_a_rotated_photo_lines_up_with_the_rotated_image(tmp_path: Path):
+    # a camera photo stored 64 wide x 48 high, shown rotated (Orientation 6): 48 x 64
+    photo = np.zeros((48, 64, 3), np.uint8)
+    photo[:, :16] = 255  # the stored left edge is the top as shown
+    _with_orientation(tmp_path / "photo.jpg", photo, 6)
+    shown = np.zeros((64, 48), np.uint8)
+    shown[:16, :] = 255  # the annotator marked the bright band as the viewer shows it
+    cv2.imwrite(str(tmp_path / "mask.png"), shown)
+    sample = load_sample(_ref(tmp_path, "photo.jpg", "mask.png"), (64, 48), 3, IMAGENET)
+    assert sample.original_size == (64, 48) and "EXIF orientation 6 applied" in sample.notes
+    bright = sample.display[:, :, 0] > 128
+    assert sample.gt_mask is not None and np.array_equal(bright, sample.gt_mask)
+    _with_orientation(tmp_path / "rotated_mask.png", np.rot90(shown, -1).copy(), 8)
+    mask, notes = read_mask(tmp_path / "rotated_mask.png", (64, 48))
+    assert np.array_equal(mask, shown > 0)
+    assert notes == ["mask rotated_mask.png: EXIF orientation 8 applied"]
+
+
+LABELS = np.zeros((48, 64), np.uint8)
+LABELS[5:20, 5:25], LABELS[25:40, 30:60] = 1, 2  # background 0, class 1, class 2
+
+
+def test_label_map_mask_gives_the_target_class_only(tmp_path: Path):
+    cv2.imwrite(str(tmp_path / "labels.png"), LABELS)
+    binary, notes = read_mask(tmp_path / "labels.png", (48, 64))  # default: binary masks
+    assert np.array_equal(binary, LABELS > 0) and "binarised at half maximum" in notes[0]
+    target, notes = read_mask(tmp_path / "labels.png", (48, 64), mask_label=2, mask_classes=3)
+    assert np.array_equal(target, LABELS == 2)
+    assert notes == ["mask labels.png: label map, ground truth where the label is 2"]
+    half, _ = read_mask(tmp_path / "labels.png", (24, 32), mask_label=1, mask_classes=3)
+    nearest = cv2.resize(LABELS, (32, 24), interpolation=cv2.INTER_NEAREST)
+    assert np.array_equal(half, nearest == 1)  # never an interpolated (blended) label
+    tifffile.imwrite(tmp_path / "labels16.tif", LABELS.astype(np.uint16) * 300)
+    sample = load_sample(_ref(tmp_path, "labels.png", "labels16.tif"), (48, 64), 3, IMAGENET,
+                         mask_label=600)
+    assert sample.gt_mask is not None and np.array_equal(sample.gt_mask, LABELS == 2)
+
+
+def test_palette_label_map_is_read_as_its_class_indices(tmp_path: Path):
+    palette = Image.fromarray(LABELS, mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])  # class 1 red, class 2 green
+    palette.save(tmp_path / "voc.png")
+    target, _ = read_mask(tmp_path / "voc.png", (48, 64), mask_label=1, mask_classes=3)
+    assert np.array_equal(target, LABELS == 1)
+
+
+def test_label_map_with_a_class_beyond_the_model_or_non_integer_values_is_refused(
+        tmp_path: Path):
+    cv2.imwrite(str(tmp_path / "m255.png"), (LABELS > 0).astype(np.uint8) * 255)
+    with pytest.raises(DataError, match=r"m255\.png: label map holds the value 255 .* 3 "
+                       r"classes.*set data\.mask_values: binary if the masks mark only"):
+        read_mask(tmp_path / "m255.png", (48, 64), mask_label=2, mask_classes=3)
+    tifffile.imwrite(tmp_path / "soft.tif", LABELS.astype(np.float32) / 2)
+    with pytest.raises(DataError, match=r"soft\.tif: .*integer class indices"):
+        read_mask(tmp_path / "soft.tif", (48, 64), mask_label=1, mask_classes=3)
+    cv2.imwrite(str(tmp_path / "image.png"), RAMP)
+    refs = [_ref(tmp_path, "image.png", "m255.png")]
+    with pytest.raises(DataError, match=r"1 of 1 input\(s\) cannot be used"):
+        check_inputs(refs, (48, 64), 3, IMAGENET, mask_label=2, mask_classes=3)
