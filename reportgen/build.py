@@ -172,7 +172,7 @@ def _load_model(spec: Spec, clock: Stopwatch, warnings: list[str]):
         fmt, sha = "none", ""
         if m.checkpoint is not None:
             fmt = load_checkpoint(model, m.checkpoint, m.trust_pickle,
-                                  f"{m.architecture} / {m.encoder}")
+                                  f"{m.architecture} / {m.encoder}", warnings)
             sha = sha256_path(m.checkpoint)
         else:
             warnings.append("no checkpoint: the model has RANDOM weights; maps and metrics "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 
+import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
@@ -163,3 +164,106 @@ def test_mismatch_names_counts_keys_and_guesses_the_encoder(tmp_path):
     assert "UnetPlusPlus / efficientnet-b1" in message
     assert "missing (first 5): encoder._blocks." in message
     assert "UnetPlusPlus with encoder efficientnet-b0 (1 classes)" in message
+
+
+def test_pytorch_tutorial_general_checkpoint_loads(tmp_path, trained, probe):
+    path = tmp_path / "general.pth"
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.1, momentum=0.9)
+    torch.save({"epoch": 3, "model_state_dict": trained.state_dict(),
+                "optimizer_state_dict": optimizer.state_dict(), "loss": torch.tensor(0.25)}, path)
+    model = fresh()
+    load_checkpoint(model, path)
+    with torch.no_grad():
+        assert torch.equal(model(probe), trained(probe))
+
+
+def test_lightning_checkpoint_with_loss_and_metric_state_loads_the_model(tmp_path, trained, probe):
+    path = tmp_path / "lightning_with_loss.ckpt"
+    state = {f"model.{k}": v for k, v in trained.state_dict().items()}
+    state |= {"loss_fn.pos_weight": torch.tensor([2.0]), "val_dice.tp": torch.zeros(2),
+              "val_dice.fp": torch.zeros(2)}
+    torch.save({"state_dict": state, "epoch": 3, "pytorch-lightning_version": "2.4.0"}, path)
+    model = fresh()
+    notes: list[str] = []
+    load_checkpoint(model, path, notes=notes)
+    assert notes == ["checkpoint lightning_with_loss.ckpt: 3 tensor(s) of modules other than "
+                     "the model ignored: loss_fn.pos_weight, val_dice.tp, val_dice.fp"]
+    with torch.no_grad():
+        assert torch.equal(model(probe), trained(probe))
+
+
+def test_mismatch_does_not_suggest_the_model_the_spec_already_names(tmp_path, trained):
+    path = tmp_path / "extra.pth"
+    torch.save(trained.state_dict() | {"loss_fn.pos_weight": torch.tensor([2.0])}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(fresh(), path, described_as="Unet / resnet18")
+    message = str(info.value)
+    assert "unexpected (first 5): loss_fn.pos_weight" in message
+    assert "look like" not in message
+
+
+def test_lightning_checkpoint_with_numpy_hyperparameters_loads(tmp_path, trained, probe):
+    path = tmp_path / "numpy_hparams.ckpt"
+    hyper_parameters = {"lr": np.float64(1e-3), "steps": np.int64(100),
+                        "betas": np.array([0.9, 0.999]), "dtype": np.dtype("float32"),
+                        "names": np.array(["background", "lesion"], dtype=object)}
+    save_lightning("model.")(trained, path)
+    torch.save(torch.load(path, weights_only=True) | {"hyper_parameters": hyper_parameters}, path)
+    model = fresh()
+    load_checkpoint(model, path)
+    with torch.no_grad():
+        assert torch.equal(model(probe), trained(probe))
+
+
+class _Config:
+    """A training script's own class, as Lightning may store it among the hyperparameters."""
+
+
+def test_refused_pickle_names_the_object_it_would_build(tmp_path, trained):
+    path = tmp_path / "config_object.ckpt"
+    torch.save({"state_dict": trained.state_dict(), "hyper_parameters": {"cfg": _Config()}}, path)
+    with pytest.raises(CheckpointError, match=r"here `\S*_Config`.*trust_pickle"):
+        load_checkpoint(fresh(), path)
+
+
+def test_empty_checkpoint_is_reported_as_empty(tmp_path):
+    for name in ("empty.pth", "empty.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(CheckpointError, match=rf"{name}: empty file \(0 bytes\)"):
+            load_checkpoint(fresh(), tmp_path / name)
+
+
+def test_files_that_are_not_checkpoints_do_not_suggest_trust_pickle(tmp_path):
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(bytes(range(256)) * 16)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint") as info:
+        load_checkpoint(fresh(), noise)
+    assert "trust_pickle" not in str(info.value)
+
+
+def test_safetensors_renamed_to_pth_loads(tmp_path, trained, probe):
+    path = tmp_path / "weights.pth"
+    save_safetensors(trained, path)
+    model = fresh()
+    assert load_checkpoint(model, path) == "safetensors"
+    with torch.no_grad():
+        assert torch.equal(model(probe), trained(probe))
+
+
+def test_truncated_checkpoint_message_ends_with_a_whole_sentence(tmp_path, trained):
+    good = tmp_path / "good.pth"
+    save_plain(trained, good)
+    truncated = tmp_path / "half.pth"
+    data = good.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="half.pth: not a readable") as info:
+        load_checkpoint(fresh(), truncated)
+    assert str(info.value).endswith(".)")
+
+
+def test_raw_pickle_is_refused_without_torch_warnings(tmp_path, recwarn):
+    path = tmp_path / "raw.pth"
+    path.write_bytes(pickle.dumps({"w": torch.zeros(1)}, protocol=4))
+    with pytest.raises(CheckpointError, match="raw.pth"):
+        load_checkpoint(fresh(), path)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]

@@ -8,9 +8,13 @@ only when the spec says ``model.trust_pickle: true``.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -22,6 +26,8 @@ from reportgen.errors import CheckpointError
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params")
 # Prefixes added by wrappers: Lightning modules, DataParallel, torch.compile.
 WRAPPER_PREFIXES = ("model.", "net.", "module.", "_orig_mod.")
+# smp's EfficientNet drops its classifier; checkpoints of the plain encoder may carry it.
+IGNORED_PREFIXES = ("encoder._fc.",)
 
 
 @dataclass(frozen=True)
@@ -31,10 +37,33 @@ class CheckpointFormat:
     read: Callable[[Path, bool], object]
 
 
+def _refuse_empty(path: Path) -> None:
+    """An empty file is a failed save or copy; say so rather than quote a reader's puzzle."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes); the save or copy did not finish")
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """Recognise safetensors by content (8-byte little-endian header length, then a JSON
+    object), so a file renamed to .pth still loads as what it is."""
+    if path.suffix == ".safetensors":
+        return True
+    if not path.is_file():
+        return False
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        head = file.read(9)
+    if len(head) < 9:
+        return False
+    header_length = int.from_bytes(head[:8], "little")
+    return 0 < header_length <= size - 8 and head[8:9] == b"{"
+
+
 def _read_safetensors(path: Path, trust_pickle: bool) -> object:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    _refuse_empty(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -54,55 +83,133 @@ def _read_pretrained_dir(path: Path, trust_pickle: bool) -> object:
     )
 
 
-def _read_torch(path: Path, trust_pickle: bool) -> object:
+@cache
+def _numpy_safe_globals() -> list[object]:
+    """numpy scalars, dtypes and arrays, which Lightning keeps in `hyper_parameters`.
+
+    torch leaves them off its default allowlist but documents allowlisting them. They
+    cannot run code: numpy refuses object arrays and scalars built from raw bytes, so
+    any Python objects inside come through the restricted unpickler like the rest.
+    numpy 1 pickles `numpy.core.multiarray.*`, numpy 2 `numpy._core.multiarray.*`:
+    both spellings are listed so checkpoints from either load under either.
+    """
+    import numpy as np
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    # Unpickled dtypes are instances of per-type classes (np.dtypes.Float64DType, ...).
+    dtype_classes = {type(np.dtype(code)) for code in np.typecodes["All"]}
+    spellings = [(getattr(multiarray, name), f"numpy.{core}.multiarray.{name}")
+                 for name in ("_reconstruct", "scalar") for core in ("core", "_core")]
+    return [np.ndarray, np.dtype, *dtype_classes, *spellings]
+
+
+def _torch_load(path: Path, weights_only: bool) -> object:
+    """torch.load onto the CPU, numpy metadata allowed, torch's own warnings silenced.
+
+    torch warns "Detected pickle protocol 4" (with a source line) on raw pickles; the
+    caller reports its own message instead.
+    """
+    # safe_globals (with named aliases) arrived with torch 2.6; before it numpy stays refused
+    allow_numpy = (torch.serialization.safe_globals(_numpy_safe_globals())
+                   if weights_only and hasattr(torch.serialization, "safe_globals")
+                   else contextlib.nullcontext())
+    with warnings.catch_warnings(), allow_numpy:
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def _unpickler_error(exc: Exception) -> Exception:
+    """The weights-only unpickler's own error: torch re-raises it wrapped in paragraphs of
+    advice (`from None`, which keeps the original as the context)."""
+    inner = exc.__context__
+    if isinstance(exc, pickle.UnpicklingError) and isinstance(inner, pickle.UnpicklingError):
+        return inner
+    return exc
+
+
+def _disallowed_global(exc: Exception) -> str | None:
+    """The class or function the weights-only unpickler refused, if that is why it failed."""
+    found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", str(exc))
+    return found.group(1) if found else None
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The cause in one sentence: torch's messages run to several sentences and lines,
+    and some (EOFError) are empty."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    sentence = re.match(r".*?[.!?](?=\s|$)", lines[0])
+    return sentence.group(0) if sentence else lines[0]
+
+
+def _read_torch(path: Path, trust_pickle: bool) -> object:
+    _refuse_empty(path)
+    try:
+        return _torch_load(path, weights_only=True)
+    except Exception as exc:  # the safe unpickler fails in many ways on foreign bytes
+        cause = _unpickler_error(exc)
+        disallowed = _disallowed_global(cause)
+        if disallowed is None:
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint (truncated, or another kind of "
+                f"file: {_first_sentence(cause)})"
+            ) from exc
         if not trust_pickle:
             raise CheckpointError(
-                f"{path}: the file holds pickled Python objects (for example a whole model "
-                "object), which can run code when loaded, so it was not loaded. Save a "
-                "state_dict instead, or set `model.trust_pickle: true` in the spec only if "
-                "you trust where the file came from."
+                f"{path}: the file holds pickled Python objects (such as a whole model "
+                f"object; here `{disallowed}`), which can run code when loaded, so it was not "
+                "loaded. Save a state_dict instead, or set `model.trust_pickle: true` in the "
+                "spec only if you trust where the file came from."
             ) from exc
-    except Exception as exc:  # the safe unpickler fails in many ways on foreign bytes
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file: "
-            f"{str(exc).splitlines()[0][:200]})"
-        ) from exc
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return _torch_load(path, weights_only=False)
     except Exception as exc:  # arbitrary code ran by the user's explicit choice
-        raise CheckpointError(f"{path}: could not unpickle the checkpoint: {exc}") from exc
+        raise CheckpointError(
+            f"{path}: could not unpickle the checkpoint: {_first_sentence(exc)}"
+        ) from exc
 
 
 FORMATS: list[CheckpointFormat] = [
     CheckpointFormat("smp save_pretrained folder", lambda p: p.is_dir(), _read_pretrained_dir),
-    CheckpointFormat("safetensors", lambda p: p.suffix == ".safetensors", _read_safetensors),
+    CheckpointFormat("safetensors", _looks_like_safetensors, _read_safetensors),
     CheckpointFormat("torch (.pth/.pt/.bin/.ckpt)", lambda p: p.is_file(), _read_torch),
 ]
 
 
 def _is_state_dict(obj: object) -> bool:
+    """String keys, at least half of them tensors: a training dict's metadata may hold a
+    tensor or two (a loss) without being the weights."""
     return (
         isinstance(obj, Mapping)
         and len(obj) > 0
         and all(isinstance(k, str) for k in obj)
-        and any(isinstance(v, torch.Tensor) for v in obj.values())
+        and 2 * sum(isinstance(v, torch.Tensor) for v in obj.values()) >= len(obj)
     )
+
+
+def _find_state_dict(obj: object) -> Mapping[str, object] | None:
+    """The weights in `obj`, looking under the nested keys before taking a dict as is."""
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if not isinstance(obj, Mapping):
+        return None
+    for key in NESTED_KEYS:
+        nested = _find_state_dict(obj.get(key))
+        if nested is not None:
+            return nested
+    return obj if _is_state_dict(obj) else None
 
 
 def extract_state_dict(obj: object, source: Path) -> dict[str, torch.Tensor]:
     """Find the tensors in whatever a checkpoint file held."""
-    if isinstance(obj, nn.Module):
-        return dict(obj.state_dict())
-    if _is_state_dict(obj):
-        assert isinstance(obj, Mapping)
-        return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    found = _find_state_dict(obj)
+    if found is not None:
+        return {k: v for k, v in found.items() if isinstance(v, torch.Tensor)}
     if isinstance(obj, Mapping):
-        for key in NESTED_KEYS:
-            if key in obj:
-                return extract_state_dict(obj[key], source)
         raise CheckpointError(
             f"{source}: a dictionary without model weights "
             f"(keys: {', '.join(map(str, obj))[:200]}); "
@@ -111,9 +218,28 @@ def extract_state_dict(obj: object, source: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not model weights")
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes while that increases the overlap with the model's keys."""
+def _fits(keys: set[str], expected: set[str]) -> bool:
+    """Exactly the model's keys, not counting tensors smp's encoders drop anyway."""
+    return {k for k in keys if not k.startswith(IGNORED_PREFIXES)} == expected
+
+
+def _strip_prefixes(
+    state: dict[str, torch.Tensor], expected: set[str]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Remove wrapper prefixes while that increases the overlap with the model's keys.
+
+    A Lightning module also holds its loss and metrics (`loss_fn.pos_weight`, torchmetrics
+    buffers) beside `model.`: when the keys under one wrapper prefix fit the model
+    exactly, the keys without it belong to those other modules. Returns the state dict
+    and the keys dropped for that reason.
+    """
     while True:
+        if _fits(set(state), expected):
+            return state, []
+        for prefix in WRAPPER_PREFIXES:
+            inner = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            if _fits(set(inner), expected):
+                return inner, [k for k in state if not k.startswith(prefix)]
         best = state
         overlap = len(expected & set(state))
         for prefix in WRAPPER_PREFIXES:
@@ -121,7 +247,7 @@ def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[
             if len(expected & set(stripped)) > overlap:
                 best, overlap = stripped, len(expected & set(stripped))
         if best is state:
-            return state
+            return state, []
         state = best
 
 
@@ -141,16 +267,18 @@ def load_checkpoint(
     path: Path,
     trust_pickle: bool = False,
     described_as: str = "",
+    notes: list[str] | None = None,
 ) -> str:
     """Load weights from `path` into `model` (strictly); returns the format name.
 
     `described_as` ("UnetPlusPlus / efficientnet-b5") is quoted in mismatch errors.
+    Tensors of other modules beside a wrapped model (a Lightning loss or metric) are
+    dropped and named in a note appended to `notes` (the build's warnings).
     """
     state, fmt = read_checkpoint(path, trust_pickle)
     expected = dict(model.state_dict())
-    state = _strip_prefixes(state, set(expected))
-    # smp's EfficientNet drops its classifier; checkpoints of the plain encoder may carry it.
-    state = {k: v for k, v in state.items() if not k.startswith("encoder._fc.")}
+    state, dropped = _strip_prefixes(state, set(expected))
+    state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
@@ -162,6 +290,10 @@ def load_checkpoint(
         raise CheckpointError(_mismatch_message(path, described_as, expected, state, missing,
                                                 unexpected, wrong_shape))
     model.load_state_dict(state, strict=True)
+    if dropped and notes is not None:
+        more = ", ..." if len(dropped) > 3 else ""
+        notes.append(f"checkpoint {path.name}: {len(dropped)} tensor(s) of modules other than "
+                     f"the model ignored: {', '.join(dropped[:3])}{more}")
     return fmt
 
 
@@ -187,7 +319,7 @@ def _mismatch_message(
     if wrong_shape:
         lines.append("  other shape (first 3): " + "; ".join(wrong_shape[:3]))
     guess = guess_model(state)
-    if guess:
+    if guess and guess != guess_model(expected):  # naming the spec's own model helps no one
         lines.append(f"  the keys look like: {guess} (check model.architecture / model.encoder)")
     return "\n".join(lines)
 
