@@ -12,7 +12,9 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -415,8 +417,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM (kill, a batch scheduler, a container stop) unwinds like Ctrl-C: a build
+    # removes its scratch folder and its lock, and the previous site stays as it was
+    raise SystemExit(128 + signum)
+
+
 def run_main(argv: Sequence[str] | None = None) -> int:
     """`main`, with an unexpected exception turned into exit code 1 (traceback on stderr)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return main(argv)
     except Exception:

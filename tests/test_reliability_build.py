@@ -382,3 +382,32 @@ def test_a_pdf_path_that_would_overwrite_the_site_is_refused(tmp_path: Path, pdf
         pdf_in_site(tmp_path / "site", tmp_path / pdf)
     assert pdf_in_site(tmp_path / "site", tmp_path / "site/dossier/VAL-1.pdf") == Path(
         "dossier/VAL-1.pdf")
+
+
+def test_a_terminated_build_cleans_up_and_keeps_the_previous_site(tmp_path: Path):
+    write_images(tmp_path, count=4)
+    spec = write_spec(tmp_path / "spec.yaml", **FAST)
+    build(spec, BuildOptions())
+    site = tmp_path / "site"
+    before = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    write_spec(tmp_path / "spec.yaml", **{**FAST, "methods": ["gradcam", "scorecam"]},
+               runtime={"batch_size": 1}, report={"title": "changed"})
+    running = subprocess.Popen(_cli("build", "-q", "--no-cache", str(spec)), env=_python_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    staging = tmp_path / f".site.building-{running.pid}"
+    try:
+        deadline = time.monotonic() + 120
+        while not (staging.is_dir() and any(p.is_file() for p in staging.rglob("*"))):
+            assert running.poll() is None, running.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the build never started writing"
+            time.sleep(0.05)
+        running.send_signal(signal.SIGTERM)
+        assert running.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+        running.stderr.close()
+    assert not staging.exists() and not (tmp_path / ".site.lock").exists()
+    after = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    assert after == before
