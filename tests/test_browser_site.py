@@ -79,6 +79,11 @@ def test_click_keyboard_zoom_and_sort_without_console_errors(
     ranks = page.locator("#gallery > li").evaluate_all(
         "items => items.map(item => Number(item.dataset.verdictRank))")
     assert ranks == sorted(ranks) and len(ranks) == 4
+    page.select_option("#gallery-sort", "verdict-best")
+    verdicts = page.locator("#gallery > li").evaluate_all(
+        "items => items.map(item => item.dataset.verdict)")
+    best_first = ["excellent", "good", "fair", "concerning", "invalid", "n/a"]
+    assert [best_first.index(v) for v in verdicts] == sorted(best_first.index(v) for v in verdicts)
     page.select_option("#gallery-sort", "dice-desc")
     dice = page.locator("#gallery > li").evaluate_all(
         "items => items.map(item => item.dataset.dice)")

@@ -162,17 +162,13 @@
         return sign * (x - y) || order(a, b);
       };
     };
-    var bestRank = function (item) {
-      var rank = Number(item.dataset.verdictRank);
-      return rank >= 5 ? 5 : 4 - rank;
-    };
     var comparators = {
       order: order,
       verdict: function (a, b) {
         return Number(a.dataset.verdictRank) - Number(b.dataset.verdictRank) || order(a, b);
       },
       "verdict-best": function (a, b) {
-        return bestRank(a) - bestRank(b) || order(a, b);
+        return Number(a.dataset.verdictBest) - Number(b.dataset.verdictBest) || order(a, b);
       },
       "dice-asc": byDice(1),
       "dice-desc": byDice(-1),

@@ -135,6 +135,13 @@ def verdict_rank(name: str) -> int:
     return VERDICT_ORDER.index(name) if name in VERDICT_ORDER else len(VERDICT_ORDER) - 1
 
 
+def verdict_rank_best_first(name: str) -> int:
+    """Position of a verdict from best (0) to worst; n/a and unknown still last."""
+    rank = verdict_rank(name)
+    last = len(VERDICT_ORDER) - 1  # n/a
+    return last if rank == last else last - 1 - rank
+
+
 def worst_verdict(verdicts: Iterable[str]) -> str:
     """The worst verdict among `verdicts` (n/a only when nothing else is there)."""
     ranked = sorted(verdicts, key=verdict_rank)
@@ -571,7 +578,8 @@ class GalleryItem:
     dice: str
     dice_sort: str  # "" when undefined: sorts last
     verdict: VerdictView
-    verdict_sort: int
+    verdict_sort: int  # worst first
+    verdict_best_sort: int  # best first (n/a last in both)
 
 
 @dataclass
@@ -747,7 +755,8 @@ def gallery_items(stats: DatasetStats, thumbs: dict[str, str],
             dice=format_number(summary.dice) if summary.dice is not None else "n/a",
             dice_sort="" if summary.dice is None else f"{summary.dice:.6f}",
             verdict=verdict_view(summary.verdict),
-            verdict_sort=verdict_rank(summary.verdict)))
+            verdict_sort=verdict_rank(summary.verdict),
+            verdict_best_sort=verdict_rank_best_first(summary.verdict)))
     return items
 
 
