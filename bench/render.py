@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reportgen.build import MAPS_COMPRESSION  # noqa: E402
 from reportgen.hashing import write_npz  # noqa: E402
 from reportgen.render.site import SiteWriter  # noqa: E402
-from reportgen.report import Cell, ImageResult, LayerRow, MethodRow, MetricValue  # noqa: E402
+from reportgen.report import Cell, ImageResult, LayerRow, MethodRow, ShownValue  # noqa: E402
 from tests.site_fixtures import METRICS, disc, make_context  # noqa: E402
 
 LAYERS = {"encoder_early": 160, "encoder_mid": 40, "encoder_last": 20, "decoder_last": 0,
@@ -60,14 +60,14 @@ def synthetic(index: int, size: int) -> tuple[ImageResult, dict[str, np.ndarray]
             arrays[f"{layer}|{method}|normalised"] = normalised.numpy().astype(np.float16)
             cells[layer, method] = Cell(
                 layer=layer, method=method, map=normalised.numpy(), verdict="good",
-                metrics={name: MetricValue(float(rng.random())) for name in METRICS},
+                metrics={name: ShownValue(float(rng.random())) for name in METRICS},
                 curves={"deletion": list(np.linspace(1, 0, 11)),
                         "insertion": list(np.linspace(0, 1, 11))})
     result = ImageResult(
         id=f"img-{index:04d}", source=Path(f"images/{index:04d}.png"), display=display,
         probability=prediction.astype(np.float32), prediction=prediction,
         ground_truth=prediction, mask_source=Path(f"masks/{index:04d}.png"),
-        dice=MetricValue(1.0), iou=MetricValue(1.0), cells=cells, notes=[])
+        dice=ShownValue(1.0), iou=ShownValue(1.0), cells=cells, notes=[])
     return result, arrays
 
 

@@ -75,12 +75,12 @@ from reportgen.pipeline import (
 )
 from reportgen.report import (
     LayerRow,
+    MethodRow,
     MetricDefinition,
     ModelCard,
     ReportContext,
     SanityRow,
 )
-from reportgen.report import MethodRow as ReportMethodRow
 from reportgen.spec import Spec, parse_spec
 
 if TYPE_CHECKING:
@@ -394,7 +394,7 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         if name == "scorecam" and spec.method_options.scorecam.max_channels:
             note = (f"approximate: at most {spec.method_options.scorecam.max_channels} "
                     "highest-variance channels scored")
-        methods.append(ReportMethodRow(name, entry.family, entry.cost, entry.reference,
+        methods.append(MethodRow(name, entry.family, entry.cost, entry.reference,
                                        entry.description, bool(note), note))
     bands = verdict_bands(spec)
     definitions = [MetricDefinition(

@@ -48,7 +48,7 @@ from reportgen.data import Sample, SampleRef
 from reportgen.errors import UserError
 from reportgen.hashing import package_versions, sha256_file, write_npz
 from reportgen.metrics import MetricRow
-from reportgen.report import Cell, ImageResult, MetricValue
+from reportgen.report import Cell, ImageResult, ShownValue
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,12 @@ def _plain(value: object) -> object:
     return str(value)
 
 
-def _metric(value: MetricValue | None) -> list | None:
+def _metric(value: ShownValue | None) -> list | None:
     return None if value is None else [value.value, value.reason]
 
 
-def _unmetric(value: list | None) -> MetricValue | None:
-    return None if value is None else MetricValue(value[0], value[1])
+def _unmetric(value: list | None) -> ShownValue | None:
+    return None if value is None else ShownValue(value[0], value[1])
 
 
 class ResultCache:

@@ -34,7 +34,7 @@ from reportgen.metrics import (
     verdict,
 )
 from reportgen.models import LayerInfo, describe_layers, resolve_layers
-from reportgen.report import Cell, ImageResult, MetricValue
+from reportgen.report import Cell, ImageResult, ShownValue
 from reportgen.spec import Spec
 
 UNDEFINED_FLAGS = ("empty_target", "non_finite")
@@ -309,10 +309,10 @@ def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
                 if spec_metric.per_map and spec_metric.group in groups:
                     rows.append(MetricRow(sample.id, key[0], key[1], spec_metric.name, None,
                                           "n/a", reason))
-    by_cell: dict[tuple[str, str], dict[str, MetricValue]] = {}
-    image_level: dict[str, MetricValue] = {}
+    by_cell: dict[tuple[str, str], dict[str, ShownValue]] = {}
+    image_level: dict[str, ShownValue] = {}
     for row in rows:
-        shown = MetricValue.of_row(row.value, row.status, row.reason)
+        shown = ShownValue.of_row(row.value, row.status, row.reason)
         if row.layer or row.method:
             by_cell.setdefault((row.layer, row.method), {})[row.metric] = shown
         else:

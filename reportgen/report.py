@@ -15,14 +15,16 @@ from reportgen.metrics.attention import VerdictBands
 from reportgen.metrics.export import AggregateRow
 
 __all__ = ["AggregateRow", "Cell", "CellKey", "ImageResult", "LayerRow", "MethodRow",
-           "MetricDefinition", "MetricValue", "ModelCard", "ReportContext", "SanityRow"]
+           "MetricDefinition", "ShownValue", "ModelCard", "ReportContext", "SanityRow"]
 
 CellKey = tuple[str, str]  # (layer name as in the spec, method name)
 
 
 @dataclass
-class MetricValue:
-    """One number, or n/a with the reason (never a NaN shown as a number)."""
+class ShownValue:
+    """A metric value as the report shows it: one number, or n/a with the reason (never a
+    NaN shown as a number). Built from an exported row (`of_row`); the metrics' own
+    `reportgen.metrics.MetricValue` also carries the status."""
 
     value: float | None
     reason: str = ""
@@ -32,7 +34,7 @@ class MetricValue:
         return self.value is not None
 
     @classmethod
-    def of_row(cls, value: float | str | None, status: str, reason: str) -> MetricValue:
+    def of_row(cls, value: float | str | None, status: str, reason: str) -> ShownValue:
         """The value shown for one exported metric row (a MetricRow or a metrics.csv row)."""
         if status == "ok" and value not in ("", None):
             return cls(float(value))
@@ -47,7 +49,7 @@ class Cell:
     method: str
     map: np.ndarray | None  # [H, W] float32 in [0, 1]; None when undefined
     flags: list[str] = field(default_factory=list)  # e.g. all_zero, constant, empty_target
-    metrics: dict[str, MetricValue] = field(default_factory=dict)  # keyed by metric name
+    metrics: dict[str, ShownValue] = field(default_factory=dict)  # keyed by metric name
     verdict: str = "n/a"  # excellent | good | fair | concerning | invalid | n/a
     approximate: bool = False  # e.g. Score-CAM with max_channels
     curves: dict[str, list[float]] = field(default_factory=dict)  # deletion / insertion
@@ -62,8 +64,8 @@ class ImageResult:
     prediction: np.ndarray  # [H, W] bool predicted mask of the target class
     ground_truth: np.ndarray | None  # [H, W] bool
     mask_source: Path | None
-    dice: MetricValue | None  # None without ground truth
-    iou: MetricValue | None
+    dice: ShownValue | None  # None without ground truth
+    iou: ShownValue | None
     cells: dict[CellKey, Cell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # conversions applied, warnings
 

@@ -17,10 +17,10 @@ from reportgen.report import (
     LayerRow,
     MethodRow,
     MetricDefinition,
-    MetricValue,
     ModelCard,
     ReportContext,
     SanityRow,
+    ShownValue,
 )
 
 HOSTILE = "<script>alert(1)</script>"
@@ -108,14 +108,14 @@ def make_result(index: int, size: int = 64, ground_truth: bool = True,
             values = rng.random((size, size)).astype(np.float32)
             values = np.clip(values * 0.5 + prediction * 0.5, 0, 1).astype(np.float32)
             verdict = VERDICTS[(index + layer_index + method_index) % len(VERDICTS)]
-            metrics = {name: MetricValue(float(rng.random() * (6 if name == "attention_ratio"
+            metrics = {name: ShownValue(float(rng.random() * (6 if name == "attention_ratio"
                                                                  else 1)))
                        for name in METRICS}
             flags: list[str] = []
             cell_map: np.ndarray | None = values
             if index == 1 and layer_index == 1 and method_index == 1:
                 cell_map, flags, verdict = None, ["empty_target"], "n/a"
-                metrics["attention_ratio"] = MetricValue(None, "predicted mask is empty")
+                metrics["attention_ratio"] = ShownValue(None, "predicted mask is empty")
             if index == 2 and layer_index == 0 and method_index == 0:
                 flags, verdict = ["all_zero"], "n/a"
                 cell_map = np.zeros((size, size), np.float32)
@@ -124,13 +124,13 @@ def make_result(index: int, size: int = 64, ground_truth: bool = True,
                 verdict=verdict, approximate=method == "gradcam++",
                 curves={"deletion": list(np.linspace(1, 0, 11) ** (1 + index)),
                         "insertion": list(np.linspace(0, 1, 11) ** 0.5)})
-    dice = MetricValue(0.5 + 0.1 * index) if ground_truth else None
+    dice = ShownValue(0.5 + 0.1 * index) if ground_truth else None
     name = source_name or f"image_{index}.png"
     return ImageResult(
         id=f"img-{index:03d}", source=Path("Dataset/test") / name, display=display,
         probability=prediction.astype(np.float32), prediction=prediction, ground_truth=truth,
         mask_source=Path("Dataset/test_masks") / name if ground_truth else None,
-        dice=dice, iou=MetricValue(0.4 + 0.1 * index) if ground_truth else None, cells=cells,
+        dice=dice, iou=ShownValue(0.4 + 0.1 * index) if ground_truth else None, cells=cells,
         notes=["resized to 64x64"] if index == 0 else [])
 
 

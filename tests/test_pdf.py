@@ -32,7 +32,7 @@ from reportgen.render.pdf import (
 )
 from reportgen.render.pdf_figures import PrintFigures, pixels_for
 from reportgen.render.viewmodel import Definition, Footnotes, value_view, verdict_view
-from reportgen.report import MetricValue
+from reportgen.report import ShownValue
 from reportgen.verify import verify_pdf
 from tests.helpers import write_images, write_spec
 from tests.pdf_fixtures import REPORT, build_project
@@ -367,7 +367,7 @@ def test_every_table_column_of_a_dossier_with_every_metric_is_on_the_page(every_
         # numbers are right-aligned under their (right-aligned) column head
         printed = sorted(w[0] for p, w in section if p == page
                          and abs(w[2] - column[2]) < 1.5 and w[3] > column[3])
-        expected = sorted(value_view(MetricValue.of_row(r["value"], r["status"], r["reason"]),
+        expected = sorted(value_view(ShownValue.of_row(r["value"], r["status"], r["reason"]),
                                      Footnotes()).text for r in rows if r["metric"] == metric)
         assert printed == expected, metric
 
@@ -398,7 +398,7 @@ def test_an_images_metric_tables_repeat_layer_and_method_and_name_their_groups()
     columns = [Definition(m.name, m.title, m.formula, m.direction, m.reference)
                for m in METRICS.values() if m.per_map]
     groups = {m.name: m.group for m in METRICS.values()}
-    values = {name: MetricValue(0.5) for name in groups}
+    values = {name: ShownValue(0.5) for name in groups}
     del values["sanity_ssim"]
     verdict = verdict_view("good")
     measured = [("encoder_last", "gradcam", verdict, values),

@@ -32,7 +32,7 @@ from reportgen.render.viewmodel import (
     verdict_view,
     worst_verdict,
 )
-from reportgen.report import MetricValue
+from reportgen.report import ShownValue
 from tests.site_fixtures import (
     LAYERS,
     METHODS,
@@ -138,13 +138,13 @@ def test_verdict_badge_has_a_text_label_and_safe_class() -> None:
 
 def test_na_values_cite_their_reason_once() -> None:
     notes = Footnotes()
-    first = value_view(MetricValue(None, "predicted mask is empty"), notes)
-    second = value_view(MetricValue(None, "predicted mask is empty"), notes)
+    first = value_view(ShownValue(None, "predicted mask is empty"), notes)
+    second = value_view(ShownValue(None, "predicted mask is empty"), notes)
     third = value_view(None, notes, absent="no ground truth")
     assert first.missing and first.text == "n/a" and first.note == second.note == 1
     assert third.note == 2
     assert notes.notes == [(1, "predicted mask is empty"), (2, "no ground truth")]
-    assert value_view(MetricValue(0.25), notes).text == "0.250"
+    assert value_view(ShownValue(0.25), notes).text == "0.250"
 
 
 def test_definitions_follow_the_registry_order_and_name_unknown_metrics() -> None:

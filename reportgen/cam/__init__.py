@@ -8,7 +8,7 @@ result.maps["encoder_last", "gradcam"]   # [N, H, W] in [0, 1]
 """
 
 from reportgen.cam.engine import CamEngine, CamResult, CheckRow, check_methods, compute_cam
-from reportgen.cam.methods import METHODS, MethodEntry, MethodRow, get_method, list_methods
+from reportgen.cam.methods import METHODS, MethodEntry, MethodListing, get_method, list_methods
 from reportgen.cam.normalise import FLAG_REASONS
 from reportgen.cam.target import SegmentationTarget
 
@@ -19,7 +19,7 @@ __all__ = [
     "CamResult",
     "CheckRow",
     "MethodEntry",
-    "MethodRow",
+    "MethodListing",
     "SegmentationTarget",
     "check_methods",
     "compute_cam",

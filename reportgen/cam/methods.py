@@ -41,7 +41,7 @@ class MethodEntry:
     compute: GradientMethod | str | None = None
 
 
-class MethodRow(NamedTuple):
+class MethodListing(NamedTuple):
     """A row of `reportgen methods`."""
 
     name: str
@@ -208,6 +208,6 @@ def get_method(name: str) -> MethodEntry:
         raise UserError(f"unknown CAM method '{name}'{hint}; known: {', '.join(METHODS)}") from None
 
 
-def list_methods() -> list[MethodRow]:
+def list_methods() -> list[MethodListing]:
     """Every registered method as (name, family, cost in passes per image, reference)."""
-    return [MethodRow(e.name, e.family, e.cost, e.reference) for e in METHODS.values()]
+    return [MethodListing(e.name, e.family, e.cost, e.reference) for e in METHODS.values()]

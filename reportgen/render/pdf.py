@@ -86,7 +86,7 @@ from reportgen.render.viewmodel import (
     value_view,
     verdict_view,
 )
-from reportgen.report import AggregateRow, MetricValue, ReportContext, SanityRow
+from reportgen.report import AggregateRow, ReportContext, SanityRow, ShownValue
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def split_metric_columns(columns: Sequence[Definition], groups: Mapping[str, str
     return tables
 
 
-def metric_tables(measured: Sequence[tuple[str, str, VerdictView, Mapping[str, MetricValue]]],
+def metric_tables(measured: Sequence[tuple[str, str, VerdictView, Mapping[str, ShownValue]]],
                   columns: Sequence[Definition], groups: Mapping[str, str],
                   notes: Footnotes) -> list[PrintMetricTable]:
     """An image's metric tables, one row per measured (layer, method, verdict, values by
@@ -292,10 +292,10 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
     """The print section of one image, from its summary, its metric rows and its figures;
     `input_notes` say how the input was converted (e.g. resized, so its aspect changed)."""
     notes = Footnotes()
-    image_level: dict[str, MetricValue] = {}
-    by_cell: dict[tuple[str, str], dict[str, MetricValue]] = {}
+    image_level: dict[str, ShownValue] = {}
+    by_cell: dict[tuple[str, str], dict[str, ShownValue]] = {}
     for row in rows:
-        shown = MetricValue.of_row(row["value"], row["status"], row["reason"])
+        shown = ShownValue.of_row(row["value"], row["status"], row["reason"])
         if row["layer"] or row["method"]:
             by_cell.setdefault((row["layer"], row["method"]), {})[row["metric"]] = shown
         else:

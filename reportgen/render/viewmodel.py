@@ -26,9 +26,9 @@ from reportgen.report import (
     Cell,
     ImageResult,
     MetricDefinition,
-    MetricValue,
     ReportContext,
     SanityRow,
+    ShownValue,
 )
 
 VERDICT_LABELS: dict[str, str] = {
@@ -226,7 +226,7 @@ class ValueView:
     missing: bool = False
 
 
-def value_view(value: MetricValue | float | None, notes: Footnotes,
+def value_view(value: ShownValue | float | None, notes: Footnotes,
                absent: str = "not computed") -> ValueView:
     """A metric value for a table: the formatted number, or n/a with a cited reason."""
     if isinstance(value, int | float):
@@ -378,7 +378,7 @@ class GridRow:
 
 
 @dataclass
-class MetricRow:
+class MetricRowView:
     layer: str
     method: str
     verdict: VerdictView
@@ -405,7 +405,7 @@ class ImagePageView:
     variants: list[tuple[str, str]]
     rows: list[GridRow]
     metric_columns: list[Definition]
-    metric_rows: list[MetricRow]
+    metric_rows: list[MetricRowView]
     footnotes: list[tuple[int, str]]
     colorbar: str
     colormap: str
@@ -457,7 +457,7 @@ def image_page_view(context: ReportContext, result: ImageResult, figures: dict[s
                            f"on {source}", "Prediction"))
 
     rows: list[GridRow] = []
-    metric_rows: list[MetricRow] = []
+    metric_rows: list[MetricRowView] = []
     metric_names = sorted({name for cell in result.cells.values() for name in cell.metrics})
     columns = definitions_for(metric_names, context)
     for r, layer in enumerate(layers):
@@ -486,7 +486,7 @@ def image_page_view(context: ReportContext, result: ImageResult, figures: dict[s
                 ratio=value_view(ratio_value, notes),
                 approximate=bool(cell and cell.approximate)))
             if cell is not None:
-                metric_rows.append(MetricRow(
+                metric_rows.append(MetricRowView(
                     layer=layer, method=method, verdict=verdict_view(cell.verdict),
                     values=[value_view(cell.metrics.get(d.name), notes) for d in columns],
                     flags=", ".join(cell.flags), approximate=cell.approximate))
@@ -937,7 +937,7 @@ def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotVi
 
 
 @dataclass
-class LayerInfo:
+class LayerView:
     name: str
     path: str
     channels: str
@@ -948,7 +948,7 @@ class LayerInfo:
 @dataclass
 class LayersView:
     page: PageView
-    layers: list[LayerInfo]
+    layers: list[LayerView]
     tables: list[MeansTable]
     plots: list[PlotView]
     matrices: list[MatrixView]
@@ -960,7 +960,7 @@ def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequenc
                 plots: list[PlotView], rank_size: int) -> LayersView:
     """How attention changes through the network: per-layer means for every metric."""
     notes = Footnotes()
-    layers = [LayerInfo(row.name, row.path,
+    layers = [LayerView(row.name, row.path,
                         "—" if row.channels is None else format_count(row.channels),
                         "—" if row.stride is None else f"{row.stride:g}", row.meaning)
               for row in context.layers]
