@@ -29,6 +29,9 @@ from pydantic import (
 
 from reportgen.errors import SpecError
 
+# The alias and metric-group names of the registries in reportgen.models.layers and
+# reportgen.metrics.registry, spelled out so that reading a spec imports no torch; the
+# tests pin them equal to the registries.
 LAYER_ALIASES = ("encoder_early", "encoder_mid", "encoder_last", "decoder_last", "seg_head")
 METRIC_GROUPS = ("attention", "dice", "localisation", "faithfulness", "sanity")
 SEED_METHODS = ("gradcam", "gradcam++", "scorecam", "layercam")
