@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -267,3 +269,44 @@ def test_raw_pickle_is_refused_without_torch_warnings(tmp_path, recwarn):
     with pytest.raises(CheckpointError, match="raw.pth"):
         load_checkpoint(fresh(), path)
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
+def test_numpy_callables_in_a_checkpoint_cannot_build_objects_from_its_bytes(tmp_path):
+    """np.ndarray(shape, "O", buffer=...) makes object pointers of the file's bytes: a
+    checkpoint loaded without trust_pickle must not reach it (it crashed the process)."""
+    script = tmp_path / "evil.py"
+    script.write_text(
+        "import sys\n"
+        "import numpy as np, torch\n"
+        "from pathlib import Path\n"
+        "from reportgen.errors import CheckpointError\n"
+        "from reportgen.models.checkpoints import _read_torch\n"
+        "class Objects:\n"
+        "    def __reduce__(self):\n"
+        "        return (np.ndarray, ((1,), np.dtype('O'), b'A' * 8))\n"
+        "class Touch:\n"
+        "    def __reduce__(self):\n"
+        "        return (set, (Objects(),))\n"
+        "path = Path(sys.argv[1])\n"
+        "torch.save({'state_dict': {'w': torch.zeros(2)}, 'x': Touch()}, path)\n"
+        "try:\n"
+        "    _read_torch(path, False)\n"
+        "except CheckpointError as exc:\n"
+        "    print('refused:', exc)\n")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "evil.pth")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused: " in done.stdout
+
+
+def test_a_state_dict_pickled_with_protocol_4_loads_with_trust_or_says_how(tmp_path, trained,
+                                                                          probe):
+    path = tmp_path / "protocol4.pth"
+    torch.save(trained.state_dict(), path, pickle_protocol=4)
+    with pytest.raises(CheckpointError, match="safe loader cannot read this pickle.*"
+                                              "trust_pickle: true"):
+        load_checkpoint(fresh(), path)
+    model = fresh()
+    load_checkpoint(model, path, trust_pickle=True)
+    with torch.no_grad():
+        assert torch.equal(model(probe), trained(probe))

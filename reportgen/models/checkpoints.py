@@ -83,38 +83,51 @@ def _read_pretrained_dir(path: Path, trust_pickle: bool) -> object:
     )
 
 
-@cache
-def _numpy_safe_globals() -> list[object]:
-    """numpy scalars, dtypes and arrays, which Lightning keeps in `hyper_parameters`.
+class _NumpyPlaceholder:
+    """Stands in for a numpy array, scalar or dtype in a checkpoint's metadata (Lightning
+    keeps numpy values in `hyper_parameters`): it takes any arguments and state and holds
+    nothing. The real numpy callables must not be allowed: `np.ndarray(shape, "O",
+    buffer=...)` builds object pointers from the file's bytes, a memory-corruption
+    primitive that would crash (or worse) a process that never opted into unpickling."""
 
-    torch leaves them off its default allowlist but documents allowlisting them. They
-    cannot run code: numpy refuses object arrays and scalars built from raw bytes, so
-    any Python objects inside come through the restricted unpickler like the rest.
-    numpy 1 pickles `numpy.core.multiarray.*`, numpy 2 `numpy._core.multiarray.*`:
-    both spellings are listed so checkpoints from either load under either.
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "<numpy value, not loaded>"
+
+
+@cache
+def _numpy_placeholders() -> list[tuple[type, str]]:
+    """The numpy names a metadata value is pickled under, each bound to the placeholder.
+
+    numpy 1 pickles `numpy.core.multiarray.*`, numpy 2 `numpy._core.multiarray.*`; an
+    unpickled dtype is an instance of a per-type class (`numpy.dtypes.Float64DType`).
     """
     import numpy as np
 
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray
-    # Unpickled dtypes are instances of per-type classes (np.dtypes.Float64DType, ...).
-    dtype_classes = {type(np.dtype(code)) for code in np.typecodes["All"]}
-    spellings = [(getattr(multiarray, name), f"numpy.{core}.multiarray.{name}")
-                 for name in ("_reconstruct", "scalar") for core in ("core", "_core")]
-    return [np.ndarray, np.dtype, *dtype_classes, *spellings]
+    names = ["numpy.ndarray", "numpy.dtype"] + [
+        f"numpy.{core}.multiarray.{name}"
+        for core in ("core", "_core") for name in ("_reconstruct", "scalar")]
+    names += sorted({f"numpy.dtypes.{type(np.dtype(code)).__name__}"
+                     for code in np.typecodes["All"]})
+    return [(_NumpyPlaceholder, name) for name in names]
 
 
 def _torch_load(path: Path, weights_only: bool) -> object:
-    """torch.load onto the CPU, numpy metadata allowed, torch's own warnings silenced.
+    """torch.load onto the CPU, torch's own warnings silenced; under weights_only, numpy
+    metadata loads as inert placeholders (the weights are all that is used).
 
     torch warns "Detected pickle protocol 4" (with a source line) on raw pickles; the
     caller reports its own message instead.
     """
-    # safe_globals (with named aliases) arrived with torch 2.6; before it numpy stays refused
-    allow_numpy = (torch.serialization.safe_globals(_numpy_safe_globals())
-                   if weights_only and hasattr(torch.serialization, "safe_globals")
+    # safe_globals with (object, name) pairs arrived in torch 2.6 (TorchVersion compares
+    # as a version); before it, numpy metadata stays refused, naming the global
+    allow_numpy = (torch.serialization.safe_globals(_numpy_placeholders())
+                   if weights_only and torch.__version__ >= "2.6"
                    else contextlib.nullcontext())
     with warnings.catch_warnings(), allow_numpy:
         warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -146,30 +159,43 @@ def _first_sentence(exc: BaseException) -> str:
     return sentence.group(0) if sentence else lines[0]
 
 
+def _is_pickle(path: Path) -> bool:
+    """A torch zip archive, or a pickle of protocol 2 or later (PROTO opcode first)."""
+    with path.open("rb") as file:
+        head = file.read(4)
+    return head == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def _read_torch(path: Path, trust_pickle: bool) -> object:
     _refuse_empty(path)
     try:
         return _torch_load(path, weights_only=True)
     except Exception as exc:  # the safe unpickler fails in many ways on foreign bytes
+        if trust_pickle:  # the user's explicit choice: the full unpickler, which may run code
+            try:
+                return _torch_load(path, weights_only=False)
+            except Exception as full:
+                raise CheckpointError(f"{path}: not a readable PyTorch checkpoint even "
+                                      f"unpickled in full ({_first_sentence(full)})") from full
         cause = _unpickler_error(exc)
         disallowed = _disallowed_global(cause)
-        if disallowed is None:
-            raise CheckpointError(
-                f"{path}: not a readable PyTorch checkpoint (truncated, or another kind of "
-                f"file: {_first_sentence(cause)})"
-            ) from exc
-        if not trust_pickle:
+        if disallowed is not None:
             raise CheckpointError(
                 f"{path}: the file holds pickled Python objects (such as a whole model "
                 f"object; here `{disallowed}`), which can run code when loaded, so it was not "
                 "loaded. Save a state_dict instead, or set `model.trust_pickle: true` in the "
                 "spec only if you trust where the file came from."
             ) from exc
-    try:
-        return _torch_load(path, weights_only=False)
-    except Exception as exc:  # arbitrary code ran by the user's explicit choice
+        if isinstance(cause, pickle.UnpicklingError) and _is_pickle(path):
+            raise CheckpointError(
+                f"{path}: the safe loader cannot read this pickle ({_first_sentence(cause)}; "
+                "e.g. a pickle protocol above 2, or a tensor type it does not know). Re-save the "
+                "state_dict with torch.save's defaults, or set `model.trust_pickle: true` in "
+                "the spec only if you trust where the file came from."
+            ) from exc
         raise CheckpointError(
-            f"{path}: could not unpickle the checkpoint: {_first_sentence(exc)}"
+            f"{path}: not a readable PyTorch checkpoint (truncated, or another kind of "
+            f"file: {_first_sentence(cause)})"
         ) from exc
 
 
