@@ -116,9 +116,7 @@ def _layer_model(args: argparse.Namespace):
         raise UserError("give --spec SPEC, or both --architecture and --encoder")
     size = (args.input_size, args.input_size)
     model = build_model(args.architecture, args.encoder, args.classes, args.in_channels)
-    from reportgen.models.layers import ALIASES
-
-    return model, size, args.in_channels, list(ALIASES)
+    return model, size, args.in_channels, []  # no spec: no layer is asked for
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
@@ -141,7 +139,9 @@ def _cmd_layers(args: argparse.Namespace) -> int:
          "stride": i.stride, "meaning": ALIASES[i.name].meaning if i.name in ALIASES else ""}
         for i in infos
     ]
-    code = 2 if problems else 0  # a layer that does not resolve would stop a build
+    # a spec's layer that does not resolve would stop its build; an alias no spec asks
+    # for is only information about the model
+    code = 2 if any(layer in layers for layer in problems) else 0
     if args.json:
         out.print_json(json.dumps(rows + [{"alias": k if k in ALIASES else "", "path": None,
                                            "layer": k, "error": v}
@@ -158,8 +158,8 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         stride = f"{r['stride']:g}" if r["stride"] else "-"
         table.add_row(r["alias"], r["path"], str(r["channels"] or "-"), stride, r["meaning"])
     out.print(table)
-    for problem in problems.values():
-        err.print(f"error: {problem}", markup=False)
+    for layer, problem in problems.items():
+        err.print(f"{'error' if layer in layers else 'note'}: {problem}", markup=False)
     return code
 
 

@@ -29,7 +29,6 @@ with keep-going it sets them aside as excluded inputs, each with its reason.
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from collections.abc import Callable
@@ -89,17 +88,16 @@ def _check_single_image(path: Path, shape: tuple[int, ...]) -> None:
     a single 2-D image reaches the resize in `prepare`.
     """
     if (len(shape) == 3 and not 1 <= shape[2] <= 4) or len(shape) > 3:
-        # [N, H, W] or [N, H, W, C]: the leading axes count the pages (frames, planes)
-        planes = math.prod(shape[:-3] if shape[-1] <= 4 else shape[:-2])
-        raise DataError(f"{path}: array of shape {tuple(shape)}, {planes} pages/planes: not a "
-                        "single 2-D image (one page of [H, W] or [H, W, C] pixels is read)")
+        # [N, H, W], [N, H, W, C] or [H, W, C > 4]: which, the shape alone cannot say
+        raise DataError(f"{path}: array of shape {tuple(shape)}: not a single 2-D image of at "
+                        "most 4 channels (a stack of pages or frames, or more channels)")
     if len(shape) < 2:
         raise DataError(f"{path}: array of shape {tuple(shape)}: not a 2-D image")
     height, width = shape[0], shape[1]
     if height * width > MAX_PIXELS:
-        raise DataError(f"{path}: image of {width}x{height} pixels ({height * width / 1e6:.0f} "
-                        f"megapixels) is larger than the {MAX_PIXELS / 2**20:.0f}-megapixel "
-                        f"limit ({MAX_SIDE}x{MAX_SIDE}); downsample it first")
+        raise DataError(f"{path}: image of {width}x{height} pixels ({height * width / 1e6:.1f} "
+                        f"megapixels) is larger than the limit of {MAX_SIDE}x{MAX_SIDE} "
+                        f"({MAX_PIXELS / 1e6:.1f} megapixels); downsample it first")
 
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, list[str]]:
@@ -232,10 +230,19 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: empty file (0 bytes)")
 
 
+def is_dicom(path: Path) -> bool:
+    """A DICOM file: by its suffix, or by the "DICM" tag at byte 128 (DICOM files often
+    have no suffix at all, e.g. IM0001)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    with path.open("rb") as file:
+        return file.read(132)[128:] == b"DICM"
+
+
 def read_image(path: Path, intensity: str = "dtype") -> tuple[np.ndarray, list[str]]:
     """Read an image as float32 [H, W, C] in [0, 1] (C = 1 or 3), with conversion notes."""
     _check_file(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
+    if is_dicom(path):
         values, notes = _read_dicom(path)
     else:
         image, notes = _read_raster(path)
@@ -273,6 +280,7 @@ ASPECT_TOLERANCE = 0.01  # relative; rounding when a mask was saved at another s
 
 
 LABEL_MAP_HINT = "set data.mask_values: binary if the masks mark only the target class"
+WITHOUT_TARGET = "label map without the target's label"
 
 
 def _read_label_map(path: Path, mask_classes: int | None) -> tuple[np.ndarray, list[str]]:
@@ -282,7 +290,7 @@ def _read_label_map(path: Path, mask_classes: int | None) -> tuple[np.ndarray, l
     scaled to [0, 1] or expanded to a colour no longer says which class it is.
     """
     _check_file(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
+    if is_dicom(path):
         raise DataError(f"{path}: a label-map mask must be an 8- or 16-bit PNG, TIFF or BMP "
                         "of class indices; DICOM pixels are rescaled and windowed")
     labels, notes = _read_raster(path, palette_indices=True)
@@ -294,7 +302,8 @@ def _read_label_map(path: Path, mask_classes: int | None) -> tuple[np.ndarray, l
         colour = labels[:, :, :3] if labels.shape[2] >= 3 else labels[:, :, :1]
         if (colour != colour[:, :, :1]).any():
             raise DataError(f"{path}: a label-map mask must have one channel of class "
-                            f"indices (greyscale or palette), not {labels.shape[2]} channels")
+                            f"indices (greyscale or palette), not {labels.shape[2]} channels; "
+                            f"{LABEL_MAP_HINT}")
         labels = colour[:, :, 0]
     if mask_classes is not None and int(labels.max()) >= mask_classes:
         raise DataError(f"{path}: label map holds the value {int(labels.max())} but the model "
@@ -332,6 +341,10 @@ def read_mask(path: Path, size: tuple[int, int], image_size: tuple[int, int] | N
     if mask_label is not None:
         binary = values[:, :, 0] == mask_label
         notes.append(f"mask {path.name}: label map, ground truth where the label is {mask_label}")
+        others = sorted(int(v) for v in np.unique(values) if v not in (0, mask_label))
+        if others and not binary.any():
+            notes.append(f"mask {path.name}: {WITHOUT_TARGET} {mask_label} (labels present: "
+                         f"{', '.join(map(str, others))})")
         return _resize_mask(binary, size, path, notes)
     if values.shape[2] > 1:
         notes.append(f"mask {path.name}: colour mask, foreground where any channel is set")
@@ -486,15 +499,22 @@ def check_inputs(refs: list[SampleRef], size: tuple[int, int], in_channels: int,
     are `read_mask`'s.
     """
     usable, excluded, messages = [], [], []
+    target_seen, other_labels_seen = False, False
     for ref in refs:
         try:
-            load_sample(ref, size, in_channels, norm, intensity, mask_label=mask_label,
-                        mask_classes=mask_classes)
+            sample = load_sample(ref, size, in_channels, norm, intensity,
+                                 mask_label=mask_label, mask_classes=mask_classes)
         except DataError as exc:
             excluded.append((ref, _reason(exc, ref)))
             messages.append(f"  {exc}")
         else:
             usable.append(ref)
+            target_seen |= sample.gt_mask is not None and bool(sample.gt_mask.any())
+            other_labels_seen |= any(WITHOUT_TARGET in note for note in sample.notes)
+    if mask_label is not None and other_labels_seen and not target_seen:
+        # 0/1 masks of a multi-class model: read as labels, they mark class 1, not the target
+        raise DataError(f"no mask holds the target class's label {mask_label}, but masks hold "
+                        f"other labels (see the notes of each image); {LABEL_MAP_HINT}")
     if excluded and not keep_going:
         listed = "\n".join(messages)
         raise DataError(f"{len(excluded)} of {len(refs)} input(s) cannot be used (pass "

@@ -77,8 +77,11 @@ class ReportSection(Strict):
     @field_validator("id", mode="before")
     @classmethod
     def _id_text(cls, value: object) -> object:
-        # an unquoted numeric id (`id: 12345`) is an id all the same
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # YAML has already changed it: 00042 reads as 34 (octal), 1_000 as 1000
+            raise ValueError(f"the id must be text: quote it as written (YAML read it as the "
+                             f"number {value!r}), e.g. id: \"00042\"")
+        return value
 
 
 class Normalization(Strict):
@@ -469,17 +472,10 @@ class SpecLoader(yaml.SafeLoader):
     """PyYAML's safe loader, stricter where a spec's meaning is at stake.
 
     A duplicated key is an error (PyYAML keeps the last one silently: a second `model:`
-    would drop the first one's checkpoint). Aliases (`*name`) are refused: they let a
-    few lines expand into billions of nodes, and a spec has no need of them.
+    would drop the first one's checkpoint). Anchors and aliases (`<<: *base`) are read,
+    but `_Located` refuses a document that expands to more than `MAX_NODES` values: ten
+    lines of nested aliases expand to billions.
     """
-
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, f"YAML aliases (*{event.anchor}) are not allowed in a spec; "
-                "write the value out", event.start_mark)
-        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[object, yaml.Node] = {}
@@ -495,6 +491,10 @@ class SpecLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_NODES = 10_000  # values a spec may expand to (a large spec has a few hundred)
+MAX_DEPTH = 50
+
+
 class _Located:
     """Line/column of every node of a YAML document, keyed by its path of keys/indices."""
 
@@ -507,6 +507,11 @@ class _Located:
             self._walk(node, ())
 
     def _walk(self, node: yaml.Node, loc: tuple) -> None:
+        if len(self.marks) >= MAX_NODES or len(loc) > MAX_DEPTH:
+            line = node.start_mark.line + 1
+            raise SpecError([f"{self.file}:{line}:{node.start_mark.column + 1}: the spec expands "
+                             f"to more than {MAX_NODES} values or {MAX_DEPTH} levels (through "
+                             "YAML aliases such as *name); write the values out"])
         self.marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
@@ -777,8 +782,8 @@ def reference_markdown() -> str:
                 default = json.dumps(info.default, default=str)
             described = (info.description or "").replace("|", "\\|")
             if inner is not None and inner not in (Normalization, Reviewer):
-                lines.append(f"| `{key}` | section | | {described or inner.__doc__ or ''} |"
-                             .replace("\n", " "))
+                text = " ".join((described or inner.__doc__ or "").split())  # one line
+                lines.append(f"| `{key}` | section | | {text} |")
                 walk(inner, key + ".")
                 continue
             type_text = _type_name(info.annotation).replace("|", "\\|")

@@ -9,7 +9,9 @@ from reportgen.build import BuildOptions, build
 from tests.helpers import write_images, write_spec
 
 REPORT = {"title": "Lesion model validation", "id": "VAL-PDF-1", "author": "Quality team",
-          "date": "2025-01-31", "intended_use": "Validation of the lesion segmentation model.",
+          "date": "2025-01-31",
+          "intended_use": "Validation of the **lesion** segmentation model.\n\n## Scope\n\n"
+                          "Adult scans only.",
           "reviewers": [{"name": "Dr. A. Reviewer", "role": "Clinical lead"}]}
 
 

@@ -100,17 +100,23 @@ def test_layers_table_lists_aliases_channels_and_strides(capsys):
     assert rows["encoder_last"]["channels"] == 320 and rows["encoder_last"]["stride"] == 32
 
 
-def test_layers_lists_what_resolves_and_says_why_the_rest_does_not(capsys):
+def test_layers_lists_what_resolves_and_says_why_the_rest_does_not(project, capsys):
     code, out, err = run(capsys, "layers", "--architecture", "PSPNet", "--encoder", "resnet18",
                          "--input-size", "64", "--json")
     rows = {r["alias"]: r for r in json.loads(out)}
-    assert code == 2 and rows["encoder_last"]["path"] == "encoder.layer2"
+    assert code == 0 and rows["encoder_last"]["path"] == "encoder.layer2"
     assert rows["seg_head"]["path"] and rows["encoder_mid"]["path"] is None
     assert "no stride-16 stage" in rows["encoder_mid"]["error"]
     code, out, err = run(capsys, "layers", "--architecture", "PSPNet", "--encoder", "resnet18",
                          "--input-size", "64")
-    assert code == 2 and "encoder.layer2" in out and "Traceback" not in err
-    assert "error: encoder_mid has no sensible meaning" in " ".join(err.split())
+    assert code == 0 and "encoder.layer2" in out and "Traceback" not in err
+    assert "note: encoder_mid has no sensible meaning" in " ".join(err.split())
+    model = {"architecture": "PSPNet", "encoder": "resnet18"}
+    spec = write_spec(project / "s.yaml", model=model, layers=["encoder_mid"])
+    code, out, err = run(capsys, "layers", "--spec", str(spec))
+    assert code == 2 and "error: encoder_mid has no sensible meaning" in " ".join(err.split())
+    spec = write_spec(project / "s.yaml", model=model, layers=["encoder_last"])
+    assert run(capsys, "layers", "--spec", str(spec))[0] == 0
 
 
 def test_layers_from_a_spec_include_its_module_paths(project, capsys):

@@ -182,7 +182,8 @@ def test_oversized_tiff_and_dicom_are_refused_before_their_pixels_are_decoded(tm
 
 def test_multi_page_tiff_is_refused_as_not_a_single_image(tmp_path: Path):
     tifffile.imwrite(tmp_path / "stack.tif", np.stack([RAMP] * 5))
-    with pytest.raises(DataError, match=r"stack\.tif: .*5 pages/planes: not a single 2-D"):
+    with pytest.raises(DataError, match=r"stack\.tif: array of shape \(5, 48, 64\): not a "
+                                        r"single 2-D image"):
         load_sample(_ref(tmp_path, "stack.tif"), (32, 32), 3, IMAGENET)
     rgb = np.dstack([RAMP, RAMP // 2, 255 - RAMP])  # one RGB page stored as 3 planes reads
     tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
@@ -281,3 +282,31 @@ def test_label_map_with_a_class_beyond_the_model_or_non_integer_values_is_refuse
     refs = [_ref(tmp_path, "image.png", "m255.png")]
     with pytest.raises(DataError, match=r"1 of 1 input\(s\) cannot be used"):
         check_inputs(refs, (48, 64), 3, IMAGENET, mask_label=2, mask_classes=3)
+
+
+def test_a_dicom_without_a_suffix_is_read_as_dicom(tmp_path: Path):
+    stored = np.tile(np.arange(0, 2000, 25, dtype=np.uint16), (10, 1))
+    write_dicom(tmp_path / "IM0001", stored, slope=1.0, intercept=-1000.0)
+    values, notes = read_image(tmp_path / "IM0001")
+    assert "DICOM: modality rescale applied" in notes and values.shape == (10, 80, 1)
+
+
+def test_binary_masks_of_a_multi_class_model_are_not_taken_for_class_1(tmp_path: Path):
+    """0/1 masks read as label maps mark class 1: for target class 2 that is an empty
+    ground truth everywhere, which must not pass silently."""
+    cv2.imwrite(str(tmp_path / "image.png"), RAMP)
+    cv2.imwrite(str(tmp_path / "m01.png"), (LABELS > 0).astype(np.uint8))
+    refs = [_ref(tmp_path, "image.png", "m01.png")]
+    with pytest.raises(DataError, match=r"no mask holds the target class's label 2.*set "
+                                        r"data\.mask_values: binary"):
+        check_inputs(refs, (48, 64), 3, IMAGENET, mask_label=2, mask_classes=3)
+    usable, _ = check_inputs(refs, (48, 64), 3, IMAGENET, mask_label=1, mask_classes=3)
+    assert len(usable) == 1
+
+
+def test_a_colour_mask_of_a_multi_class_model_names_the_binary_setting(tmp_path: Path):
+    red = np.zeros((48, 64, 3), np.uint8)
+    red[LABELS > 0] = (0, 0, 255)
+    cv2.imwrite(str(tmp_path / "red.png"), red)
+    with pytest.raises(DataError, match=r"not 3 channels; set data\.mask_values: binary"):
+        read_mask(tmp_path / "red.png", (48, 64), mask_label=1, mask_classes=3)

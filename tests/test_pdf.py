@@ -110,6 +110,17 @@ def test_pdf_has_cover_contents_sections_audit_and_signoff(project: Path):
                      "Reviewer sign-off", "Dr. A. Reviewer", "Clinical lead", "Signature",
                      "RANDOM weights"):
         assert expected in everything
+    # the spec's Markdown is rendered: its heading prints, but stays out of the outline
+    summary = " ".join(next(t for t in texts if "1 Summary" in t and "Intended use" in t).split())
+    assert "Validation of the lesion segmentation model. Scope Adult scans only." in summary
+    assert "**" not in summary and "##" not in summary
+    with pikepdf.open(project / "site" / "report.pdf") as pdf, pdf.open_outline() as outline:
+        titles, stack = [], list(outline.root)
+        while stack:
+            item = stack.pop()
+            titles.append(item.title)
+            stack.extend(item.children)
+    assert "Scope" not in titles and "1 Summary" in titles
 
 
 def test_pdftoppm_renders_the_cover_and_an_image_section(project: Path, tmp_path: Path):

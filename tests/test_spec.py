@@ -139,20 +139,29 @@ def test_a_duplicated_key_is_an_error_not_a_silent_override(project: Path):
                               f"key 'model' (first at line {first})")
 
 
-def test_yaml_aliases_are_refused_before_they_can_expand(tmp_path: Path):
-    path = tmp_path / "spec.yaml"
+def test_yaml_aliases_work_but_cannot_expand_without_bound(project: Path, tmp_path: Path):
+    path = write_spec(project / "spec.yaml", layers=None)
+    path.write_text(path.read_text() + "layers: &chosen [encoder_last, decoder_last]\n"
+                    "metric_options:\n  sanity:\n    layers: *chosen\n")
+    spec = load_spec(path)
+    assert spec.metric_options.sanity.layers == spec.layers == ["encoder_last", "decoder_last"]
+    bomb = tmp_path / "bomb.yaml"
     levels = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]'] + [
         f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
-    path.write_text("\n".join(levels) + "\n")  # 9**10 nodes once expanded
-    (problem,) = problems_of(path)
-    assert problem.startswith(f"{path}:2:") and "YAML aliases (*a0) are not allowed" in problem
+    bomb.write_text("\n".join(levels) + "\n")  # 9**10 values once expanded
+    (problem,) = problems_of(bomb)
+    assert problem.startswith(f"{bomb}:") and "expands to more than 10000 values" in problem
 
 
-def test_unquoted_dates_and_numeric_ids_are_taken_as_written(project: Path):
+def test_an_unquoted_date_is_taken_as_written_and_a_numeric_id_must_be_quoted(project: Path):
     path = write_spec(project / "spec.yaml")
-    path.write_text(path.read_text() + "report:\n  date: 2026-01-31\n  id: 12345\n")
+    text = path.read_text()
+    path.write_text(text + "report:\n  date: 2026-01-31\n  id: \"00042\"\n")
     spec = load_spec(path)
-    assert (spec.report.date, spec.report.id) == ("2026-01-31", "12345")
+    assert (spec.report.date, spec.report.id) == ("2026-01-31", "00042")
+    path.write_text(text + "report:\n  id: 00042\n")  # YAML 1.1 reads an octal 34
+    (problem,) = problems_of(path)
+    assert "report.id" in problem and "quote it as written" in problem and "34" in problem
 
 
 def test_a_pattern_takes_image_files_and_suffixless_dicoms_but_not_notes_or_folders(

@@ -380,7 +380,7 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
             caption = (plot_captions or {}).get(name, "")
             plots.append(PrintFigure(src, f"Plot: {title}",
                                      f"{title}. {caption}" if caption else title))
-    index = index_view(context, stats, aggregates, [])
+    index = index_view(context, stats, aggregates, [], text_headings=4)
     layers = [(row.name, row.path, "—" if row.channels is None else format_count(row.channels),
                "—" if row.stride is None else f"{row.stride:g}", row.meaning)
               for row in context.layers]

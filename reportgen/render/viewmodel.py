@@ -761,17 +761,19 @@ def gallery_items(stats: DatasetStats, thumbs: dict[str, str],
 
 
 def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence[AggregateRow],
-               plots: list[PlotView], thumbs: dict[str, str] | None = None) -> IndexView:
-    """The summary page."""
+               plots: list[PlotView], thumbs: dict[str, str] | None = None,
+               text_headings: int = 3) -> IndexView:
+    """The summary page; headings in the spec's free text start at level `text_headings`
+    (the site's cards are h2, the PDF's sections h3)."""
     notes = Footnotes()
     dice, dice_detail = dice_summary(stats.summaries)
     summary = summary_rows(context, stats, aggregates, notes)
     return IndexView(
         page=page_view(context, "Summary", "index.html"),
         author=context.author, date=context.date,
-        description=markdown(context.description),
-        intended_use=markdown(context.intended_use),
-        limitations=markdown(context.limitations),
+        description=markdown(context.description, text_headings),
+        intended_use=markdown(context.intended_use, text_headings),
+        limitations=markdown(context.limitations, text_headings),
         reviewers=list(context.reviewers),
         model_card=model_card_rows(context),
         data=data_rows(context, stats.summaries),
