@@ -406,7 +406,8 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
     image_dirs = sorted({_shown_path(s.path.parent, spec_path) for s in samples})
     return ReportContext(
         title=report.title, report_id=report.id, author=report.author,
-        date=report.date or datetime.now(UTC).date().isoformat(),
+        # a reproducible build (SOURCE_DATE_EPOCH) is dated by it, like its manifest
+        date=report.date or (source_date() or datetime.now(UTC)).date().isoformat(),
         description=report.description, intended_use=report.intended_use,
         limitations=report.limitations,
         reviewers=[(r.name, r.role) for r in report.reviewers],

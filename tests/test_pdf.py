@@ -30,7 +30,7 @@ from reportgen.render.pdf import (
     read_metric_rows,
     split_metric_columns,
 )
-from reportgen.render.pdf_figures import PrintFigures, pixels_for
+from reportgen.render.pdf_figures import PRINT_URL, SITE_URL, PrintFigures, pixels_for
 from reportgen.render.viewmodel import Definition, Footnotes, value_view, verdict_view
 from reportgen.report import ShownValue
 from reportgen.verify import verify_pdf
@@ -149,10 +149,11 @@ def test_print_figures_are_downsampled_and_flattened(tmp_path: Path):
     cv2.imwrite(str(site / "figures" / "small.jpg"), np.full((64, 64, 3), 90, np.uint8))
     figures = PrintFigures(site, scratch)
     small = figures.get("figures/small.jpg", 40.0)
-    assert small == (site / "figures" / "small.jpg").resolve().as_uri()  # fits: used as is
+    assert small == SITE_URL + "figures/small.jpg"  # fits: used as is
     printed = figures.get("figures/big.png", 50.0)
-    assert printed is not None and printed.startswith(scratch.resolve().as_uri())
-    picture = cv2.imread(printed.removeprefix("file://"), cv2.IMREAD_UNCHANGED)
+    assert printed == PRINT_URL + "figures/big.png"  # a URL that names no real folder
+    picture = cv2.imread(str(figures.roots[PRINT_URL] / "figures/big.png"),
+                         cv2.IMREAD_UNCHANGED)
     assert picture.ndim == 3 and picture.shape[2] == 3  # alpha flattened on white
     assert max(picture.shape[:2]) <= pixels_for(50.0) <= 400
     assert tuple(int(v) for v in picture[0, 0]) == (127, 127, 255)  # BGR of red on white
@@ -176,12 +177,16 @@ def _without(manifest: dict, *extra: str) -> dict:
 
 def test_rebuilds_of_the_same_spec_are_identical_apart_from_time(project: Path, monkeypatch):
     """Two more builds of the same spec (SOURCE_DATE_EPOCH set): equal maps, and every
-    file byte-identical, the PDF included (a reproducible build shows no timings)."""
+    file byte-identical, the PDF included (a reproducible build shows no timings). The
+    builds run as different processes would: each writes in a scratch folder named by
+    its process id, which must not reach the PDF."""
     default_site = project / "default-site"
     shutil.move(project / "site", default_site)
     try:
         monkeypatch.setenv("SOURCE_DATE_EPOCH", "1738281600")
+        monkeypatch.setattr("reportgen.output.os.getpid", lambda: 1001)
         shutil.move(build_project(project), project / "first")
+        monkeypatch.setattr("reportgen.output.os.getpid", lambda: 2002)
         second = build_project(project)
         first = project / "first"
         _compare_rebuilds(first, second, default_site)

@@ -62,7 +62,7 @@ from reportgen import __version__
 from reportgen.errors import UserError
 from reportgen.hashing import sha256_file
 from reportgen.manifest import MANIFEST
-from reportgen.render.pdf_figures import PrintFigures
+from reportgen.render.pdf_figures import SITE_URL, PrintFigures
 from reportgen.render.stats import DatasetStats, ImageSummary
 from reportgen.render.viewmodel import (
     RATIO_METRIC,
@@ -486,11 +486,31 @@ def render_html(view: PdfView) -> str:
     return template_environment().get_template("report.html").render(view=view)
 
 
-def _layout(view: PdfView, site: Path, stylesheets: Sequence[str], tags: bool):
-    """WeasyPrint's layout of `view` (a `weasyprint.Document`)."""
+def _site_fetcher(roots: Mapping[str, Path]):
+    """A WeasyPrint URL fetcher that reads each prefix of `roots` from its folder, and
+    nothing but local files and data URIs (the dossier never reaches the network)."""
+    from weasyprint.urls import URLFetcher
+
+    folders = {prefix: folder.resolve().as_uri() + "/" for prefix, folder in roots.items()}
+
+    class SiteFetcher(URLFetcher):
+        def fetch(self, url: str, headers: dict | None = None):
+            for prefix, folder in folders.items():
+                if url.startswith(prefix):
+                    url = folder + url[len(prefix):]
+                    break
+            return super().fetch(url, headers)
+
+    return SiteFetcher(allowed_protocols=("file", "data"))
+
+
+def _layout(view: PdfView, roots: Mapping[str, Path], stylesheets: Sequence[str], tags: bool):
+    """WeasyPrint's layout of `view` (a `weasyprint.Document`); its figures' URLs are
+    read from the folders of `roots` (`PrintFigures.roots`)."""
     from weasyprint import CSS, HTML
 
-    return HTML(string=render_html(view), base_url=str(site.resolve()) + "/").render(
+    return HTML(string=render_html(view), base_url=SITE_URL,
+                url_fetcher=_site_fetcher(roots)).render(
         stylesheets=[CSS(string=text) for text in stylesheets], pdf_tags=tags)
 
 
@@ -528,8 +548,9 @@ def _page_css(first_page: int | None, total: int) -> str:
     return css
 
 
-def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_count: int,
-                    chunk_images: int, stamp: str, scratch: Path, write_options: dict) -> None:
+def _write_in_parts(view: PdfView, css: str, roots: Mapping[str, Path], pdf_path: Path,
+                    image_count: int, chunk_images: int, stamp: str, scratch: Path,
+                    write_options: dict) -> None:
     """Lay the dossier out in parts (front matter, `chunk_images` image sections at a
     time, appendices) so that memory does not grow with the number of images: WeasyPrint
     holds a whole document's layout until it is written. Each part is written as a PDF
@@ -573,7 +594,7 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
 
     estimate = dict.fromkeys(toc, 10 ** len(str(30 + 3 * image_count)) - 1)
     for index in range(len(parts)):
-        document = _layout(part_view(index, estimate if index == 0 else None), site,
+        document = _layout(part_view(index, estimate if index == 0 else None), roots,
                            [css, _page_css(None if index == 0 else 1, 0)], tags=False)
         counts.append(len(document.pages))
         record(index, document)
@@ -582,7 +603,7 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
     for _ in range(4):
         starts, total = first_pages(counts), sum(counts)
         refs = {anchor: starts[place[0]] + place[1] for anchor, place in where.items()}
-        front = _layout(part_view(0, refs), site, [css, _page_css(None, total)], tags=False)
+        front = _layout(part_view(0, refs), roots, [css, _page_css(None, total)], tags=False)
         if len(front.pages) == counts[0]:
             break
         counts[0] = len(front.pages)
@@ -607,7 +628,7 @@ def _write_in_parts(view: PdfView, css: str, site: Path, pdf_path: Path, image_c
     del front
     part_options = {k: v for k, v in write_options.items() if k != "attachments"}
     for index in range(1, len(parts)):
-        document = _layout(part_view(index), site, [css, _page_css(starts[index], total)],
+        document = _layout(part_view(index), roots, [css, _page_css(starts[index], total)],
                            tags=False)
         if len(document.pages) != counts[index]:
             raise RuntimeError(f"PDF part {index} changed its page count between passes")
@@ -712,10 +733,10 @@ def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Pat
                         spec_path.name, plot_captions or {})
         image_count = len(stats.summaries)
         if image_count > chunk_images:
-            _write_in_parts(view, css, site, pdf_path, image_count, chunk_images, stamp,
-                            Path(scratch), write_options)
+            _write_in_parts(view, css, figures.roots, pdf_path, image_count, chunk_images,
+                            stamp, Path(scratch), write_options)
         else:
-            document = _layout(view, site, [css], tags=True)
+            document = _layout(view, figures.roots, [css], tags=True)
             _set_metadata(document, stamp, tagged=True)
             document.write_pdf(pdf_path, pdf_tags=True, **write_options)
     log.info("PDF %s: %s bytes, sha256 %s", pdf_path.name, pdf_path.stat().st_size,

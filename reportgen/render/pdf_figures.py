@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -41,12 +42,26 @@ def flatten(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2RGB))
 
 
+SITE_URL = "file:///reportgen/site/"
+PRINT_URL = "file:///reportgen/print/"
+"""The URLs the PDF's HTML names figures by: the site's files, and their print versions
+in a temporary folder. Fixed, not the folders' real paths: WeasyPrint names each image
+in the PDF by the md5 of its URL, and a build's scratch folder carries its process id,
+so real paths would change the PDF's bytes from one build to the next. `roots` maps
+them back to the folders."""
+
+
 class PrintFigures:
-    """Print versions of site figures, as paths the PDF's HTML can link to."""
+    """Print versions of site figures, as URLs the PDF's HTML can link to."""
 
     def __init__(self, site: Path, scratch: Path) -> None:
         self.site = site
         self.scratch = scratch
+
+    @property
+    def roots(self) -> dict[str, Path]:
+        """URL prefix -> the folder it names (for the PDF's URL fetcher)."""
+        return {SITE_URL: self.site, PRINT_URL: self.scratch}
 
     def get(self, relative: str, width_mm: float) -> str | None:
         """A URL of the site file `relative` fit for `width_mm` of paper; None if absent."""
@@ -59,13 +74,14 @@ class PrintFigures:
         limit = pixels_for(width_mm)
         has_alpha = image.ndim == 3 and image.shape[2] == 4
         if max(image.shape[:2]) <= limit and not has_alpha and image.dtype == np.uint8:
-            return source.resolve().as_uri()
+            return SITE_URL + quote(relative)
         rgb = fig.fit(flatten(image), limit)
         if source.suffix.lower() in (".jpg", ".jpeg"):
             data, suffix = fig.encode_jpeg(rgb, PRINT_JPEG_QUALITY, full_chroma=True), ".jpg"
         else:
             data, suffix = fig.encode_png(rgb), ".png"
-        target = self.scratch / Path(relative).with_suffix(suffix)
+        printed = Path(relative).with_suffix(suffix).as_posix()
+        target = self.scratch / printed
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-        return target.resolve().as_uri()
+        return PRINT_URL + quote(printed)
