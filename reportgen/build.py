@@ -68,6 +68,7 @@ from reportgen.pipeline import (
     Pipeline,
     Plan,
     Stopwatch,
+    cpu_threads,
     plan_layers,
     seed_everything,
     segmentation_target,
@@ -152,7 +153,7 @@ def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildRe
     # late must never cost a half build.
     refs, excluded = check_inputs(sample_refs(spec.data), m.size, m.in_channels, m.norm,
                                   spec.data.intensity, options.keep_going, **spec.mask_reading)
-    with output_lock(site):
+    with output_lock(site), cpu_threads(spec.runtime.threads):
         staging = staging_folder(site)
         try:
             warnings, count = _build_into(staging, spec, text, spec_path, options, pdf_rel,
@@ -477,7 +478,11 @@ def _open_cache(spec: Spec, options: BuildOptions, checkpoint_sha: str,
                   mode="json", exclude={"attention": {"verdict_layers"}}),  # presentation
               "precision": spec.runtime.precision, "seed": spec.runtime.seed,
               # batched kernels may round differently: a cache hit must equal a fresh build
-              "batch_size": spec.runtime.batch_size, "device": device.type}
+              "batch_size": spec.runtime.batch_size, "device": device.type,
+              # CPU arithmetic depends on the threads of the process that computes
+              "threads": spec.runtime.threads or ("per Ray worker"
+                                                  if spec.runtime.executor == "ray"
+                                                  else torch.get_num_threads())}
     limit = spec.runtime.cache_max_gb
     return ResultCache(spec.runtime.cache, inputs,
                        None if limit is None else int(limit * GB))

@@ -171,9 +171,10 @@ def computed_on_ray(batches: Iterable[Batch], pipeline: Pipeline,
         if gpu and not gpus:
             raise UserError("the device is CUDA but the Ray cluster has no GPU")
         count = spec.runtime.workers or (gpus if gpu else CPU_WORKERS)
-        threads = max(1, cpus // count)
+        share = max(1, cpus // count)  # what each worker reserves of the cluster
+        threads = spec.runtime.threads or share  # what its arithmetic runs on
         actor = ray.remote(PipelineWorker).options(num_gpus=1 if gpu else 0,
-                                                   num_cpus=1 if gpu else threads)
+                                                   num_cpus=1 if gpu else share)
         weights = ray.put(plain_weights(pipeline.model))
         workers = [actor.remote(spec, weights, "cuda" if gpu else "cpu",
                                 pipeline.images_to_compute, threads) for _ in range(count)]

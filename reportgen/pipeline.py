@@ -63,6 +63,20 @@ class Stopwatch:
             self.totals[stage] = self.totals.get(stage, 0.0) + seconds
 
 
+@contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU threads set to `count` while inside (None: left as they are). CPU
+    results depend on the thread count (how reductions are split), so builds that must
+    agree to the byte set the same count (`runtime.threads`)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def seed_everything(seed: int, device: torch.device) -> list[str]:
     """Seed every generator and ask torch for deterministic kernels.
 

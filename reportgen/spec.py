@@ -316,13 +316,19 @@ class RuntimeSection(Strict):
     executor: Literal["local", "ray"] = Field(
         "local", description="local: this process (rendering overlaps the computation); ray: "
         "shard the images over Ray workers, each loading the model once (extra "
-        "`reportgen[ray]`); the report is identical")
+        "`reportgen[ray]`); the report is identical on the same hardware with the same "
+        "runtime.threads")
     ray_address: str | None = Field(
         None, description="Ray cluster to join (e.g. ray://head:10001 or auto); default: start "
         "a local Ray instance on this machine")
     workers: int | None = Field(
         None, ge=1, description="Ray workers; default: one per GPU of the cluster, else 2 "
         "(each gets one GPU when the device is CUDA)")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads of each computing process (this one, or each Ray "
+        "worker). CPU arithmetic depends on it, so two builds agree to the byte only with the "
+        "same count; default: torch's (the cores) locally, the cluster's CPUs over the "
+        "workers on Ray")
     render_workers: int | None = Field(
         None, ge=1, le=64, description="threads drawing the figures and pages and writing the maps "
         "while the next images are computed; default: half the CPU cores, 2 to 8")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from reportgen import cache, cli
 from reportgen.build import BuildOptions, build
@@ -72,6 +73,12 @@ def test_presentation_change_recomputes_no_map_and_cached_pages_are_identical(
     write_spec(tmp_path / "spec.yaml", report={"title": "Second"},
                **{**FAST, "methods": ["gradcam", "gradcam++"]})
     build(spec, BuildOptions())  # the methods changed: every map is recomputed
+    assert sum(explain_calls) == 2
+    explain_calls.clear()
+    other = {"threads": torch.get_num_threads() + 1}
+    write_spec(tmp_path / "spec.yaml", report={"title": "Second"}, runtime=other,
+               **{**FAST, "methods": ["gradcam", "gradcam++"]})
+    build(spec, BuildOptions())  # CPU results depend on the thread count: recomputed
     assert sum(explain_calls) == 2
 
 
