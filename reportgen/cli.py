@@ -25,6 +25,7 @@ from rich.table import Table
 
 from reportgen import __version__
 from reportgen.errors import LayerError, SpecError, UserError
+from reportgen.output import STOP
 
 log = logging.getLogger("reportgen")
 out = Console(highlight=False, soft_wrap=True)
@@ -417,15 +418,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    # STOP first: the exception raised here is lost if it lands in a finalizer
+    STOP.set()
+    raise KeyboardInterrupt
+
+
 def _terminated(signum: int, frame: object) -> None:
     # SIGTERM (kill, a batch scheduler, a container stop) unwinds like Ctrl-C: a build
     # removes its scratch folder and its lock, and the previous site stays as it was
+    STOP.set()
+    sys.stderr.write("terminated\n")
     raise SystemExit(128 + signum)
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:
     """`main`, with an unexpected exception turned into exit code 1 (traceback on stderr)."""
     if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupted)
         signal.signal(signal.SIGTERM, _terminated)
     try:
         return main(argv)

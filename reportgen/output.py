@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,12 @@ from reportgen.errors import UserError
 SYSTEM_FOLDERS = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64",
                                           "/proc", "/sbin", "/sys", "/usr", "/var"))
 MARKER = "data/manifest.json"
+STOP = threading.Event()
+"""Set by the CLI's SIGINT/SIGTERM handlers. The exception they raise can be lost: one
+raised while a library's finalizer runs (WeasyPrint's, during the PDF layout) is
+printed and dropped by Python. A finished build checks this before it replaces the
+previous site, so an interrupt always keeps the previous site."""
+
 # The folders a site writes its own files into: a PDF there could overwrite one of them.
 SITE_FOLDERS = ("assets", "data", "figures", "images", "plots", "thumbs")
 
@@ -95,7 +102,10 @@ def _remove_stale_staging(site: Path) -> None:
 
 
 def swap_in(staging: Path, site: Path) -> None:
-    """Replace `site` by `staging` with two renames (the old site is removed after)."""
+    """Replace `site` by `staging` with two renames (the old site is removed after);
+    KeyboardInterrupt instead when the user asked to stop (`STOP`)."""
+    if STOP.is_set():
+        raise KeyboardInterrupt
     old = site.parent / f".{site.name}.old-{os.getpid()}"
     if site.exists():
         os.replace(site, old)

@@ -104,7 +104,7 @@ def _manifest_in_pdf(site: Path) -> tuple[dict | None, PdfReport | None]:
     pdfs = [name for name in listed if name.lower().endswith(".pdf")]
     if len(pdfs) != 1 or not (site / pdfs[0]).is_file():
         return None, None
-    inner = verify_pdf(site / pdfs[0])
+    inner = verify_pdf(site / pdfs[0], within_site=True)
     attached = inner.attachments_manifest
     try:
         manifest = json.loads(attached) if attached is not None else None
@@ -171,7 +171,8 @@ def verify_site(site: Path) -> VerifyReport:
     _verify_inputs(site, manifest, report)
     pdf_name = manifest.get("pdf")
     if pdf_name and (site / pdf_name).is_file():
-        inner = read_pdf if read_pdf is not None else verify_pdf(site / pdf_name)
+        inner = (read_pdf if read_pdf is not None
+                 else verify_pdf(site / pdf_name, within_site=True))
         report.problems += [Finding(f"{pdf_name}:{f.path}", f.problem, f.detail)
                             for f in inner.problems]
         report.notes += [f"{pdf_name}: {note}" for note in inner.notes]
@@ -232,8 +233,10 @@ class PdfReport(VerifyReport):
         return data
 
 
-def verify_pdf(pdf: Path) -> PdfReport:
-    """Check the PDF's attachments against its embedded manifest, and its signature."""
+def verify_pdf(pdf: Path, within_site: bool = False) -> PdfReport:
+    """Check the PDF's attachments against its embedded manifest, and its signature; an
+    unsigned PDF's whole file against its site's checksums, when it lies in a site
+    (`within_site`: the caller checks the site, and with it the PDF's file, itself)."""
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -279,7 +282,36 @@ def verify_pdf(pdf: Path) -> PdfReport:
                                        report.signature.detail))
     elif report.signature.status == "unchecked":
         report.notes.append(report.signature.detail)
+    elif report.signature.status == "unsigned" and not within_site:
+        _check_pages_against_the_site(pdf, report)
     return report
+
+
+def _check_pages_against_the_site(pdf: Path, report: PdfReport) -> None:
+    """An unsigned PDF's pages have no record inside it: compare the whole file with the
+    sha256 its site recorded, when it lies in one, and say so when it does not."""
+    for site in pdf.resolve().parents:
+        checksums = site / CHECKSUMS
+        if not checksums.is_file():
+            continue
+        try:
+            listed = parse_checksums(checksums.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            break
+        relative = pdf.resolve().relative_to(site).as_posix()
+        if relative not in listed:
+            break
+        report.checked += 1
+        if sha256_file(pdf) != listed[relative]:
+            report.problems.append(Finding(relative, "changed", f"sha256 differs from "
+                                           f"{CHECKSUMS.as_posix()} of its site"))
+        else:
+            report.notes.append(f"unsigned: the whole file checked against its site's "
+                                f"{CHECKSUMS.as_posix()}")
+        return
+    report.notes.append("unsigned and outside its site: only the attachments were checked; "
+                        "the pages are covered by a signature (build --sign) or by the site's "
+                        f"{CHECKSUMS.as_posix()}")
 
 
 MD5_BYTES = 16

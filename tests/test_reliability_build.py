@@ -411,3 +411,24 @@ def test_a_terminated_build_cleans_up_and_keeps_the_previous_site(tmp_path: Path
     assert not staging.exists() and not (tmp_path / ".site.lock").exists()
     after = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_a_stop_asked_during_the_build_keeps_the_previous_site(tmp_path: Path, monkeypatch):
+    """Ctrl-C raised inside a library's finalizer is dropped by Python; the flag the
+    handler sets first still stops the finished build from replacing the site."""
+    from reportgen import output
+
+    write_images(tmp_path, count=2)
+    spec = write_spec(tmp_path / "spec.yaml", **FAST)
+    build(spec, BuildOptions())
+    site = tmp_path / "site"
+    before = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    write_spec(tmp_path / "spec.yaml", **FAST, report={"title": "changed"})
+    monkeypatch.setattr(output, "STOP", threading.Event())
+    output.STOP.set()  # as the SIGINT handler does, its KeyboardInterrupt lost
+    with pytest.raises(KeyboardInterrupt):
+        build(spec, BuildOptions())
+    after = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".reportgen-cache", "images", "masks", "site", "spec.yaml"]

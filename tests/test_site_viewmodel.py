@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from reportgen.render.viewmodel import (
     agreement_shade,
     cell_figure_name,
     definitions_for,
+    dice_summary,
     downloads,
     format_number,
     image_page_view,
@@ -339,3 +341,13 @@ def test_summary_verdicts_and_legend_follow_the_spec_bands() -> None:
     view = index_view(context, stats, aggregates, [])
     assert view.bands_text == ("above 100 excellent, 50–100 good, 20–50 fair, "
                                "below 20 concerning")
+
+
+def test_a_missing_mean_dice_says_why() -> None:
+    context = make_context()  # its metrics have no Dice
+    assert dice_summary([], context)[1] == "Dice not computed (not among the spec's metrics)"
+    dice = dataclasses.replace(context.metric_definitions[0], name="dice")
+    context.metric_definitions = [*context.metric_definitions, dice]
+    assert dice_summary([], context) == ("n/a", "no image has a defined Dice")
+    context.mask_source = None
+    assert dice_summary([], context)[1] == "no ground truth (data.masks not given)"

@@ -66,7 +66,7 @@ def test_a_manifest_changed_into_broken_json_is_a_changed_file(site: Path, capsy
     reads: list[Path] = []
     original = verify_module.verify_pdf
     monkeypatch.setattr(verify_module, "verify_pdf",
-                        lambda pdf: reads.append(pdf) or original(pdf))
+                        lambda pdf, **kw: reads.append(pdf) or original(pdf, **kw))
     path = site / "data" / "manifest.json"
     path.write_bytes(b"[" + path.read_bytes()[1:])
     code = main(["verify", str(site)])
@@ -123,7 +123,8 @@ def test_verify_refuses_a_folder_that_is_not_a_report(tmp_path: Path, capsys):
 def test_verify_pdf_passes_fresh_and_fails_when_an_attachment_is_altered(site: Path, capsys,
                                                                         tmp_path: Path):
     code, result = run_verify(site / "report.pdf", capsys)
-    assert code == 0 and result["checked"] == 3, result
+    assert code == 0 and result["checked"] == 4, result  # 3 attachments and the whole file
+    assert "unsigned: the whole file checked against its site's" in result["notes"][0]
     altered = tmp_path / "altered.pdf"
     with pikepdf.open(site / "report.pdf") as pdf:
         stream = pdf.attachments["metrics.csv"].obj.EF.F
@@ -133,6 +134,18 @@ def test_verify_pdf_passes_fresh_and_fails_when_an_attachment_is_altered(site: P
     assert code == 1
     assert {(p["path"], p["problem"]) for p in result["problems"]} == {
         ("metrics.csv", "attachment changed")}
+    assert "only the attachments were checked" in result["notes"][0]  # outside its site
+
+
+def test_verify_pdf_fails_when_a_page_of_an_unsigned_pdf_in_its_site_changed(site: Path,
+                                                                            capsys):
+    with pikepdf.open(site / "report.pdf", allow_overwriting_input=True) as pdf:
+        del pdf.pages[-1]  # the sign-off page, say
+        pdf.save(site / "report.pdf")
+    code, result = run_verify(site / "report.pdf", capsys)
+    assert code == 1
+    assert [(p["path"], p["problem"]) for p in result["problems"]] == [
+        ("report.pdf", "changed")]
 
 
 def _self_signed_p12(folder: Path, password: bytes) -> Path:

@@ -718,12 +718,16 @@ def metric_tables(context: ReportContext, stats: DatasetStats,
     return tables
 
 
-def dice_summary(summaries: Sequence[ImageSummary]) -> tuple[str, str]:
+def dice_summary(summaries: Sequence[ImageSummary], context: ReportContext) -> tuple[str, str]:
     """Mean Dice over the images with a defined Dice, and what it is a mean of."""
     values = [s.dice for s in summaries if s.dice is not None]
     missing = len(summaries) - len(values)
     if not values:
-        return "n/a", "no image has a defined Dice (no ground truth)"
+        if "dice" not in {d.name for d in context.metric_definitions}:
+            return "n/a", "Dice not computed (not among the spec's metrics)"
+        if context.mask_source is None:
+            return "n/a", "no ground truth (data.masks not given)"
+        return "n/a", "no image has a defined Dice"
     detail = f"mean over {format_count(len(values))} image{'s' if len(values) != 1 else ''}"
     if missing:
         detail += f"; {format_count(missing)} without a defined Dice"
@@ -766,7 +770,7 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
     """The summary page; headings in the spec's free text start at level `text_headings`
     (the site's cards are h2, the PDF's sections h3)."""
     notes = Footnotes()
-    dice, dice_detail = dice_summary(stats.summaries)
+    dice, dice_detail = dice_summary(stats.summaries, context)
     summary = summary_rows(context, stats, aggregates, notes)
     return IndexView(
         page=page_view(context, "Summary", "index.html"),
