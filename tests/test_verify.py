@@ -249,3 +249,16 @@ def test_a_key_that_cannot_sign_stops_the_build_before_any_work(tmp_path: Path, 
     with pytest.raises(UserError, match="no such file"):
         build(spec, BuildOptions(sign=tmp_path / "missing.p12"))
     assert not (tmp_path / "site").exists()
+
+
+def test_an_edited_checksums_line_blames_the_checksums_not_the_file(site: Path, capsys):
+    path = site / "data" / "checksums.sha256"
+    lines = path.read_text().splitlines()
+    digest, name = lines[0].split("  ", 1)
+    lines[0] = f"{'0' * 64}  {name}"
+    path.write_text("\n".join(lines) + "\n")
+    code, result = run_verify(site, capsys)
+    assert code == 1
+    assert [(p["path"], p["problem"]) for p in result["problems"]] == [
+        ("data/checksums.sha256", "changed")]
+    assert name in result["problems"][0]["detail"]
