@@ -81,14 +81,21 @@ FORMATS = [
 ]
 
 
+def assert_loads_the_trained_model(path, trained, probe, **options) -> str:
+    """Load `path` into a fresh model, check it computes what `trained` computes; the
+    format name."""
+    model = fresh()
+    fmt = load_checkpoint(model, path, **options)
+    with torch.no_grad():
+        assert torch.equal(model(probe), trained(probe))
+    return fmt
+
+
 @pytest.mark.parametrize("name,save", FORMATS, ids=[f[0] for f in FORMATS])
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, trained, probe, name, save):
     path = tmp_path / name
     save(trained, path)
-    model = fresh()
-    load_checkpoint(model, path)
-    with torch.no_grad():
-        assert torch.equal(model(probe), trained(probe))
+    assert_loads_the_trained_model(path, trained, probe)
 
 
 def test_fp16_safetensors_load_into_an_fp32_model(tmp_path, trained, probe):
@@ -107,10 +114,7 @@ def test_whole_model_pickle_needs_explicit_trust(tmp_path, trained, probe):
     torch.save(trained, path)
     with pytest.raises(CheckpointError, match="trust_pickle"):
         load_checkpoint(fresh(), path)
-    model = fresh()
-    load_checkpoint(model, path, trust_pickle=True)
-    with torch.no_grad():
-        assert torch.equal(model(probe), trained(probe))
+    assert_loads_the_trained_model(path, trained, probe, trust_pickle=True)
 
 
 class _Payload:
@@ -173,10 +177,7 @@ def test_pytorch_tutorial_general_checkpoint_loads(tmp_path, trained, probe):
     optimizer = torch.optim.SGD(trained.parameters(), lr=0.1, momentum=0.9)
     torch.save({"epoch": 3, "model_state_dict": trained.state_dict(),
                 "optimizer_state_dict": optimizer.state_dict(), "loss": torch.tensor(0.25)}, path)
-    model = fresh()
-    load_checkpoint(model, path)
-    with torch.no_grad():
-        assert torch.equal(model(probe), trained(probe))
+    assert_loads_the_trained_model(path, trained, probe)
 
 
 def test_lightning_checkpoint_with_loss_and_metric_state_loads_the_model(tmp_path, trained, probe):
@@ -185,13 +186,10 @@ def test_lightning_checkpoint_with_loss_and_metric_state_loads_the_model(tmp_pat
     state |= {"loss_fn.pos_weight": torch.tensor([2.0]), "val_dice.tp": torch.zeros(2),
               "val_dice.fp": torch.zeros(2)}
     torch.save({"state_dict": state, "epoch": 3, "pytorch-lightning_version": "2.4.0"}, path)
-    model = fresh()
     notes: list[str] = []
-    load_checkpoint(model, path, notes=notes)
+    assert_loads_the_trained_model(path, trained, probe, notes=notes)
     assert notes == ["checkpoint lightning_with_loss.ckpt: 3 tensor(s) of modules other than "
                      "the model ignored: loss_fn.pos_weight, val_dice.tp, val_dice.fp"]
-    with torch.no_grad():
-        assert torch.equal(model(probe), trained(probe))
 
 
 def test_mismatch_does_not_suggest_the_model_the_spec_already_names(tmp_path, trained):
@@ -211,10 +209,7 @@ def test_lightning_checkpoint_with_numpy_hyperparameters_loads(tmp_path, trained
                         "names": np.array(["background", "lesion"], dtype=object)}
     save_lightning("model.")(trained, path)
     torch.save(torch.load(path, weights_only=True) | {"hyper_parameters": hyper_parameters}, path)
-    model = fresh()
-    load_checkpoint(model, path)
-    with torch.no_grad():
-        assert torch.equal(model(probe), trained(probe))
+    assert_loads_the_trained_model(path, trained, probe)
 
 
 class _Config:
@@ -246,10 +241,7 @@ def test_files_that_are_not_checkpoints_do_not_suggest_trust_pickle(tmp_path):
 def test_safetensors_renamed_to_pth_loads(tmp_path, trained, probe):
     path = tmp_path / "weights.pth"
     save_safetensors(trained, path)
-    model = fresh()
-    assert load_checkpoint(model, path) == "safetensors"
-    with torch.no_grad():
-        assert torch.equal(model(probe), trained(probe))
+    assert assert_loads_the_trained_model(path, trained, probe) == "safetensors"
 
 
 def test_truncated_checkpoint_message_ends_with_a_whole_sentence(tmp_path, trained):
@@ -306,7 +298,4 @@ def test_a_state_dict_pickled_with_protocol_4_loads_with_trust_or_says_how(tmp_p
     with pytest.raises(CheckpointError, match="safe loader cannot read this pickle.*"
                                               "trust_pickle: true"):
         load_checkpoint(fresh(), path)
-    model = fresh()
-    load_checkpoint(model, path, trust_pickle=True)
-    with torch.no_grad():
-        assert torch.equal(model(probe), trained(probe))
+    assert_loads_the_trained_model(path, trained, probe, trust_pickle=True)

@@ -4,6 +4,7 @@ as a number, a half-written site or a request leaving the machine."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -116,24 +118,43 @@ def _cli(*argv: str) -> list[str]:
     return [sys.executable, "-m", "reportgen.cli", *argv]
 
 
+def _site_files(site: Path) -> dict[Path, bytes]:
+    return {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+
+
+@contextlib.contextmanager
+def _slow_build_writing(spec: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """A CLI build of `spec` made slow (Score-CAM, batches of 1, a changed title), caught
+    once it writes into its scratch folder: (the process, that folder). Killed on exit
+    if still running."""
+    write_spec(spec, **{**FAST, "methods": ["gradcam", "scorecam"]},
+               runtime={"batch_size": 1}, report={"title": "changed"})
+    running = subprocess.Popen(_cli("build", "-q", "--no-cache", str(spec)),
+                               env=_python_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    staging = spec.parent / f".site.building-{running.pid}"
+    try:
+        deadline = time.monotonic() + 120
+        while not (staging.is_dir() and any(p.is_file() for p in staging.rglob("*"))):
+            assert running.poll() is None, running.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the build never started writing"
+            time.sleep(0.05)
+        yield running, staging
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+        running.stdout.close()
+        running.stderr.close()
+
+
 def test_killed_build_leaves_the_site_and_a_concurrent_build_is_refused(tmp_path: Path):
     write_images(tmp_path, count=6)
     spec = write_spec(tmp_path / "spec.yaml", **FAST)
     build(spec, BuildOptions())
     site = tmp_path / "site"
-    before = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
-    # Score-CAM with batch size 1 keeps the next build busy long enough to be caught
-    write_spec(tmp_path / "spec.yaml", **{**FAST, "methods": ["gradcam", "scorecam"]},
-               runtime={"batch_size": 1}, report={"title": "changed"})
-    first = subprocess.Popen(_cli("build", "-q", "--no-cache", str(spec)), env=_python_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    staging = tmp_path / f".site.building-{first.pid}"
-    try:
-        deadline = time.monotonic() + 120
-        while not (staging.is_dir() and any(p.is_file() for p in staging.rglob("*"))):
-            assert first.poll() is None, first.communicate()[1].decode()
-            assert time.monotonic() < deadline, "the build never started writing"
-            time.sleep(0.05)
+    before = _site_files(site)
+    with _slow_build_writing(spec) as (first, staging):
         second = subprocess.run(_cli("build", "-q", str(spec)), env=_python_env(),
                                 capture_output=True, text=True, timeout=120)
         assert first.poll() is None, "the first build ended before it could be killed"
@@ -141,15 +162,8 @@ def test_killed_build_leaves_the_site_and_a_concurrent_build_is_refused(tmp_path
         assert f"another build (pid {first.pid}) is writing" in second.stderr
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-        first.stdout.close()
-        first.stderr.close()
     assert staging.is_dir() and (tmp_path / ".site.lock").is_file()  # killed mid-way
-    after = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
-    assert after == before  # the previous site, complete and unchanged
+    assert _site_files(site) == before  # the previous site, complete and unchanged
     write_spec(tmp_path / "spec.yaml", **FAST, report={"title": "changed"})
     build(spec, BuildOptions())
     assert not staging.exists() and not (tmp_path / ".site.lock").exists()
@@ -389,28 +403,13 @@ def test_a_terminated_build_cleans_up_and_keeps_the_previous_site(tmp_path: Path
     spec = write_spec(tmp_path / "spec.yaml", **FAST)
     build(spec, BuildOptions())
     site = tmp_path / "site"
-    before = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
-    write_spec(tmp_path / "spec.yaml", **{**FAST, "methods": ["gradcam", "scorecam"]},
-               runtime={"batch_size": 1}, report={"title": "changed"})
-    running = subprocess.Popen(_cli("build", "-q", "--no-cache", str(spec)), env=_python_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    staging = tmp_path / f".site.building-{running.pid}"
-    try:
-        deadline = time.monotonic() + 120
-        while not (staging.is_dir() and any(p.is_file() for p in staging.rglob("*"))):
-            assert running.poll() is None, running.communicate()[1].decode()
-            assert time.monotonic() < deadline, "the build never started writing"
-            time.sleep(0.05)
+    before = _site_files(site)
+    with _slow_build_writing(spec) as (running, staging):
         running.send_signal(signal.SIGTERM)
         assert running.wait(timeout=60) == 128 + signal.SIGTERM
-    finally:
-        if running.poll() is None:
-            running.kill()
-            running.wait()
-        running.stderr.close()
+        assert running.stderr.read().decode().strip() == "terminated"
     assert not staging.exists() and not (tmp_path / ".site.lock").exists()
-    after = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
-    assert after == before
+    assert _site_files(site) == before
 
 
 def test_a_stop_asked_during_the_build_keeps_the_previous_site(tmp_path: Path, monkeypatch):
@@ -422,13 +421,12 @@ def test_a_stop_asked_during_the_build_keeps_the_previous_site(tmp_path: Path, m
     spec = write_spec(tmp_path / "spec.yaml", **FAST)
     build(spec, BuildOptions())
     site = tmp_path / "site"
-    before = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    before = _site_files(site)
     write_spec(tmp_path / "spec.yaml", **FAST, report={"title": "changed"})
     monkeypatch.setattr(output, "STOP", threading.Event())
     output.STOP.set()  # as the SIGINT handler does, its KeyboardInterrupt lost
     with pytest.raises(KeyboardInterrupt):
         build(spec, BuildOptions())
-    after = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
-    assert after == before
+    assert _site_files(site) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".reportgen-cache", "images", "masks", "site", "spec.yaml"]
