@@ -25,6 +25,7 @@ from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
 from reportgen.cam import CamEngine, SegmentationTarget
 from reportgen.cam.normalise import normalise
+from reportgen.models import build_model, resolve_layers
 from tests.cam_fixtures import LAYERS, pearson, synthetic_shapes, trained_unetpp
 
 GRADIENT_METHODS = {
@@ -38,7 +39,7 @@ GRADIENT_METHODS = {
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def run_pytorch_grad_cam(cam_class, model, module, images, regions):
+def run_pytorch_grad_cam(cam_class, model, module, images, regions, reshape_transform=None):
     """pytorch-grad-cam as its README teaches, one target per image; returns its raw
     map (before ReLU and scaling) and its final output."""
     recorded = {}
@@ -48,7 +49,7 @@ def run_pytorch_grad_cam(cam_class, model, module, images, regions):
             recorded["raw"] = super().get_cam_image(*args, **kwargs)
             return recorded["raw"]
 
-    cam = Recording(model=model, target_layers=[module])
+    cam = Recording(model=model, target_layers=[module], reshape_transform=reshape_transform)
     targets = [SemanticSegmentationTarget(0, mask.numpy().astype(np.float32)) for mask in regions]
     try:
         output = cam(input_tensor=images, targets=targets)
@@ -131,3 +132,22 @@ def test_the_maps_compared_are_informative(gradient_result):
     """Most maps of the agreement test carry spatial information (not flagged)."""
     flagged = [flags for per_image in gradient_result.flags.values() for flags in per_image]
     assert sum(not flags for flags in flagged) >= 0.6 * len(flagged)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_a_channels_last_encoder_stage_matches_pytorch_grad_cams_reshape_transform(method):
+    """timm's MambaOut (like Swin) outputs [N, H, W, C] stages: the alias names the stage
+    with `:nhwc` and the engine explains it as [N, C, H, W], as pytorch-grad-cam does
+    with a reshape_transform."""
+    torch.manual_seed(0)
+    model = build_model("Unet", "tu-mambaout_femto", classes=1).eval()
+    path = resolve_layers(model, ["encoder_early"], (64, 64))["encoder_early"]
+    assert path == "encoder.model.stages_0:nhwc"
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    regions = torch.ones(2, 64, 64, dtype=torch.bool)
+    result = CamEngine(model, ["encoder_early"], [method], input_size=(64, 64)).explain(
+        images, SegmentationTarget(class_index=0, region="image"))
+    their_raw, their_output = run_pytorch_grad_cam(
+        GRADIENT_METHODS[method], model, model.get_submodule(path.removesuffix(":nhwc")),
+        images, regions, reshape_transform=lambda output: output.permute(0, 3, 1, 2))
+    assert assert_agree(result, ("encoder_early", method), images, their_raw, their_output)

@@ -187,3 +187,13 @@ def test_a_model_with_a_fixed_input_size_is_traced_at_that_size():
     assert resolve_layers(FixedSize(), ["conv"], (160, 160)) == {"conv": "conv"}
     with pytest.raises(LayerError, match=r"at 96x96 failed .*doesn't match model \(160\)"):
         resolve_layers(FixedSize(), ["conv"], (96, 96))
+
+
+def test_channels_last_encoder_stages_resolve_with_their_true_channels_and_strides():
+    model = _build("Unet", "tu-mambaout_femto")
+    resolved = resolve_layers(model, ["encoder_early", "encoder_mid", "encoder_last",
+                                      "encoder.model.stages_1:nhwc"], SIZE)
+    assert resolved["encoder_early"] == "encoder.model.stages_0:nhwc"
+    infos = {i.name: (i.channels, i.stride) for i in describe_layers(model, resolved, SIZE)}
+    assert infos == {"encoder_early": (48, 4), "encoder_mid": (192, 16),
+                     "encoder_last": (288, 32), "encoder.model.stages_1:nhwc": (96, 8)}

@@ -25,8 +25,11 @@ def adapter_maps(
     images: torch.Tensor,
     target: SegmentationTarget,
     regions: torch.Tensor,
+    channels_last: bool = False,
 ) -> torch.Tensor:
-    """Maps [N, H, W] of pytorch-grad-cam method `entry` at `module`, on the images' device."""
+    """Maps [N, H, W] of pytorch-grad-cam method `entry` at `module`, on the images' device;
+    `channels_last`: the module outputs [N, H, W, C] (pytorch-grad-cam's reshape_transform
+    turns it into the [N, C, H, W] it expects)."""
     library = importlib.import_module("pytorch_grad_cam")
     replace_layer_recursive = importlib.import_module(
         "pytorch_grad_cam.utils.find_layers"
@@ -38,7 +41,8 @@ def adapter_maps(
         )
     # FullGrad ignores the given layer (it uses every biased layer) and warns if given one.
     target_layers = [] if entry.name == "fullgrad" else [module]
-    cam = cam_class(model=model, target_layers=target_layers)
+    reshape = (lambda output: output.permute(0, 3, 1, 2)) if channels_last else None
+    cam = cam_class(model=model, target_layers=target_layers, reshape_transform=reshape)
     targets = [RegionTarget(target.class_index, region) for region in regions]
     try:
         with torch.enable_grad():

@@ -21,7 +21,12 @@ import torch
 from torch import nn
 
 from reportgen.cam.adapter import adapter_maps
-from reportgen.cam.hooks import ActivationRecorder, LayerSpec, resolve_layers
+from reportgen.cam.hooks import (
+    ActivationRecorder,
+    LayerSpec,
+    channels_last_layers,
+    resolve_layers,
+)
 from reportgen.cam.methods import MethodEntry, get_method
 from reportgen.cam.normalise import FLAG_REASONS, normalise
 from reportgen.cam.scorecam import auto_chunk, resolve_precision, score_cam, strict_fp32
@@ -210,7 +215,9 @@ class CamEngine:
                 self.model.to(memory_format=torch.channels_last)
             except RuntimeError:  # parameters of another rank (e.g. Conv3d): as they are
                 self.channels_last = False
-        self.layers = resolve_layers(self.model, _module_paths(self.model, layers, input_size))
+        paths = _module_paths(self.model, layers, input_size)
+        self.layers = resolve_layers(self.model, paths)
+        self.nhwc_layers = channels_last_layers(paths)  # outputs [N, H, W, C]
         self.in_channels, self.stride = _input_contract(self.model)
         self.methods: list[MethodEntry] = [get_method(name) for name in dict.fromkeys(methods)]
         self.autocast_dtype = resolve_precision(precision, self.device)
@@ -297,7 +304,8 @@ class CamEngine:
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             inputs.requires_grad_(bool(gradient_methods))
-            with clock("forward"), ActivationRecorder(self.model, self.layers) as recorder:
+            recorder = ActivationRecorder(self.model, self.layers, self.nhwc_layers)
+            with clock("forward"), recorder:
                 logits = logits_of(self.model(inputs))
             activations = recorder.check()
             regions = target.regions(logits, gt_masks)
@@ -329,8 +337,8 @@ class CamEngine:
             with clock("adapter"):
                 for layer, module in self.layers.items():
                     raw[layer, entry.name] = adapter_maps(
-                        entry, self.model, module, inputs, target, regions
-                    )
+                        entry, self.model, module, inputs, target, regions,
+                        channels_last=layer in self.nhwc_layers)
 
         maps, flags = {}, {}
         with clock("normalise"):

@@ -12,19 +12,21 @@ and modified through the alias.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import nn
 
 from reportgen.errors import LayerError
+from reportgen.models.layers import split_layout
 
 LayerSpec = Mapping[str, str | nn.Module]
 
 
 def resolve_layers(model: nn.Module, layers: LayerSpec) -> dict[str, nn.Module]:
     """Map display names to modules; dotted paths (`decoder.blocks.x_0_4`,
-    `encoder._blocks.15`) resolve with `model.get_submodule`."""
+    `encoder._blocks.15`, `encoder.model.layers_0:nhwc`) resolve with
+    `model.get_submodule`."""
     if not layers:
         raise LayerError("no layers given")
     resolved: dict[str, nn.Module] = {}
@@ -36,10 +38,16 @@ def resolve_layers(model: nn.Module, layers: LayerSpec) -> dict[str, nn.Module]:
             resolved[display_name] = layer
             continue
         try:  # names were checked (with a did-you-mean) by the spec's resolver
-            resolved[display_name] = model.get_submodule(layer)
+            resolved[display_name] = model.get_submodule(split_layout(layer)[0])
         except AttributeError:
             raise LayerError(f"layer '{display_name}': the model has no module '{layer}'") from None
     return resolved
+
+
+def channels_last_layers(layers: LayerSpec) -> set[str]:
+    """The display names whose path ends in `:nhwc` (a channels-last output)."""
+    return {name for name, layer in layers.items()
+            if isinstance(layer, str) and split_layout(layer)[1]}
 
 
 def module_path(model: nn.Module, module: nn.Module) -> str:
@@ -57,9 +65,12 @@ class ActivationRecorder:
     layer ran once and that no recorded output was modified in place.
     """
 
-    def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module]):
+    def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module],
+                 channels_last: Collection[str] = ()):
         self.model = model
         self.layers = dict(layers)
+        # layers whose output is [N, H, W, C]: recorded as [N, C, H, W], the map's layout
+        self.channels_last = set(channels_last)
         self.activations: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int] = {}
         self._calls: dict[str, int] = {}
@@ -74,6 +85,12 @@ class ActivationRecorder:
                     "feature map"
                 )
             self._calls[name] = self._calls.get(name, 0) + 1
+            if name in self.channels_last and output.dim() == 4:
+                # the network goes on from a copy of this view, so gradients reach it
+                recorded = output.permute(0, 3, 1, 2)
+                self.activations[name] = recorded
+                self._versions[name] = recorded._version
+                return recorded.permute(0, 2, 3, 1).clone()
             self.activations[name] = output
             self._versions[name] = output._version
             return output.clone()

@@ -20,6 +20,7 @@ from reportgen.errors import LayerError
 # Modules that hand their input through unchanged; never the answer for an alias.
 PASSTHROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout3d)
 PROBE_SIZE = 128
+NHWC = ":nhwc"  # path suffix of a module whose output is channels-last (see split_layout)
 
 
 @dataclass
@@ -116,17 +117,36 @@ def _meaningful_producer(model: nn.Module, trace: Trace, tensor: object, within:
 
 
 def _copied_from(model: nn.Module, trace: Trace, tensor: torch.Tensor, within: str) -> str | None:
-    """The module under `within` whose output `tensor` is a copy of (same shape and values):
-    MiT encoders return `norm(x).contiguous()`, a copy of the norm's output. Gradients with
+    """The module under `within` whose output `tensor` is a copy of (same values), as is
+    or from channels-last [N, H, W, C] (then the path ends in `NHWC`). MiT encoders
+    return `norm(x).contiguous()`; timm's channels-last encoders (Swin, MambaOut) have
+    their stages' [N, H, W, C] outputs permuted to [N, C, H, W] by smp. Gradients with
     respect to the copy and to the original are the same."""
-    candidates = [
-        n for n in trace.order
-        if n.startswith(within + ".") and not isinstance(model.get_submodule(n), PASSTHROUGH)
-        and isinstance(output := trace.outputs[n], torch.Tensor)
-        and output.shape == tensor.shape and output.dtype == tensor.dtype
-        and torch.equal(output, tensor)
-    ]
-    return _outermost_last(candidates)
+
+    def copies(output: object, nhwc: bool) -> bool:
+        if not isinstance(output, torch.Tensor) or output.dtype != tensor.dtype:
+            return False
+        if nhwc:
+            output = output.permute(0, 3, 1, 2) if output.dim() == 4 else output
+        return output.shape == tensor.shape and torch.equal(output, tensor)
+
+    for nhwc in (False, True):
+        found = _outermost_last([
+            n for n in trace.order
+            if n.startswith(within + ".") and not isinstance(model.get_submodule(n), PASSTHROUGH)
+            and copies(trace.outputs[n], nhwc)
+        ])
+        if found is not None:
+            return found + NHWC if nhwc else found
+    return None
+
+
+def split_layout(path: str) -> tuple[str, bool]:
+    """A layer path without its `NHWC` suffix, and whether it had one: the module's
+    output is channels-last [N, H, W, C] and is explained as [N, C, H, W]."""
+    if path.endswith(NHWC):
+        return path[: -len(NHWC)], True
+    return path, False
 
 
 def _last_executed(trace: Trace, within: str, count: int = 5) -> list[str]:
@@ -321,7 +341,8 @@ def resolve_layers(
 ) -> dict[str, str]:
     """Map each requested alias or dotted path to a dotted module path.
 
-    Paths may use `[i]` or `.i` for indices (`encoder._blocks[38]`). A module
+    Paths may use `[i]` or `.i` for indices (`encoder._blocks[38]`), and end in `:nhwc`
+    for a module whose output is channels-last (aliases add it themselves). A module
     that does not run in the forward pass is an error naming it.
     """
     trace: Trace | None = None
@@ -332,12 +353,13 @@ def resolve_layers(
                 trace = _probe(model, input_size, in_channels)
             resolved[layer] = ALIASES[layer].resolve(model, trace)
         else:
-            path = layer.replace("[", ".").replace("]", "").replace('"', "").replace("'", "")
+            path, nhwc = split_layout(layer)
+            path = path.replace("[", ".").replace("]", "").replace('"', "").replace("'", "")
             _check_path(model, path)
-            resolved[layer] = path
+            resolved[layer] = path + NHWC if nhwc else path
     if trace is None:
         trace = _probe(model, input_size, in_channels)
-    unused = [(n, p) for n, p in resolved.items() if p not in trace.outputs]
+    unused = [(n, p) for n, p in resolved.items() if split_layout(p)[0] not in trace.outputs]
     if unused:
         name, path = unused[0]
         raise LayerError(
@@ -365,7 +387,8 @@ def describe_layers(
 
         return hook
 
-    handles = [model.get_submodule(p).register_forward_hook(hook_for(p)) for p in wanted]
+    handles = [model.get_submodule(split_layout(p)[0]).register_forward_hook(hook_for(p))
+               for p in wanted]
     try:
         _dry_forward(model, input_size, in_channels)
     finally:
@@ -374,6 +397,8 @@ def describe_layers(
     infos = []
     for name, path in resolved.items():
         shape = shapes.get(path)
+        if shape and len(shape) == 4 and split_layout(path)[1]:  # [N, H, W, C] as explained
+            shape = (shape[0], shape[3], shape[1], shape[2])
         channels = shape[1] if shape and len(shape) == 4 else None
         stride = input_size[0] / shape[2] if shape and len(shape) == 4 else None
         infos.append(LayerInfo(name, path, channels, stride, shape))
