@@ -142,3 +142,20 @@ def test_a_model_that_does_not_say_its_input_is_checked_only_for_what_is_known()
 def test_cuda_without_a_gpu_is_a_user_error_as_in_the_cli(model):
     with pytest.raises(UserError, match="no CUDA device is available \\(use auto or cpu\\)"):
         CamEngine(model, {"d": LAYERS["decoder_last"]}, ["gradcam"], device="cuda")
+
+
+def test_resolved_layer_paths_cost_no_dry_forward(monkeypatch):
+    """The build hands the engine resolved paths (`:nhwc` ones too): a fixed-size model
+    (Swin) must not be probed at another size."""
+    from reportgen.models import build_model
+    from reportgen.models import layers as layer_module
+
+    model = build_model("Unet", "tu-mambaout_femto", classes=1)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a dry forward")
+
+    monkeypatch.setattr(layer_module, "_dry_forward", no_forward)
+    engine = CamEngine(model, {"encoder_early": "encoder.model.stages_0:nhwc",
+                               "decoder_last": "decoder.blocks.4"}, ["gradcam"])
+    assert engine.nhwc_layers == {"encoder_early"}

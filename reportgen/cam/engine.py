@@ -32,7 +32,7 @@ from reportgen.cam.normalise import FLAG_REASONS, normalise
 from reportgen.cam.scorecam import auto_chunk, resolve_precision, score_cam, strict_fp32
 from reportgen.cam.target import SegmentationTarget, logits_of
 from reportgen.errors import LayerError, UserError
-from reportgen.models.layers import ALIASES, PROBE_SIZE
+from reportgen.models.layers import ALIASES, PROBE_SIZE, split_layout
 from reportgen.models.layers import resolve_layers as resolve_layer_names
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,8 @@ def _module_paths(
     if not isinstance(layers, Mapping):
         layers = {name: name for name in layers}
     modules = {name for name, _ in model.named_modules()}
-    names = [layer for layer in layers.values()
-             if isinstance(layer, str) and (layer in ALIASES or layer not in modules)]
+    names = [layer for layer in layers.values() if isinstance(layer, str) and (
+        layer in ALIASES or split_layout(layer)[0] not in modules)]
     if not names:
         return layers
     channels = _input_contract(model)[0] or 3
