@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -104,7 +105,10 @@ def _manifest_in_pdf(site: Path) -> tuple[dict | None, PdfReport | None]:
     pdfs = [name for name in listed if name.lower().endswith(".pdf")]
     if len(pdfs) != 1 or not (site / pdfs[0]).is_file():
         return None, None
-    inner = verify_pdf(site / pdfs[0], within_site=True)
+    try:
+        inner = verify_pdf(site / pdfs[0], within_site=True)
+    except UserError:  # unreadable: the site's own check reports the PDF as changed
+        return None, None
     attached = inner.attachments_manifest
     try:
         manifest = json.loads(attached) if attached is not None else None
@@ -178,8 +182,13 @@ def verify_site(site: Path) -> VerifyReport:
     _verify_inputs(site, manifest, report)
     pdf_name = manifest.get("pdf")
     if pdf_name and (site / pdf_name).is_file():
-        inner = (read_pdf if read_pdf is not None
-                 else verify_pdf(site / pdf_name, within_site=True))
+        try:
+            inner = (read_pdf if read_pdf is not None
+                     else verify_pdf(site / pdf_name, within_site=True))
+        except UserError as error:  # a damaged PDF in a site is a changed file of it
+            if not any(f.path == pdf_name for f in report.problems):
+                report.problems.append(Finding(pdf_name, "changed", str(error)))
+            return report
         report.problems += [Finding(f"{pdf_name}:{f.path}", f.problem, f.detail)
                             for f in inner.problems]
         report.notes += [f"{pdf_name}: {note}" for note in inner.notes]
@@ -248,11 +257,16 @@ def verify_pdf(pdf: Path, within_site: bool = False) -> PdfReport:
     from pypdf.errors import PdfReadError
 
     report = PdfReport(str(pdf), "pdf")
+    pypdf_log = logging.getLogger("pypdf")
+    level = pypdf_log.level
+    pypdf_log.setLevel(logging.ERROR)  # its repair notes ("EOF marker not found"): ours say it
     try:
         reader = PdfReader(pdf)
         attachments = {a.name: a for a in reader.attachment_list}
     except (PdfReadError, OSError, ValueError, KeyError) as error:
         raise UserError(f"{pdf}: not a readable PDF ({error})") from None
+    finally:
+        pypdf_log.setLevel(level)
     if MANIFEST_ATTACHMENT not in attachments:
         raise UserError(f"{pdf}: not a reportgen report (no embedded {MANIFEST_ATTACHMENT})")
     contents: dict[str, bytes] = {}
