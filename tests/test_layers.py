@@ -197,3 +197,11 @@ def test_channels_last_encoder_stages_resolve_with_their_true_channels_and_strid
     infos = {i.name: (i.channels, i.stride) for i in describe_layers(model, resolved, SIZE)}
     assert infos == {"encoder_early": (48, 4), "encoder_mid": (192, 16),
                      "encoder_last": (288, 32), "encoder.model.stages_1:nhwc": (96, 8)}
+
+
+def test_an_alias_no_module_gives_names_the_modules_at_its_stride():
+    model = _build("Unet", "dpn68")  # DPN joins its blocks' two outputs outside any module
+    with pytest.raises(LayerError, match=r"encoder_early: the encoder builds feature 2 outside "
+                                         r"any one module.*encoder modules at stride 4: "
+                                         r"encoder\.features\.conv"):
+        resolve_layers(model, ["encoder_early"], SIZE)

@@ -165,16 +165,20 @@ def _by_stride(feats: list[torch.Tensor], index: int) -> int | None:
     return next((i for i, s in enumerate(strides) if s == 2 ** index), None)
 
 
-def _stage_at_stride(model: nn.Module, trace: Trace, stride: int) -> str | None:
-    """The outermost encoder module run last whose 4-D output has `stride`."""
+def _at_stride(model: nn.Module, trace: Trace, stride: float) -> list[str]:
+    """The encoder modules whose 4-D output has `stride`, in execution order."""
     height = trace.encoder_features[0].shape[-2]
-    candidates = [
-        n for n in trace.order
+    return [
+        n for n in dict.fromkeys(trace.order)
         if n.startswith("encoder.") and not isinstance(model.get_submodule(n), PASSTHROUGH)
         and isinstance(output := trace.outputs[n], torch.Tensor) and output.dim() == 4
         and height / output.shape[-2] == stride
     ]
-    return _outermost_last(candidates)
+
+
+def _stage_at_stride(model: nn.Module, trace: Trace, stride: int) -> str | None:
+    """The outermost encoder module run last whose 4-D output has `stride`."""
+    return _outermost_last(_at_stride(model, trace, stride))
 
 
 def _encoder_feature(index: int | None, label: str):
@@ -206,10 +210,15 @@ def _encoder_feature(index: int | None, label: str):
         name = (_meaningful_producer(model, trace, feats[wanted], "encoder")
                 or _copied_from(model, trace, feats[wanted], "encoder"))
         if name is None:
+            stride = feats[0].shape[-2] / feats[wanted].shape[-2]
+            nearby = _at_stride(model, trace, stride)[-5:]
             raise LayerError(
-                f"{label}: no single encoder module produces feature {wanted}; give a module "
-                f"path instead (last encoder modules run: "
-                f"{', '.join(_last_executed(trace, 'encoder'))})"
+                f"{label}: the encoder builds feature {wanted} outside any one module (e.g. "
+                f"by joining a block's outputs), so no module gives it; give a module path "
+                f"instead ("
+                + (f"encoder modules at stride {stride:g}: {', '.join(nearby)}" if nearby else
+                   f"last encoder modules run: {', '.join(_last_executed(trace, 'encoder'))}")
+                + ")"
             )
         return name
 
