@@ -367,8 +367,8 @@ def _choice(value: str, valid: Sequence[str], what: str, extra: str = "") -> str
 
 
 def _layer_name(value: str) -> str:
-    if "." in value or "[" in value:
-        return value  # a dotted module path, checked against the model when it is built
+    if "." in value or "[" in value or "@" in value:
+        return value  # a module path (or list element), checked when the model is built
     return _choice(value, LAYER_ALIASES, "layer alias",
                    " (or a dotted module path such as encoder._blocks.15)")
 

@@ -159,3 +159,19 @@ def test_resolved_layer_paths_cost_no_dry_forward(monkeypatch):
     engine = CamEngine(model, {"encoder_early": "encoder.model.stages_0:nhwc",
                                "decoder_last": "decoder.blocks.4"}, ["gradcam"])
     assert engine.nhwc_layers == {"encoder_early"}
+
+
+def test_an_element_of_the_encoders_list_is_explained_as_the_module_that_made_it():
+    from reportgen.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("Unet", "resnet18", classes=1)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    target = SegmentationTarget(region="image")
+    result = CamEngine(model, {"module": "encoder_early", "element": "encoder@2"},
+                       ["gradcam", "layercam"], input_size=(64, 64)).explain(images, target)
+    for method in ("gradcam", "layercam"):  # encoder.layer1's output is the list's element 2
+        assert torch.equal(result.maps["element", method], result.maps["module", method])
+    with pytest.raises(UserError, match="element of a list output: use a gradient method"):
+        CamEngine(model, ["encoder@2"], ["eigencam"], input_size=(64, 64)).explain(
+            images, target)

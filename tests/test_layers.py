@@ -199,9 +199,11 @@ def test_channels_last_encoder_stages_resolve_with_their_true_channels_and_strid
                      "encoder_last": (288, 32), "encoder.model.stages_1:nhwc": (96, 8)}
 
 
-def test_an_alias_no_module_gives_names_the_modules_at_its_stride():
+def test_features_built_outside_any_module_are_elements_of_the_encoders_list():
     model = _build("Unet", "dpn68")  # DPN joins its blocks' two outputs outside any module
-    with pytest.raises(LayerError, match=r"encoder_early: the encoder builds feature 2 outside "
-                                         r"any one module.*encoder modules at stride 4: "
-                                         r"encoder\.features\.conv"):
-        resolve_layers(model, ["encoder_early"], SIZE)
+    resolved = resolve_layers(model, ["encoder_early", "encoder_mid", "encoder@3"], SIZE)
+    assert resolved == {"encoder_early": "encoder@2", "encoder_mid": "encoder@4",
+                        "encoder@3": "encoder@3"}
+    infos = {i.name: (i.channels, i.stride) for i in describe_layers(model, resolved, SIZE)}
+    assert infos == {"encoder_early": (144, 4), "encoder_mid": (704, 16),
+                     "encoder@3": (320, 8)}

@@ -25,6 +25,7 @@ from reportgen.cam.hooks import (
     ActivationRecorder,
     LayerSpec,
     channels_last_layers,
+    list_elements,
     resolve_layers,
 )
 from reportgen.cam.methods import MethodEntry, get_method
@@ -32,7 +33,7 @@ from reportgen.cam.normalise import FLAG_REASONS, normalise
 from reportgen.cam.scorecam import auto_chunk, resolve_precision, score_cam, strict_fp32
 from reportgen.cam.target import SegmentationTarget, logits_of
 from reportgen.errors import LayerError, UserError
-from reportgen.models.layers import ALIASES, PROBE_SIZE, split_layout
+from reportgen.models.layers import ALIASES, PROBE_SIZE, module_of
 from reportgen.models.layers import resolve_layers as resolve_layer_names
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def _module_paths(
         layers = {name: name for name in layers}
     modules = {name for name, _ in model.named_modules()}
     names = [layer for layer in layers.values() if isinstance(layer, str) and (
-        layer in ALIASES or split_layout(layer)[0] not in modules)]
+        layer in ALIASES or module_of(layer) not in modules)]
     if not names:
         return layers
     channels = _input_contract(model)[0] or 3
@@ -218,6 +219,7 @@ class CamEngine:
         paths = _module_paths(self.model, layers, input_size)
         self.layers = resolve_layers(self.model, paths)
         self.nhwc_layers = channels_last_layers(paths)  # outputs [N, H, W, C]
+        self.list_elements = list_elements(paths)  # element i of a module's list output
         self.in_channels, self.stride = _input_contract(self.model)
         self.methods: list[MethodEntry] = [get_method(name) for name in dict.fromkeys(methods)]
         self.autocast_dtype = resolve_precision(precision, self.device)
@@ -304,7 +306,8 @@ class CamEngine:
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             inputs.requires_grad_(bool(gradient_methods))
-            recorder = ActivationRecorder(self.model, self.layers, self.nhwc_layers)
+            recorder = ActivationRecorder(self.model, self.layers, self.nhwc_layers,
+                                          self.list_elements)
             with clock("forward"), recorder:
                 logits = logits_of(self.model(inputs))
             activations = recorder.check()
@@ -336,6 +339,11 @@ class CamEngine:
         for entry in self._family("adapter"):
             with clock("adapter"):
                 for layer, module in self.layers.items():
+                    if layer in self.list_elements:
+                        raise UserError(
+                            f"method '{entry.name}' (pytorch-grad-cam) explains a module's "
+                            f"output; layer '{layer}' is an element of a list output: use a "
+                            "gradient method or Score-CAM there")
                     raw[layer, entry.name] = adapter_maps(
                         entry, self.model, module, inputs, target, regions,
                         channels_last=layer in self.nhwc_layers)

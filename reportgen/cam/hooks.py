@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from reportgen.errors import LayerError
-from reportgen.models.layers import split_layout
+from reportgen.models.layers import element_of, module_of, split_element, split_layout
 
 LayerSpec = Mapping[str, str | nn.Module]
 
@@ -38,7 +38,7 @@ def resolve_layers(model: nn.Module, layers: LayerSpec) -> dict[str, nn.Module]:
             resolved[display_name] = layer
             continue
         try:  # names were checked (with a did-you-mean) by the spec's resolver
-            resolved[display_name] = model.get_submodule(split_layout(layer)[0])
+            resolved[display_name] = model.get_submodule(module_of(layer))
         except AttributeError:
             raise LayerError(f"layer '{display_name}': the model has no module '{layer}'") from None
     return resolved
@@ -48,6 +48,17 @@ def channels_last_layers(layers: LayerSpec) -> set[str]:
     """The display names whose path ends in `:nhwc` (a channels-last output)."""
     return {name for name, layer in layers.items()
             if isinstance(layer, str) and split_layout(layer)[1]}
+
+
+def list_elements(layers: LayerSpec) -> dict[str, int]:
+    """Display name -> i for the paths ending in `@i` (element i of a module's list)."""
+    found = {}
+    for name, layer in layers.items():
+        if isinstance(layer, str):
+            element = split_element(split_layout(layer)[0])[1]
+            if element is not None:
+                found[name] = element
+    return found
 
 
 def module_path(model: nn.Module, module: nn.Module) -> str:
@@ -66,18 +77,23 @@ class ActivationRecorder:
     """
 
     def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module],
-                 channels_last: Collection[str] = ()):
+                 channels_last: Collection[str] = (),
+                 elements: Mapping[str, int] | None = None):
         self.model = model
         self.layers = dict(layers)
         # layers whose output is [N, H, W, C]: recorded as [N, C, H, W], the map's layout
         self.channels_last = set(channels_last)
+        # layers that are element i of their module's list output (encoder@2)
+        self.elements = dict(elements or {})
         self.activations: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int] = {}
         self._calls: dict[str, int] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, name: str):
-        def record(module: nn.Module, inputs: object, output: object) -> torch.Tensor:
+        def record(module: nn.Module, inputs: object, output: object) -> object:
+            if name in self.elements:
+                return self._record_element(name, module, output)
             if not isinstance(output, torch.Tensor):
                 raise LayerError(
                     f"layer '{name}' ({module_path(self.model, module)}) returns "
@@ -96,6 +112,24 @@ class ActivationRecorder:
             return output.clone()
 
         return record
+
+    def _record_element(self, name: str, module: nn.Module, output: object) -> object:
+        """Record element i of a list output; the network goes on from a copy of the
+        list holding a clone of it (in place of the recorded tensor)."""
+        index = self.elements[name]
+        element = element_of(output, index)
+        if not isinstance(element, torch.Tensor):
+            raise LayerError(
+                f"layer '{name}' ({module_path(self.model, module)}) has no tensor at "
+                f"element {index} of its output ({type(output).__name__})")
+        self._calls[name] = self._calls.get(name, 0) + 1
+        self.activations[name] = element
+        self._versions[name] = element._version
+        nested = isinstance(output, tuple) and isinstance(output[0], list | tuple)
+        listed = list(output[0] if nested else output)
+        listed[index] = element.clone()
+        listed = type(output[0] if nested else output)(listed)
+        return (listed, *output[1:]) if nested else listed
 
     def __enter__(self) -> ActivationRecorder:
         self.activations.clear()

@@ -21,6 +21,7 @@ from reportgen.errors import LayerError
 PASSTHROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout3d)
 PROBE_SIZE = 128
 NHWC = ":nhwc"  # path suffix of a module whose output is channels-last (see split_layout)
+ELEMENT = "@"  # `encoder@2`: element 2 of the list a module returns (see split_element)
 
 
 @dataclass
@@ -149,6 +150,33 @@ def split_layout(path: str) -> tuple[str, bool]:
     return path, False
 
 
+def split_element(path: str) -> tuple[str, int | None]:
+    """A layer path without its `@i` suffix, and i: the layer is element i of the list
+    the module returns (smp encoders return their features as a list; DPN builds some
+    of them outside any module, so only the list holds them)."""
+    module, sep, index = path.rpartition(ELEMENT)
+    if sep and index.isdigit():
+        return module, int(index)
+    return path, None
+
+
+def module_of(path: str) -> str:
+    """The dotted module path of a layer path (its `:nhwc` and `@i` suffixes dropped)."""
+    return split_element(split_layout(path)[0])[0]
+
+
+def element_of(output: object, index: int | slice) -> object:
+    """Element `index` of a module's list output (None if it has none); DPT-style
+    encoders return (features, prefix tokens), whose features are meant."""
+    if isinstance(output, tuple) and output and isinstance(output[0], list | tuple):
+        output = output[0]
+    if not isinstance(output, list | tuple):
+        return None
+    if isinstance(index, slice):
+        return list(output[index])
+    return output[index] if 0 <= index < len(output) else None
+
+
 def _last_executed(trace: Trace, within: str, count: int = 5) -> list[str]:
     names = [n for n in trace.order if n.startswith(within + ".")]
     return names[-count:]
@@ -165,20 +193,15 @@ def _by_stride(feats: list[torch.Tensor], index: int) -> int | None:
     return next((i for i, s in enumerate(strides) if s == 2 ** index), None)
 
 
-def _at_stride(model: nn.Module, trace: Trace, stride: float) -> list[str]:
-    """The encoder modules whose 4-D output has `stride`, in execution order."""
+def _stage_at_stride(model: nn.Module, trace: Trace, stride: int) -> str | None:
+    """The outermost encoder module run last whose 4-D output has `stride`."""
     height = trace.encoder_features[0].shape[-2]
-    return [
+    return _outermost_last([
         n for n in dict.fromkeys(trace.order)
         if n.startswith("encoder.") and not isinstance(model.get_submodule(n), PASSTHROUGH)
         and isinstance(output := trace.outputs[n], torch.Tensor) and output.dim() == 4
         and height / output.shape[-2] == stride
-    ]
-
-
-def _stage_at_stride(model: nn.Module, trace: Trace, stride: int) -> str | None:
-    """The outermost encoder module run last whose 4-D output has `stride`."""
-    return _outermost_last(_at_stride(model, trace, stride))
+    ])
 
 
 def _encoder_feature(index: int | None, label: str):
@@ -210,16 +233,14 @@ def _encoder_feature(index: int | None, label: str):
         name = (_meaningful_producer(model, trace, feats[wanted], "encoder")
                 or _copied_from(model, trace, feats[wanted], "encoder"))
         if name is None:
-            stride = feats[0].shape[-2] / feats[wanted].shape[-2]
-            nearby = _at_stride(model, trace, stride)[-5:]
-            raise LayerError(
-                f"{label}: the encoder builds feature {wanted} outside any one module (e.g. "
-                f"by joining a block's outputs), so no module gives it; give a module path "
-                f"instead ("
-                + (f"encoder modules at stride {stride:g}: {', '.join(nearby)}" if nearby else
-                   f"last encoder modules run: {', '.join(_last_executed(trace, 'encoder'))}")
-                + ")"
-            )
+            # built outside any module (DPN joins a block's two outputs): the encoder's
+            # own list holds it
+            listed = element_of(trace.outputs.get("encoder"), slice(None)) or []
+            position = next((i for i, t in enumerate(listed) if t is feats[wanted]), None)
+            if position is None:
+                raise LayerError(f"{label}: no module of the encoder gives feature {wanted}; "
+                                 "give a module path instead")
+            name = f"encoder{ELEMENT}{position}"
         return name
 
     return resolve
@@ -363,12 +384,14 @@ def resolve_layers(
             resolved[layer] = ALIASES[layer].resolve(model, trace)
         else:
             path, nhwc = split_layout(layer)
+            path, element = split_element(path)
             path = path.replace("[", ".").replace("]", "").replace('"', "").replace("'", "")
             _check_path(model, path)
-            resolved[layer] = path + NHWC if nhwc else path
+            resolved[layer] = (path + (f"{ELEMENT}{element}" if element is not None else "")
+                               + (NHWC if nhwc else ""))
     if trace is None:
         trace = _probe(model, input_size, in_channels)
-    unused = [(n, p) for n, p in resolved.items() if split_layout(p)[0] not in trace.outputs]
+    unused = [(n, p) for n, p in resolved.items() if module_of(p) not in trace.outputs]
     if unused:
         name, path = unused[0]
         raise LayerError(
@@ -390,13 +413,17 @@ def describe_layers(
     wanted = set(resolved.values())
 
     def hook_for(path: str):
+        element = split_element(split_layout(path)[0])[1]
+
         def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if element is not None:
+                output = element_of(output, element)
             if isinstance(output, torch.Tensor):
                 shapes[path] = tuple(output.shape)
 
         return hook
 
-    handles = [model.get_submodule(split_layout(p)[0]).register_forward_hook(hook_for(p))
+    handles = [model.get_submodule(module_of(p)).register_forward_hook(hook_for(p))
                for p in wanted]
     try:
         _dry_forward(model, input_size, in_channels)
