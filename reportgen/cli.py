@@ -83,7 +83,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if spec.output.pdf is not None:
         pdf_in_site(spec.output.site, spec.output.pdf)
     # validate stays fast by not building the model, so it cannot vouch for module paths
-    paths = [layer for layer in spec.layers if "." in layer or "[" in layer]
+    paths = [layer for layer in spec.layers if "." in layer or "[" in layer or "@" in layer]
     note = (f"module paths ({', '.join(paths)}) are checked when the model is built: run "
             f"`reportgen check {args.spec}`") if paths else ""
     if args.json:

@@ -321,7 +321,9 @@ def _check_pages_against_the_site(pdf: Path, report: PdfReport) -> None:
             break
         relative = pdf.resolve().relative_to(site).as_posix()
         if relative not in listed:
-            break
+            report.problems.append(Finding(relative, "extra", f"not in its site's "
+                                           f"{CHECKSUMS.as_posix()}"))
+            return
         report.checked += 1
         if sha256_file(pdf) != listed[relative]:
             report.problems.append(Finding(relative, "changed", f"sha256 differs from "

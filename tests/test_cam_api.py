@@ -175,3 +175,19 @@ def test_an_element_of_the_encoders_list_is_explained_as_the_module_that_made_it
     with pytest.raises(UserError, match="element of a list output: use a gradient method"):
         CamEngine(model, ["encoder@2"], ["eigencam"], input_size=(64, 64)).explain(
             images, target)
+
+
+def test_pytorch_grad_cam_methods_that_ignore_the_layout_refuse_a_channels_last_layer():
+    from reportgen.models import build_model
+
+    model = build_model("Unet", "tu-mambaout_femto", classes=1)
+    images = torch.randn(1, 3, 64, 64)
+    stage = model.get_submodule("encoder.model.stages_3")
+    for method in ("shapleycam", "ablationcam"):
+        with pytest.raises(UserError, match=f"method '{method}'.*channels-last"):
+            CamEngine(model, ["encoder_last"], [method], input_size=(64, 64)).explain(
+                images, SegmentationTarget(region="image"))
+    assert not stage._forward_hooks  # nothing of pytorch-grad-cam's left on the model
+    maps = CamEngine(model, ["encoder_last"], ["eigencam"], input_size=(64, 64)).explain(
+        images, SegmentationTarget(region="image")).maps
+    assert maps["encoder_last", "eigencam"].shape == (1, 64, 64)

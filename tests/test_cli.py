@@ -43,12 +43,13 @@ def test_validate_ok_prints_summary(project, capsys):
 
 
 def test_validate_says_module_paths_wait_for_check_which_names_the_mistake(project, capsys):
-    spec = write_spec(project / "s.yaml", layers=["encoder_early", "encoder.blocks.38"])
+    spec = write_spec(project / "s.yaml", layers=["encoder_early", "encoder.blocks.38",
+                                                   "encoder@3"])
     code, out, _ = run(capsys, "validate", str(spec))
     assert code == 0 and out.splitlines()[0].startswith("ok: ")
     assert out.splitlines()[1] == (
-        f"note: module paths (encoder.blocks.38) are checked when the model is built: run "
-        f"`reportgen check {spec}`")
+        f"note: module paths (encoder.blocks.38, encoder@3) are checked when the model is "
+        f"built: run `reportgen check {spec}`")
     code, out, _ = run(capsys, "validate", "--json", str(spec))
     assert code == 0 and "encoder.blocks.38" in json.loads(out)["note"]
     code, _, err = run(capsys, "check", str(spec))

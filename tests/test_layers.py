@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -207,3 +209,15 @@ def test_features_built_outside_any_module_are_elements_of_the_encoders_list():
     infos = {i.name: (i.channels, i.stride) for i in describe_layers(model, resolved, SIZE)}
     assert infos == {"encoder_early": (144, 4), "encoder_mid": (704, 16),
                      "encoder@3": (320, 8)}
+
+
+@pytest.mark.parametrize(("path", "message"), [
+    ("encoder@9", "returns a list of 6, with no feature map at element 9"),
+    ("encoder.layer1@0", "returns Tensor, with no feature map at element 0"),
+    ("encoder@-1", "must be a number 0, 1, 2"),
+    ("encoder@²", "must be a number 0, 1, 2"),
+    ("encoder@2:nhwc", "takes @i or :nhwc, not both"),
+])
+def test_element_paths_that_name_no_feature_map_are_refused_when_resolved(path, message):
+    with pytest.raises(LayerError, match=re.escape(message)):
+        resolve_layers(_build("Unet", "resnet18"), [path], SIZE)

@@ -146,6 +146,12 @@ def test_verify_pdf_fails_when_a_page_of_an_unsigned_pdf_in_its_site_changed(sit
     assert code == 1
     assert [(p["path"], p["problem"]) for p in result["problems"]] == [
         ("report.pdf", "changed")]
+    checksums = site / "data" / "checksums.sha256"  # its line gone: not taken for outside
+    checksums.write_text("".join(line for line in checksums.read_text().splitlines(True)
+                                 if not line.rstrip().endswith("report.pdf")))
+    code, result = run_verify(site / "report.pdf", capsys)
+    assert code == 1 and [(p["path"], p["problem"]) for p in result["problems"]] == [
+        ("report.pdf", "extra")]
 
 
 def _self_signed_p12(folder: Path, password: bytes) -> Path:

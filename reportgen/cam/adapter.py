@@ -17,6 +17,11 @@ from reportgen.cam.methods import MethodEntry
 from reportgen.cam.target import RegionTarget, SegmentationTarget
 from reportgen.errors import UserError
 
+# pytorch-grad-cam methods that ignore reshape_transform for the activations they use
+# (ShapleyCAM keeps them attached to the graph) or ablate channels in the module's own
+# layout (AblationCAM): wrong or failing on a channels-last layer
+CHANNELS_FIRST_ONLY = frozenset({"shapleycam", "ablationcam"})
+
 
 def adapter_maps(
     entry: MethodEntry,
@@ -39,6 +44,10 @@ def adapter_maps(
         raise UserError(
             f"method '{entry.name}' needs a grad-cam release that provides {entry.compute}"
         )
+    if channels_last and entry.name in CHANNELS_FIRST_ONLY:
+        raise UserError(
+            f"method '{entry.name}': pytorch-grad-cam's {entry.compute} cannot explain a "
+            "channels-last (:nhwc) layer; use another method there")
     # FullGrad ignores the given layer (it uses every biased layer) and warns if given one.
     target_layers = [] if entry.name == "fullgrad" else [module]
     reshape = (lambda output: output.permute(0, 3, 1, 2)) if channels_last else None
@@ -53,7 +62,12 @@ def adapter_maps(
             f"layer ({type(error).__name__}: {error})"
         ) from error
     finally:
-        cam.activations_and_grads.release()
+        hooks = cam.activations_and_grads
+        try:
+            hooks.release()
+        except RuntimeError:  # its detach of a view after a failure: remove the hooks alone
+            for handle in hooks.handles:
+                handle.remove()
         model.zero_grad(set_to_none=True)
         if hasattr(cam, "ablation_layer"):
             # AblationCAM swaps the layer for an ablation layer and does not swap it back

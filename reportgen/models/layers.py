@@ -121,8 +121,9 @@ def _copied_from(model: nn.Module, trace: Trace, tensor: torch.Tensor, within: s
     """The module under `within` whose output `tensor` is a copy of (same values), as is
     or from channels-last [N, H, W, C] (then the path ends in `NHWC`). MiT encoders
     return `norm(x).contiguous()`; timm's channels-last encoders (Swin, MambaOut) have
-    their stages' [N, H, W, C] outputs permuted to [N, C, H, W] by smp. Gradients with
-    respect to the copy and to the original are the same."""
+    their stages' [N, H, W, C] outputs permuted to [N, C, H, W] by smp. The module's
+    output is what the network computes on (the next stage reads it too), so it is the
+    layer to explain; the copy in the encoder's list reaches only the decoder."""
 
     def copies(output: object, nhwc: bool) -> bool:
         if not isinstance(output, torch.Tensor) or output.dtype != tensor.dtype:
@@ -155,9 +156,12 @@ def split_element(path: str) -> tuple[str, int | None]:
     the module returns (smp encoders return their features as a list; DPN builds some
     of them outside any module, so only the list holds them)."""
     module, sep, index = path.rpartition(ELEMENT)
-    if sep and index.isdigit():
-        return module, int(index)
-    return path, None
+    if not sep:
+        return path, None
+    if not (index.isascii() and index.isdecimal()):
+        raise LayerError(f"layer {path!r}: the element after {ELEMENT!r} must be a number "
+                         f"0, 1, 2... (the position in the module's output list)")
+    return module, int(index)
 
 
 def module_of(path: str) -> str:
@@ -385,6 +389,9 @@ def resolve_layers(
         else:
             path, nhwc = split_layout(layer)
             path, element = split_element(path)
+            if nhwc and element is not None:
+                raise LayerError(f"layer {layer!r}: a path takes {ELEMENT}i or {NHWC}, not "
+                                 "both (smp's lists hold [N, C, H, W] features)")
             path = path.replace("[", ".").replace("]", "").replace('"', "").replace("'", "")
             _check_path(model, path)
             resolved[layer] = (path + (f"{ELEMENT}{element}" if element is not None else "")
@@ -399,7 +406,24 @@ def resolve_layers(
             "it has no activations to explain (smp's EfficientNet keeps an unused `_conv_head`, "
             "for example); choose another layer"
         )
+    for name, path in resolved.items():
+        _check_output(name, path, trace.outputs[module_of(path)])
     return resolved
+
+
+def _check_output(name: str, path: str, output: object) -> None:
+    """A `@i` layer must name a 4-D tensor of its module's list, a `:nhwc` one a module
+    with a 4-D output (anything else would be explained in the wrong layout)."""
+    element = split_element(split_layout(path)[0])[1]
+    if element is not None:
+        found = element_of(output, element)
+        if not (isinstance(found, torch.Tensor) and found.dim() == 4):
+            listed = element_of(output, slice(None))
+            size = f"a list of {len(listed)}" if listed is not None else type(output).__name__
+            raise LayerError(f"layer {name!r} ({path}): its module returns {size}, with no "
+                             f"feature map at element {element}")
+    elif split_layout(path)[1] and not (isinstance(output, torch.Tensor) and output.dim() == 4):
+        raise LayerError(f"layer {name!r} ({path}): {NHWC} needs a module with a 4-D output")
 
 
 def describe_layers(
