@@ -264,7 +264,12 @@ def verify_pdf(pdf: Path, within_site: bool = False) -> PdfReport:
         reader = PdfReader(pdf)
         attachments = {a.name: a for a in reader.attachment_list}
     except (PdfReadError, OSError, ValueError, KeyError) as error:
-        raise UserError(f"{pdf}: not a readable PDF ({error})") from None
+        record = None if within_site else _site_record(pdf)
+        if record is None or record[1] is None:
+            raise UserError(f"{pdf}: not a readable PDF ({error})") from None
+        # a file of its site that no longer reads: changed, as `verify SITE` says
+        report.problems.append(Finding(record[0], "changed", f"not a readable PDF ({error})"))
+        return report
     finally:
         pypdf_log.setLevel(level)
     if MANIFEST_ATTACHMENT not in attachments:
@@ -308,9 +313,9 @@ def verify_pdf(pdf: Path, within_site: bool = False) -> PdfReport:
     return report
 
 
-def _check_pages_against_the_site(pdf: Path, report: PdfReport) -> None:
-    """An unsigned PDF's pages have no record inside it: compare the whole file with the
-    sha256 its site recorded, when it lies in one, and say so when it does not."""
+def _site_record(pdf: Path) -> tuple[str, str | None] | None:
+    """(the PDF's path in its site, the sha256 the site's checksums record for it, None if
+    they list it not), or None when the PDF lies in no site."""
     for site in pdf.resolve().parents:
         checksums = site / CHECKSUMS
         if not checksums.is_file():
@@ -318,23 +323,33 @@ def _check_pages_against_the_site(pdf: Path, report: PdfReport) -> None:
         try:
             listed = parse_checksums(checksums.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError):
-            break
+            return None
         relative = pdf.resolve().relative_to(site).as_posix()
-        if relative not in listed:
-            report.problems.append(Finding(relative, "extra", f"not in its site's "
-                                           f"{CHECKSUMS.as_posix()}"))
-            return
-        report.checked += 1
-        if sha256_file(pdf) != listed[relative]:
-            report.problems.append(Finding(relative, "changed", f"sha256 differs from "
-                                           f"{CHECKSUMS.as_posix()} of its site"))
-        else:
-            report.notes.append(f"unsigned: the whole file checked against its site's "
-                                f"{CHECKSUMS.as_posix()}")
+        return relative, listed.get(relative)
+    return None
+
+
+def _check_pages_against_the_site(pdf: Path, report: PdfReport) -> None:
+    """An unsigned PDF's pages have no record inside it: compare the whole file with the
+    sha256 its site recorded, when it lies in one, and say so when it does not."""
+    record = _site_record(pdf)
+    if record is None:
+        report.notes.append("unsigned and outside its site: only the attachments were "
+                            "checked; the pages are covered by a signature (build --sign) or "
+                            f"by the site's {CHECKSUMS.as_posix()}")
         return
-    report.notes.append("unsigned and outside its site: only the attachments were checked; "
-                        "the pages are covered by a signature (build --sign) or by the site's "
-                        f"{CHECKSUMS.as_posix()}")
+    relative, digest = record
+    if digest is None:
+        report.problems.append(Finding(relative, "extra", f"not in its site's "
+                                       f"{CHECKSUMS.as_posix()}"))
+        return
+    report.checked += 1
+    if sha256_file(pdf) != digest:
+        report.problems.append(Finding(relative, "changed", f"sha256 differs from "
+                                       f"{CHECKSUMS.as_posix()} of its site"))
+    else:
+        report.notes.append(f"unsigned: the whole file checked against its site's "
+                            f"{CHECKSUMS.as_posix()}")
 
 
 MD5_BYTES = 16

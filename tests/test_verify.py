@@ -273,6 +273,8 @@ def test_an_edited_checksums_line_blames_the_checksums_not_the_file(site: Path, 
 def test_a_pdf_damaged_inside_its_site_is_a_changed_file(site: Path, capsys):
     pdf = site / "report.pdf"
     pdf.write_bytes(pdf.read_bytes()[:-2048])  # its end (cross-reference table) is gone
-    code, result = run_verify(site, capsys)
-    assert code == 1
-    assert ("report.pdf", "changed") in {(p["path"], p["problem"]) for p in result["problems"]}
+    for target in (site, pdf):  # verified with its site, or alone
+        code, result = run_verify(target, capsys)
+        assert code == 1
+        assert ("report.pdf", "changed") in {(p["path"], p["problem"])
+                                             for p in result["problems"]}
