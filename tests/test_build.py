@@ -27,6 +27,7 @@ from reportgen.build import (
 from reportgen.data import load_samples
 from reportgen.errors import DataError, UserError
 from reportgen.manifest import git_commit
+from reportgen.output import SITE_FOLDERS
 from reportgen.spec import load_spec
 from tests.helpers import write_images, write_spec
 from tests.site_fixtures import parse
@@ -47,6 +48,8 @@ def built(tmp_path_factory) -> Path:
 def test_build_writes_pages_metrics_and_maps_for_every_image(built: Path):
     site = built / "site"
     assert (site / "index.html").is_file()
+    # output.pdf is refused inside these (pdf_in_site): they must be all the site writes
+    assert {p.name for p in site.iterdir() if p.is_dir()} <= set(SITE_FOLDERS)
     assert sorted(p.name for p in (site / "images").glob("*.html")) == [
         "img00.html", "img01.html", "img02.html"]
     with (site / "data" / "metrics.csv").open() as f:

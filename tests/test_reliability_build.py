@@ -122,6 +122,15 @@ def _site_files(site: Path) -> dict[Path, bytes]:
     return {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
 
 
+def _built(root: Path, images: int) -> tuple[Path, Path, dict[Path, bytes]]:
+    """A project of `images` images under `root`, built once: (its spec, its site, the
+    site's files), the previous site a later build must keep."""
+    write_images(root, count=images)
+    spec = write_spec(root / "spec.yaml", **FAST)
+    build(spec, BuildOptions())
+    return spec, root / "site", _site_files(root / "site")
+
+
 @contextlib.contextmanager
 def _slow_build_writing(spec: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
     """A CLI build of `spec` made slow (Score-CAM, batches of 1, a changed title), caught
@@ -149,11 +158,7 @@ def _slow_build_writing(spec: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
 
 
 def test_killed_build_leaves_the_site_and_a_concurrent_build_is_refused(tmp_path: Path):
-    write_images(tmp_path, count=6)
-    spec = write_spec(tmp_path / "spec.yaml", **FAST)
-    build(spec, BuildOptions())
-    site = tmp_path / "site"
-    before = _site_files(site)
+    spec, site, before = _built(tmp_path, 6)
     with _slow_build_writing(spec) as (first, staging):
         second = subprocess.run(_cli("build", "-q", str(spec)), env=_python_env(),
                                 capture_output=True, text=True, timeout=120)
@@ -399,11 +404,7 @@ def test_a_pdf_path_that_would_overwrite_the_site_is_refused(tmp_path: Path, pdf
 
 
 def test_a_terminated_build_cleans_up_and_keeps_the_previous_site(tmp_path: Path):
-    write_images(tmp_path, count=4)
-    spec = write_spec(tmp_path / "spec.yaml", **FAST)
-    build(spec, BuildOptions())
-    site = tmp_path / "site"
-    before = _site_files(site)
+    spec, site, before = _built(tmp_path, 4)
     with _slow_build_writing(spec) as (running, staging):
         running.send_signal(signal.SIGTERM)
         assert running.wait(timeout=60) == 128 + signal.SIGTERM
@@ -417,11 +418,7 @@ def test_a_stop_asked_during_the_build_keeps_the_previous_site(tmp_path: Path, m
     handler sets first still stops the finished build from replacing the site."""
     from reportgen import output
 
-    write_images(tmp_path, count=2)
-    spec = write_spec(tmp_path / "spec.yaml", **FAST)
-    build(spec, BuildOptions())
-    site = tmp_path / "site"
-    before = _site_files(site)
+    spec, site, before = _built(tmp_path, 2)
     write_spec(tmp_path / "spec.yaml", **FAST, report={"title": "changed"})
     monkeypatch.setattr(output, "STOP", threading.Event())
     output.STOP.set()  # as the SIGINT handler does, its KeyboardInterrupt lost

@@ -129,10 +129,17 @@ def test_yaml_syntax_error_has_position(tmp_path: Path):
     assert problem.startswith(f"{path}:") and "YAML syntax error" in problem
 
 
-def test_a_duplicated_key_is_an_error_not_a_silent_override(project: Path):
-    path = write_spec(project / "spec.yaml")
+def spec_plus(project: Path, yaml_text: str, **sections: object) -> tuple[Path, str]:
+    """A spec with `yaml_text` written after its sections, as a user would type it; (its
+    path, the text before the addition)."""
+    path = write_spec(project / "spec.yaml", **sections)
     text = path.read_text()
-    path.write_text(text + "model: {architecture: Unet, encoder: resnet18}\n")
+    path.write_text(text + yaml_text)
+    return path, text
+
+
+def test_a_duplicated_key_is_an_error_not_a_silent_override(project: Path):
+    path, text = spec_plus(project, "model: {architecture: Unet, encoder: resnet18}\n")
     (problem,) = problems_of(path)
     first = next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith("model"))
     assert problem.startswith(f"{path}:{len(text.splitlines()) + 1}:1: YAML error: duplicate "
@@ -140,9 +147,8 @@ def test_a_duplicated_key_is_an_error_not_a_silent_override(project: Path):
 
 
 def test_yaml_aliases_work_but_cannot_expand_without_bound(project: Path, tmp_path: Path):
-    path = write_spec(project / "spec.yaml", layers=None)
-    path.write_text(path.read_text() + "layers: &chosen [encoder_last, decoder_last]\n"
-                    "metric_options:\n  sanity:\n    layers: *chosen\n")
+    path, _ = spec_plus(project, "layers: &chosen [encoder_last, decoder_last]\n"
+                        "metric_options:\n  sanity:\n    layers: *chosen\n", layers=None)
     spec = load_spec(path)
     assert spec.metric_options.sanity.layers == spec.layers == ["encoder_last", "decoder_last"]
     bomb = tmp_path / "bomb.yaml"
@@ -154,9 +160,7 @@ def test_yaml_aliases_work_but_cannot_expand_without_bound(project: Path, tmp_pa
 
 
 def test_an_unquoted_date_is_taken_as_written_and_a_numeric_id_must_be_quoted(project: Path):
-    path = write_spec(project / "spec.yaml")
-    text = path.read_text()
-    path.write_text(text + "report:\n  date: 2026-01-31\n  id: \"00042\"\n")
+    path, text = spec_plus(project, "report:\n  date: 2026-01-31\n  id: \"00042\"\n")
     spec = load_spec(path)
     assert (spec.report.date, spec.report.id) == ("2026-01-31", "00042")
     path.write_text(text + "report:\n  id: 00042\n")  # YAML 1.1 reads an octal 34
