@@ -128,12 +128,16 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     if args.all:
         infos = all_module_shapes(model, size, in_channels)
     else:
-        resolved: dict[str, str] = {}
-        for layer in list(ALIASES) + [x for x in layers if x not in ALIASES]:
-            try:
-                resolved.update(resolve_layers(model, [layer], size, in_channels))
-            except LayerError as exc:
-                problems[layer] = str(exc)
+        wanted = list(ALIASES) + [x for x in layers if x not in ALIASES]
+        try:  # one dry forward for all; one per layer only to tell which fail and why
+            resolved = resolve_layers(model, wanted, size, in_channels)
+        except LayerError:
+            resolved = {}
+            for layer in wanted:
+                try:
+                    resolved.update(resolve_layers(model, [layer], size, in_channels))
+                except LayerError as exc:
+                    problems[layer] = str(exc)
         infos = describe_layers(model, resolved, size, in_channels) if resolved else []
     rows = [
         {"alias": i.name if i.name in ALIASES else "", "path": i.path, "channels": i.channels,
