@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -203,6 +203,8 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     context.excluded = [(relative_location(ref.path, spec_path.resolve().parent), reason)
                         for ref, reason in excluded]
     context.pdf = pdf_rel.as_posix() if pdf_rel is not None else None
+    if pdf_rel is not None:
+        warnings.extend(_unprintable(context, refs))
     if excluded:
         warnings.append(f"{len(excluded)} input(s) excluded (--keep-going): see Excluded inputs")
     writer = SiteWriter(staging, context, [r.id for r in refs],
@@ -429,6 +431,15 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
         warnings=warnings, bounds=plan.bounds, verdict_layers=spec.verdict_layers,
         verdict_bands=bands)
+
+
+def _unprintable(context: ReportContext, refs: list[SampleRef]) -> list[str]:
+    """A warning naming the characters of the PDF that no installed font prints."""
+    from reportgen.render.fonts import installed_fonts, unprintable_text
+
+    shown = {key: value for key, value in asdict(context).items() if key != "spec_text"}
+    shown |= {"spec": context.spec_text, "image names": [r.path.name for r in refs]}
+    return unprintable_text(shown, installed_fonts())
 
 
 def _write_pdf(staging: Path, pdf_rel: Path, context: ReportContext, spec_path: Path,

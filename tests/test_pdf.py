@@ -429,3 +429,28 @@ def test_an_images_metric_tables_repeat_layer_and_method_and_name_their_groups()
                                                           for r in first.rows]
     assert [v.text for v in second.rows[0].values] == ["0.500"] * 3 + ["n/a"]
     assert notes.notes == [(1, "not computed")]
+
+
+def test_characters_no_font_prints_are_named_in_the_warnings_before_they_print_as_boxes(
+        tmp_path: Path):
+    """A character that no installed font has prints as an empty box, while the PDF's text
+    layer still reads right: the build names it (and where it is) in the report's warnings,
+    in the manifest and in the PDF itself. U+10FFFD is in no font."""
+    write_images(tmp_path, count=1, size=64)
+    spec = write_spec(tmp_path / "spec.yaml",
+                      report={**REPORT, "title": "Validation \U0010fffd"},
+                      layers=["decoder_last"], methods=["gradcam"], metrics=["attention"])
+    build(spec, BuildOptions())
+    manifest = json.loads((tmp_path / "site" / "data" / "manifest.json").read_text())
+    [warning] = [w for w in manifest["warnings"] if "no installed font" in w]
+    assert "1 character(s)" in warning and "\U0010fffd" in warning
+    assert "; in title)" in warning and "fonts-noto-cjk" in warning  # the spec escapes it
+    text = subprocess.run(["pdftotext", str(tmp_path / "site" / "report.pdf"), "-"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "no installed font" in text
+
+
+def test_a_report_every_font_prints_has_no_font_warning(project: Path):
+    """Greek, accents and the report's symbols (ρ, ≥, –) are in the machine's fonts."""
+    manifest = json.loads((project / "site" / "data" / "manifest.json").read_text())
+    assert not [w for w in manifest["warnings"] if "font" in w]
