@@ -21,8 +21,10 @@ from reportgen.render.plots import (
     ratio_groups,
     ratio_profile,
     ratio_ticks,
+    sanity_plot,
 )
 from reportgen.render.stats import DatasetStats, ImageSummary
+from reportgen.report import SanityRow
 
 LAYERS = ["encoder_last", "decoder_last", "seg_head"]
 METHODS = ["gradcam", "gradcam++", "layercam"]
@@ -179,3 +181,24 @@ def test_ratio_plots_draw_the_spec_bands() -> None:
     lines = stats.verdict_bands.lines
     ticks, _ = ratio_ticks(ratio_axis(ratio_groups(stats), lines), lines)
     assert {20.0, 50.0, 100.0} <= set(ticks)
+
+
+def test_the_sanity_legend_names_a_layer_that_only_some_panels_draw() -> None:
+    """seg_head is defined for gradcam++ only; the shared legend (right of the last panel,
+    gradcam, which lacks it) still shows its colour, so no line is unlabelled."""
+    import cv2
+
+    levels = ["segmentation_head", "decoder", "encoder"]
+
+    def row(layer: str, method: str, rho: float | None) -> SanityRow:
+        return SanityRow(layer, method, levels, [rho, rho, rho], [None] * 3, 0.5, True)
+
+    rows = [row("encoder_last", "gradcam++", 0.4), row("seg_head", "gradcam++", 0.3),
+            row("encoder_last", "gradcam", 0.2), row("seg_head", "gradcam", None)]
+    plot = sanity_plot(rows, ["gradcam++", "gradcam"])
+    pixels = cv2.imdecode(np.frombuffer(plot.png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    width = pixels.shape[1]
+    orange = np.array([255, 127, 14])  # tab10's second colour: seg_head
+    shown = np.abs(pixels.astype(int) - orange).sum(axis=2) < 40
+    columns = np.flatnonzero(shown.any(axis=0))
+    assert columns.size and columns.max() > 0.8 * width  # in the legend, beside the panels

@@ -387,15 +387,14 @@ def sanity_plot(rows: Sequence[SanityRow], methods: list[str]) -> Plot:
     figure = new_figure(min(3.2 * len(order) + 1.0, 13.0), 3.2)
     layers = sorted({r.layer for r in usable}, key=[r.layer for r in usable].index)
     colours = dict(zip(layers, palette(len(layers)), strict=True))
-    shared = None
+    shared = axes = None
     for index, method in enumerate(order):
         axes = figure.add_subplot(1, len(order), index + 1, sharey=shared)
         shared = shared or axes
         for row in (r for r in usable if r.method == method):
             x = np.arange(len(row.levels))
             y = [np.nan if v is None else v for v in row.spearman]
-            axes.plot(x, y, marker="o", markersize=3, color=colours[row.layer],
-                      label=row.layer, linewidth=1.4)
+            axes.plot(x, y, marker="o", markersize=3, color=colours[row.layer], linewidth=1.4)
             axes.axhline(row.threshold, color="#c62828", linewidth=0.7, linestyle="--")
             axes.set_xticks(x)
             axes.set_xticklabels([str(i + 1) for i in x])
@@ -404,7 +403,13 @@ def sanity_plot(rows: Sequence[SanityRow], methods: list[str]) -> Plot:
         if index == 0:
             axes.set_ylabel("mean |Spearman ρ| with trained map")
     shared.set_ylim(-0.1, 1.05)
-    shared.legend(fontsize=7, loc="lower left")
+    # one legend for every panel, beside the last: a panel may lack a layer (undefined there)
+    handles = [Line2D([], [], marker="o", markersize=3, color=colours[layer], linewidth=1.4,
+                      label=layer) for layer in layers]
+    handles.append(Line2D([], [], color="#c62828", linewidth=0.7, linestyle="--",
+                          label="threshold"))
+    axes.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                borderaxespad=0.0)
     alt = (f"Line plots, one per method ({', '.join(order)}), of the Spearman correlation "
            "between the trained model's map and the map after each randomisation level.")
     caption = ("Levels randomise the model cumulatively from the output towards the input "
