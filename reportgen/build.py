@@ -393,12 +393,12 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
     methods = []
     for name in spec.methods:
         entry = get_method(name)
-        note = ""
-        if name == "scorecam" and spec.method_options.scorecam.max_channels:
-            note = (f"approximate: at most {spec.method_options.scorecam.max_channels} "
-                    "highest-variance channels scored")
+        approximate_at = [layer for layer, method in plan.approximate if method == name]
+        note = (f"approximate at {', '.join(approximate_at)}: only the "
+                f"{spec.method_options.scorecam.max_channels} highest-variance channels were "
+                "scored" if approximate_at else "")
         methods.append(MethodRow(name, entry.family, entry.cost, entry.reference,
-                                       entry.description, bool(note), note))
+                                 entry.description, bool(note), note))
     bands = verdict_bands(spec)
     definitions = [MetricDefinition(
         s.name, s.title,
@@ -429,8 +429,21 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         device=device_name(device), seed=spec.runtime.seed,
         precision=f"{spec.runtime.precision}: {arithmetic(spec.runtime.precision, device)}",
         colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
-        warnings=warnings, bounds=plan.bounds, verdict_layers=spec.verdict_layers,
+        warnings=warnings, bounds=plan.bounds, approximate=plan.approximate,
+        approximate_note=_approximate_note(spec, plan, infos),
+        verdict_layers=spec.verdict_layers,
         verdict_bands=bands)
+
+
+def _approximate_note(spec: Spec, plan: Plan, infos) -> str:
+    """What "≈" means in this report ("" when nothing is approximate)."""
+    if not plan.approximate:
+        return ""
+    channels = {info.name: info.channels for info in infos}
+    at = ", ".join(f"{layer} ({channels.get(layer)} channels)" for layer, _ in plan.approximate)
+    return (f"≈ approximate: Score-CAM scored only the "
+            f"{spec.method_options.scorecam.max_channels} highest-variance channels "
+            f"(method_options.scorecam.max_channels) at {at}")
 
 
 def _unprintable(context: ReportContext, refs: list[SampleRef]) -> list[str]:

@@ -111,6 +111,7 @@ class Plan:
     faithfulness_keys: set[tuple[str, str]]
     sanity_keys: list[tuple[str, str]]
     bounds: list[str]
+    approximate: list[tuple[str, str]]  # (layer, method) whose maps are approximations
 
 
 def make_plan(spec: Spec, layers: dict[str, str], channels: dict[str, int | None],
@@ -119,11 +120,12 @@ def make_plan(spec: Spec, layers: dict[str, str], channels: dict[str, int | None
     gradient_methods = [m for m in methods if m != "scorecam"]
     score = spec.method_options.scorecam
     scorecam_layers = (score.layers or list(layers)) if "scorecam" in methods else []
-    bounds = []
+    bounds, approximate = [], []
     if scorecam_layers and score.max_channels:
         for layer in scorecam_layers:
             k = channels.get(layer)
             if k and score.max_channels < k:
+                approximate.append((layer, "scorecam"))
                 bounds.append(f"Score-CAM at {layer} is approximate: the {score.max_channels} "
                               f"highest-variance channels of {k} were scored")
     if "scorecam" in methods and score.layers:
@@ -147,7 +149,7 @@ def make_plan(spec: Spec, layers: dict[str, str], channels: dict[str, int | None
         bounds.append(f"Sanity check on the first {min(sanity.images, image_count)} image(s), "
                       f"{sanity.levels} randomisation levels, methods {', '.join(sanity_methods)}")
     return Plan(spec, layers, gradient_methods, scorecam_layers, faithfulness_keys, sanity_keys,
-                bounds)
+                bounds, approximate)
 
 
 def segmentation_target(spec: Spec, region: str | None = None) -> SegmentationTarget:

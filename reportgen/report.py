@@ -147,6 +147,10 @@ class ReportContext:
     warnings: list[str] = field(default_factory=list)
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     bounds: list[str] = field(default_factory=list)  # what the spec limited, said wherever shown
+    # (layer, method) whose maps are approximations, marked "≈" wherever their values are
+    # shown, and what "≈" means there
+    approximate: list[tuple[str, str]] = field(default_factory=list)
+    approximate_note: str = ""
     # layers whose verdicts make the median verdicts of each image and of the report
     verdict_layers: list[str] = field(default_factory=list)  # empty: every layer
     pdf: str | None = None  # the PDF's path in the site (POSIX), None when none is written

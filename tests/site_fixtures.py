@@ -86,6 +86,8 @@ def make_context(title: str = f"Validation {HOSTILE}", image_count: int = 3) -> 
         warnings=[f"warning about {HOSTILE}"],
         excluded=[(f"bad_{HOSTILE}.png", "unreadable")],
         bounds=["Score-CAM approximate: 16 of 320 channels"],
+        approximate=[("encoder_last", "gradcam++")],
+        approximate_note="≈ approximate: 16 of 320 channels scored at encoder_last",
     )
 
 
@@ -121,7 +123,8 @@ def make_result(index: int, size: int = 64, ground_truth: bool = True,
                 cell_map = np.zeros((size, size), np.float32)
             cells[layer, method] = Cell(
                 layer=layer, method=method, map=cell_map, flags=flags, metrics=metrics,
-                verdict=verdict, approximate=method == "gradcam++",
+                verdict=verdict,
+                approximate=(layer, method) == ("encoder_last", "gradcam++"),
                 curves={"deletion": list(np.linspace(1, 0, 11) ** (1 + index)),
                         "insertion": list(np.linspace(0, 1, 11) ** 0.5)})
     dice = ShownValue(0.5 + 0.1 * index) if ground_truth else None

@@ -454,3 +454,29 @@ def test_a_report_every_font_prints_has_no_font_warning(project: Path):
     """Greek, accents and the report's symbols (ρ, ≥, –) are in the machine's fonts."""
     manifest = json.loads((project / "site" / "data" / "manifest.json").read_text())
     assert not [w for w in manifest["warnings"] if "font" in w]
+
+
+def test_approximate_score_cam_is_marked_per_layer_and_every_grid_has_its_scale(
+        tmp_path: Path):
+    """max_channels 16 leaves out channels at encoder_last (320) but not at decoder_last
+    (16): the PDF says so in the note, marks only encoder_last's values, and prints the
+    colour scale and the outline colours under every image's grid."""
+    write_images(tmp_path, count=1, size=64)
+    spec = write_spec(tmp_path / "spec.yaml", report=REPORT,
+                      layers=["encoder_last", "decoder_last"], methods=["gradcam", "scorecam"],
+                      method_options={"scorecam": {"max_channels": 16}}, metrics=["attention"])
+    build(spec, BuildOptions())
+    text = subprocess.run(["pdftotext", "-layout", str(tmp_path / "site" / "report.pdf"), "-"],
+                          capture_output=True, text=True, check=True).stdout
+    note = ("≈ approximate: Score-CAM scored only the 16 highest-variance channels "
+            "(method_options.scorecam.max_channels) at encoder_last (320 channels)")
+    flowing = " ".join(text.split())
+    assert note in flowing
+    assert "map value 0 (none) to 1 (highest in that map" in flowing
+    assert "magenta outline: ground truth" in flowing
+    summary = text.split("Verdict summary")[1].split("Attention")[0]
+    lines: dict[str, str] = {}
+    for line in summary.splitlines():
+        if line.strip():
+            lines.setdefault(line.split()[0], line)  # the table's row, not the note's line
+    assert "≈" in lines["encoder_last"] and "≈" not in lines["decoder_last"]

@@ -155,6 +155,28 @@ def test_index_lists_model_card_verdicts_tables_plots_and_downloads(site: Path) 
         assert (int(width), int(height)) == fig.png_size(data)
 
 
+def test_approximate_maps_are_marked_where_their_values_are_with_what_the_mark_means(
+        site: Path) -> None:
+    """Only encoder_last x gradcam++ is approximate: its summary cell, aggregate rows, layer
+    means and image cells carry "≈", decoder_last's do not, and each page says what it is."""
+    index = (site / "index.html").read_text(encoding="utf-8")
+    summary = index.split('class="data summary"')[1].split("</table>")[0]
+    rows = {row.split("</th>")[0].rsplit(">", 1)[-1]: row
+            for row in re.findall(r'<th scope="row">.*?</tr>', summary, re.S)}
+    assert rows["encoder_last"].count('class="approx"') == 1
+    assert 'class="approx"' not in rows["decoder_last"]
+    aggregates = index.split('id="aggregates"')[1].split('id="plots"')[0]
+    marked = re.findall(r'<th scope="row">(\w+)</th><td>gradcam\+\+ <abbr class="approx"',
+                        aggregates)
+    assert marked and set(marked) == {"encoder_last"}
+    for page in ("index.html", "layers.html", "methods.html", "images/img-000.html"):
+        text = (site / page).read_text(encoding="utf-8")
+        assert 'class="approx"' in text, page
+        assert "≈ approximate: 16 of 320 channels scored at encoder_last" in text, page
+    image = (site / "images/img-000.html").read_text(encoding="utf-8")
+    assert "map value, 0 (none) to 1 (highest in that map" in image  # the grid's colour scale
+
+
 def test_audit_has_spec_versions_hashes_and_exclusions(site: Path) -> None:
     page = (site / "audit.html").read_text(encoding="utf-8")
     for text in ("validation.yaml", "title: &lt;script&gt;", "torch", "2.5.0", "fp32",

@@ -190,7 +190,11 @@ def test_image_page_view_draws_placeholders_for_undefined_and_flagged_maps() -> 
                                                           "attention_ratio"]
     assert len(view.metric_rows) == 4
     assert view.footnotes == [(1, "predicted mask is empty")]
-    assert [h.approximate for h in view.methods] == [False, True]
+    assert view.methods == ["gradcam", "gradcam++"]
+    # only the approximate layer's values are marked, with the note that says why
+    assert [cell.ratio.approximate for cell in view.rows[0].cells] == [False, True]
+    assert [row.flags for row in view.metric_rows][:2] == ["", "approximate"]
+    assert view.page.approximate_note.startswith("≈ approximate")
     assert view.aspect == "64 / 64"
 
 

@@ -47,7 +47,7 @@ import hashlib
 import io
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -67,7 +67,6 @@ from reportgen.render.stats import DatasetStats, ImageSummary
 from reportgen.render.viewmodel import (
     RATIO_METRIC,
     AuditView,
-    ColumnHead,
     Definition,
     Footnotes,
     IndexView,
@@ -75,12 +74,12 @@ from reportgen.render.viewmodel import (
     ValueView,
     VerdictSummary,
     VerdictView,
+    approximate_at,
     audit_view,
     cell_figure_name,
     definitions_for,
     format_count,
     index_view,
-    method_heads,
     methods_view,
     summarise_verdicts,
     value_view,
@@ -148,6 +147,7 @@ class PrintMetricRow:
     method: str
     verdict: VerdictView
     values: list[ValueView]
+    approximate: bool = False  # the maps of this layer and method are approximate
 
 
 @dataclass
@@ -172,7 +172,7 @@ class ImageSection:
     iou: ValueView
     verdict: VerdictSummary
     figures: list[PrintFigure]
-    methods: list[ColumnHead]
+    methods: list[str]
     grid: list[tuple[str, list[PrintCell]]]
     metric_tables: list[PrintMetricTable]
     footnotes: list[tuple[int, str]]
@@ -269,9 +269,11 @@ def split_metric_columns(columns: Sequence[Definition], groups: Mapping[str, str
 
 def metric_tables(measured: Sequence[tuple[str, str, VerdictView, Mapping[str, ShownValue]]],
                   columns: Sequence[Definition], groups: Mapping[str, str],
-                  notes: Footnotes) -> list[PrintMetricTable]:
+                  notes: Footnotes, approximate: Collection[tuple[str, str]] = ()
+                  ) -> list[PrintMetricTable]:
     """An image's metric tables, one row per measured (layer, method, verdict, values by
-    metric name) in every table; n/a reasons are cited in reading order."""
+    metric name) in every table, the (layer, method) in `approximate` marked; n/a reasons
+    are cited in reading order."""
     split = split_metric_columns(columns, groups)
     tables = []
     for number, (names, shown) in enumerate(split, 1):
@@ -281,7 +283,8 @@ def metric_tables(measured: Sequence[tuple[str, str, VerdictView, Mapping[str, S
         tables.append(PrintMetricTable(
             f"Metrics per layer and method{count}: {titles}", list(shown), number == 1,
             [PrintMetricRow(layer, method, verdict,
-                            [value_view(values.get(d.name), notes) for d in shown])
+                            [value_view(values.get(d.name), notes) for d in shown],
+                            (layer, method) in approximate)
              for layer, method, verdict, values in measured]))
     return tables
 
@@ -332,13 +335,15 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
             cells.append(PrintCell(method, PrintFigure(
                 src, f"{method} map of layer {layer} on {source}, mask contours overlaid",
                 f"{layer} · {method}", "" if src else reason),
-                verdict, value_view(ratio, notes)))
+                verdict, value_view(ratio, notes,
+                                    approximate=approximate_at(context, layer, method))))
             if metrics:
                 measured.append((layer, method, verdict, metrics))
         grid.append((layer, cells))
     names = sorted({name for metrics in by_cell.values() for name in metrics})
     tables = metric_tables(measured, definitions_for(names, context),
-                           {d.name: d.group for d in context.metric_definitions}, notes)
+                           {d.name: d.group for d in context.metric_definitions}, notes,
+                           context.approximate)
     dice = value_view(image_level.get("dice"), notes, absent="no ground truth")
     iou = value_view(image_level.get("iou"), notes, absent="no ground truth")
     return ImageSection(
@@ -348,7 +353,7 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
         verdict=summarise_verdicts({(la, me): summary.verdicts[la, me] for la in layers
                                     for me in methods if (la, me) in summary.verdicts},
                                    context.verdict_layers), figures=main,
-        methods=method_heads(context, methods), grid=grid,
+        methods=list(methods), grid=grid,
         metric_tables=tables, footnotes=notes.notes, notes=list(input_notes))
 
 

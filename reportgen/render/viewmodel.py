@@ -224,11 +224,13 @@ class ValueView:
     text: str
     note: int | None = None  # footnote number of the n/a reason
     missing: bool = False
+    approximate: bool = False  # of an approximate map: shown with "≈"
 
 
 def value_view(value: ShownValue | float | None, notes: Footnotes,
-               absent: str = "not computed") -> ValueView:
-    """A metric value for a table: the formatted number, or n/a with a cited reason."""
+               absent: str = "not computed", approximate: bool = False) -> ValueView:
+    """A metric value for a table: the formatted number (marked when it is a value of an
+    approximate map), or n/a with a cited reason."""
     if isinstance(value, int | float):
         number: float | None = float(value)
         reason = "undefined"
@@ -238,7 +240,7 @@ def value_view(value: ShownValue | float | None, notes: Footnotes,
         number, reason = metric_float(value), value.reason or "undefined"
     if number is None:
         return ValueView("n/a", notes.cite(reason), missing=True)
-    return ValueView(format_number(number))
+    return ValueView(format_number(number), approximate=approximate)
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,7 @@ class PageView:
     footer: str
     stylesheet: str
     script: str
+    approximate_note: str  # what "≈" means, shown under tables holding it ("" when unused)
 
 
 NAV = (("index.html", "Summary"), ("index.html#images", "Images"),
@@ -309,24 +312,13 @@ def page_view(context: ReportContext, title: str, current: str, root: str = "") 
     footer = f"{context.report_id} · {context.date} · reportgen {__version__}"
     return PageView(title=title, report_title=context.title, report_id=context.report_id,
                     root=root, nav=nav, bounds=list(context.bounds), footer=footer,
-                    stylesheet=root + "assets/site.css", script=root + "assets/site.js")
+                    stylesheet=root + "assets/site.css", script=root + "assets/site.js",
+                    approximate_note=context.approximate_note)
 
 
-@dataclass(frozen=True)
-class ColumnHead:
-    name: str
-    approximate: bool
-    note: str
-
-
-def method_heads(context: ReportContext, methods: Sequence[str]) -> list[ColumnHead]:
-    """Column headings of methods, marking the approximate ones."""
-    rows = {row.name: row for row in context.methods}
-    heads = []
-    for name in methods:
-        row = rows.get(name)
-        heads.append(ColumnHead(name, bool(row and row.approximate), row.note if row else ""))
-    return heads
+def approximate_at(context: ReportContext, layer: str, method: str) -> bool:
+    """Whether the maps of `method` at `layer` are approximations (see the context's note)."""
+    return (layer, method) in context.approximate
 
 
 def ordered_names(context: ReportContext, keys: Iterable[tuple[str, str]]
@@ -401,7 +393,7 @@ class ImagePageView:
     verdict: VerdictSummary
     notes: list[str]
     figures: list[FigureView]
-    methods: list[ColumnHead]
+    methods: list[str]
     variants: list[tuple[str, str]]
     rows: list[GridRow]
     metric_columns: list[Definition]
@@ -483,13 +475,16 @@ def image_page_view(context: ReportContext, result: ImageResult, figures: dict[s
                 layer=layer, method=method, variants=variants, heatmap=heat,
                 placeholder=problem,
                 verdict=verdict_view(cell.verdict if cell else "n/a"),
-                ratio=value_view(ratio_value, notes),
+                ratio=value_view(ratio_value, notes,
+                                 approximate=bool(cell and cell.approximate)),
                 approximate=bool(cell and cell.approximate)))
             if cell is not None:
                 metric_rows.append(MetricRowView(
                     layer=layer, method=method, verdict=verdict_view(cell.verdict),
                     values=[value_view(cell.metrics.get(d.name), notes) for d in columns],
-                    flags=", ".join(cell.flags), approximate=cell.approximate))
+                    flags=", ".join([*cell.flags, *(["approximate"] if cell.approximate
+                                                     else [])]),
+                    approximate=cell.approximate))
         rows.append(GridRow(layer, cells))
 
     dice = value_view(result.dice, notes, absent="no ground truth")
@@ -507,7 +502,7 @@ def image_page_view(context: ReportContext, result: ImageResult, figures: dict[s
                                    context.verdict_layers),
         notes=list(result.notes),
         figures=main,
-        methods=method_heads(context, methods),
+        methods=methods,
         variants=[*OVERLAY_VARIANTS],
         rows=rows,
         metric_columns=columns,
@@ -536,7 +531,7 @@ class PlotView:
 
 @dataclass
 class SummaryCell:
-    median_ratio: ValueView
+    median_ratio: ValueView  # marked when the maps are approximate
     verdict: VerdictView
     counts: list[tuple[VerdictView, int]]
 
@@ -559,6 +554,7 @@ class AggregateRowView:
     n: str
     n_na: str
     na_reasons: str
+    approximate: bool
 
 
 @dataclass
@@ -593,7 +589,7 @@ class IndexView:
     reviewers: list[tuple[str, str]]
     model_card: list[tuple[str, str]]
     data: list[tuple[str, str]]
-    methods: list[ColumnHead]
+    methods: list[str]
     summary_rows: list[SummaryRow]
     overall: VerdictSummary
     dice: str
@@ -664,7 +660,8 @@ def summary_rows(context: ReportContext, stats: DatasetStats,
             elif row.median is None:
                 median = value_view(None, notes, absent=na_reason_text(row) or "undefined")
             else:
-                median = value_view(row.median, notes)
+                median = value_view(row.median, notes,
+                                    approximate=approximate_at(context, layer, method))
             median_verdict_name = ratio_verdict(row.median if row else None, bands)
             tally: dict[str, int] = {}
             for summary in stats.summaries:
@@ -713,7 +710,8 @@ def metric_tables(context: ReportContext, stats: DatasetStats,
                 min=value_view(row.min, notes, absent=undefined),
                 max=value_view(row.max, notes, absent=undefined),
                 n=format_count(row.n), n_na=format_count(row.n_na),
-                na_reasons=na_reason_text(row)))
+                na_reasons=na_reason_text(row),
+                approximate=approximate_at(context, layer, method)))
         tables.append(MetricTable(definition, rows))
     return tables
 
@@ -781,7 +779,7 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
         reviewers=list(context.reviewers),
         model_card=model_card_rows(context),
         data=data_rows(context, stats.summaries),
-        methods=method_heads(context, stats.methods),
+        methods=list(stats.methods),
         summary_rows=summary,
         overall=overall_verdict(context, summary, stats.methods),
         dice=dice, dice_detail=dice_detail,
@@ -923,8 +921,9 @@ def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotVi
                 found = [value for layer in layers
                          for value in stats.metric_values(definition.name, layer, method)]
                 typical = np.median if definition.name == RATIO_METRIC else np.mean
-                values.append(value_view(float(typical(found)) if found else None, notes,
-                                         absent="no defined value"))
+                values.append(value_view(
+                    float(typical(found)) if found else None, notes, absent="no defined value",
+                    approximate=any(approximate_at(context, la, method) for la in layers)))
             rows.append((method, values))
         means = MeansTable(f"Mean over the images and the verdict layers ({', '.join(layers)}; "
                            "those computed, for metrics limited to fewer); attention ratio: "
@@ -986,7 +985,8 @@ def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequenc
                     reason = (na_reason_text(row) or "undefined") if row else "not computed"
                     values.append(value_view(None, notes, absent=reason))
                 else:
-                    values.append(value_view(typical, notes))
+                    values.append(value_view(typical, notes, approximate=approximate_at(
+                        context, layer, method)))
             rows.append((layer, values))
         statistic = "median" if definition.name == RATIO_METRIC else "mean"
         tables.append(MeansTable(f"{definition.title}: {statistic} per layer", definition,
