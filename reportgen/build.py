@@ -431,7 +431,7 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
         warnings=warnings, bounds=plan.bounds, approximate=plan.approximate,
         approximate_note=_approximate_note(spec, plan, infos),
-        verdict_layers=spec.verdict_layers,
+        verdict_layers=spec.verdict_layers, verdict_note=spec.verdict_note,
         verdict_bands=bands)
 
 

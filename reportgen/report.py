@@ -153,6 +153,7 @@ class ReportContext:
     approximate_note: str = ""
     # layers whose verdicts make the median verdicts of each image and of the report
     verdict_layers: list[str] = field(default_factory=list)  # empty: every layer
+    verdict_note: str = ""  # which layers the verdicts leave out, and why
     pdf: str | None = None  # the PDF's path in the site (POSIX), None when none is written
     verdict_bands: VerdictBands = field(default_factory=VerdictBands)  # attention.bands
 

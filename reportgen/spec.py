@@ -35,6 +35,13 @@ from reportgen.errors import SpecError
 LAYER_ALIASES = ("encoder_early", "encoder_mid", "encoder_last", "decoder_last", "seg_head")
 METRIC_GROUPS = ("attention", "dice", "localisation", "faithfulness", "sanity")
 SEED_METHODS = ("gradcam", "gradcam++", "scorecam", "layercam")
+# Layers the median verdicts leave out unless the spec names them, and why: their ratios
+# say little about what the model attends to.
+NOT_VERDICT_LAYERS = {
+    "encoder_early": "its maps follow edges and texture, so low ratios are expected there",
+    "seg_head": "its maps restate the predicted logits, so they show where the prediction "
+                "is, not what led to it",
+}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp")
 COLORMAPS = ("viridis", "cividis", "inferno", "magma", "plasma", "turbo", "jet")
 
@@ -230,7 +237,8 @@ class AttentionOptions(Strict):
     verdict_layers: list[str] | None = Field(
         None, min_length=1, description="layers whose verdicts make each image's and the "
         "report's median verdict (default: every layer but encoder_early, where low ratios "
-        "are expected; all layers when that is the only one)")
+        "are expected, and seg_head, whose maps restate the prediction; all layers when no "
+        "other is given)")
 
 
 class FaithfulnessOptions(Strict):
@@ -450,8 +458,20 @@ class Spec(Strict):
         """The layers whose verdicts make the median verdicts, in spec order."""
         chosen = self.metric_options.attention.verdict_layers
         if chosen is None:
-            chosen = [la for la in self.layers if la != "encoder_early"] or self.layers
+            chosen = [la for la in self.layers if la not in NOT_VERDICT_LAYERS] or self.layers
         return [la for la in self.layers if la in chosen]
+
+    @property
+    def verdict_note(self) -> str:
+        """Which layers the median verdicts leave out, and why ("" when none)."""
+        left_out = [la for la in self.layers if la not in self.verdict_layers]
+        if not left_out:
+            return ""
+        if self.metric_options.attention.verdict_layers is not None:
+            return (f"{', '.join(left_out)} left out by "
+                    "metric_options.attention.verdict_layers")
+        return ("; ".join(f"{la} left out: {NOT_VERDICT_LAYERS[la]}" for la in left_out)
+                + " (metric_options.attention.verdict_layers changes this)")
 
     @property
     def target_index(self) -> int:

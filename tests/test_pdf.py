@@ -459,11 +459,12 @@ def test_a_report_every_font_prints_has_no_font_warning(project: Path):
 def test_approximate_score_cam_is_marked_per_layer_and_every_grid_has_its_scale(
         tmp_path: Path):
     """max_channels 16 leaves out channels at encoder_last (320) but not at decoder_last
-    (16): the PDF says so in the note, marks only encoder_last's values, and prints the
-    colour scale and the outline colours under every image's grid."""
+    (16) or seg_head (1): the PDF says so in the note, marks only encoder_last's values,
+    and prints the colour scale and the outline colours under every image's grid."""
     write_images(tmp_path, count=1, size=64)
     spec = write_spec(tmp_path / "spec.yaml", report=REPORT,
-                      layers=["encoder_last", "decoder_last"], methods=["gradcam", "scorecam"],
+                      layers=["encoder_last", "decoder_last", "seg_head"],
+                      methods=["gradcam", "scorecam"],
                       method_options={"scorecam": {"max_channels": 16}}, metrics=["attention"])
     build(spec, BuildOptions())
     text = subprocess.run(["pdftotext", "-layout", str(tmp_path / "site" / "report.pdf"), "-"],
@@ -474,6 +475,8 @@ def test_approximate_score_cam_is_marked_per_layer_and_every_grid_has_its_scale(
     assert note in flowing
     assert "map value 0 (none) to 1 (highest in that map" in flowing
     assert "magenta outline: ground truth" in flowing
+    # the cover says which layers its verdict leaves out, and why
+    assert "Not counted: seg_head left out: its maps restate the predicted logits" in flowing
     summary = text.split("Verdict summary")[1].split("Attention")[0]
     lines: dict[str, str] = {}
     for line in summary.splitlines():

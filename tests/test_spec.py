@@ -35,15 +35,19 @@ def test_good_spec_resolves_paths_against_its_folder(project: Path, monkeypatch)
     assert spec.target_index == 0
 
 
-def test_verdicts_leave_out_encoder_early_unless_told(project: Path):
-    layers = ["encoder_early", "encoder_last", "decoder_last"]
+def test_verdicts_leave_out_encoder_early_and_seg_head_unless_told_and_say_why(project: Path):
+    layers = ["encoder_early", "encoder_last", "decoder_last", "seg_head"]
     spec = load_spec(write_spec(project / "a.yaml", layers=layers))
     assert spec.verdict_layers == ["encoder_last", "decoder_last"]
-    spec = load_spec(write_spec(project / "b.yaml", layers=["encoder_early"]))
-    assert spec.verdict_layers == ["encoder_early"]
-    chosen = {"attention": {"verdict_layers": ["decoder_last", "encoder_early"]}}
+    assert spec.verdict_note.startswith("encoder_early left out: its maps follow edges")
+    assert "; seg_head left out: its maps restate the predicted logits" in spec.verdict_note
+    spec = load_spec(write_spec(project / "b.yaml", layers=["encoder_early", "seg_head"]))
+    assert spec.verdict_layers == ["encoder_early", "seg_head"] and spec.verdict_note == ""
+    chosen = {"attention": {"verdict_layers": ["seg_head", "encoder_early"]}}
     spec = load_spec(write_spec(project / "c.yaml", layers=layers, metric_options=chosen))
-    assert spec.verdict_layers == ["encoder_early", "decoder_last"]  # in the spec's order
+    assert spec.verdict_layers == ["encoder_early", "seg_head"]  # in the spec's order
+    assert spec.verdict_note == ("encoder_last, decoder_last left out by "
+                                 "metric_options.attention.verdict_layers")
 
 
 def test_images_as_folder_list_and_limit_keep_sorted_order(project: Path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 import numpy as np
@@ -166,6 +166,7 @@ class VerdictSummary:
     worst_at: list[str]  # "layer × method" of every verdict equal to the worst
     counts: list[tuple[VerdictView, int]]  # verdict -> how many, best first
     layers: list[str]  # the layers counted
+    left_out: str = ""  # which layers are not counted, and why
 
     @property
     def view(self) -> VerdictView:
@@ -680,7 +681,8 @@ def overall_verdict(context: ReportContext, rows: Sequence[SummaryRow],
     median attention ratio over the images) at the verdict layers, with the worst named."""
     verdicts = {(row.layer, method): cell.verdict.key
                 for row in rows for method, cell in zip(methods, row.cells, strict=True)}
-    return summarise_verdicts(verdicts, context.verdict_layers)
+    return replace(summarise_verdicts(verdicts, context.verdict_layers),
+                   left_out=context.verdict_note)
 
 
 def na_reason_text(row: AggregateRow) -> str:
