@@ -28,6 +28,7 @@ from reportgen.render.viewmodel import (
     median_verdict,
     methods_view,
     metric_tables,
+    missing_statistic,
     summarise_verdicts,
     summary_rows,
     value_view,
@@ -122,10 +123,12 @@ def test_image_level_metrics_get_one_row_and_no_per_layer_table() -> None:
     context.metric_definitions.append(type(context.metric_definitions[0])(
         "dice", "Dice", "2|P ∩ G| / (|P| + |G|)", "higher", "Dice 1945", "dice"))
     aggregates = [*make_aggregates(results), dice]
-    table = next(t for t in metric_tables(context, stats, aggregates, Footnotes())
+    table = next(t for t in metric_tables(context, stats, aggregates)
                  if t.definition.name == "dice")
     assert [(r.layer, r.method, r.mean.text, r.n) for r in table.rows] == [
         ("—", "—", "0.550", "2")]
+    assert not table.per_map  # an image-level metric: no layer or method columns
+    assert table.footnotes == [(1, "no ground truth (1 image)")]
     layers = layers_view(context, stats, aggregates, [], 64)
     assert "dice" not in [t.definition.name for t in layers.tables if t.definition]
     ratio = next(t for t in layers.tables if t.definition.name == "attention_ratio")
@@ -231,7 +234,25 @@ def test_index_view_summarises_verdicts_dice_and_tables() -> None:
     ratio_table = next(t for t in view.tables if t.definition.name == "attention_ratio")
     undefined = next(r for r in ratio_table.rows if r.layer == "decoder_last"
                      and r.method == "gradcam++")
-    assert undefined.n_na == "1" and "predicted mask is empty: 1" in undefined.na_reasons
+    assert undefined.n_na == "1"
+    assert dict(ratio_table.footnotes)[undefined.na_note] == "predicted mask is empty (1 image)"
+    assert ratio_table.per_map
+
+
+def test_an_undefined_statistic_says_why_in_its_own_words() -> None:
+    def row(values: list[float], na: dict[str, int]) -> AggregateRow:
+        finite = [v for v in values if math.isfinite(v)]
+        return AggregateRow("encoder_last", "gradcam", "attention_ratio", n=len(values),
+                            mean=None, std=None, median=None, min=min(finite, default=None),
+                            max=max(finite, default=None), n_na=sum(na.values()),
+                            na_reasons=na)
+
+    assert missing_statistic(row([], {"a map is constant": 2}), "mean") == (
+        "no image has a value: a map is constant (2 images)")
+    assert missing_statistic(row([2.0], {}), "std") == (
+        "std needs 2 or more values; 1 image has one")
+    assert missing_statistic(row([2.0, math.inf], {}), "std") == (
+        "std undefined: the values include ∞")
 
 
 def test_methods_and_layers_views_carry_agreement_and_sanity() -> None:

@@ -554,7 +554,7 @@ class AggregateRowView:
     max: ValueView
     n: str
     n_na: str
-    na_reasons: str
+    na_note: int | None  # the note that says why images have no value
     approximate: bool
 
 
@@ -562,6 +562,8 @@ class AggregateRowView:
 class MetricTable:
     definition: Definition
     rows: list[AggregateRowView]
+    footnotes: list[tuple[int, str]]  # numbered for this table, printed under it
+    per_map: bool = True  # False for image-level metrics (Dice, IoU): no layer or method
 
 
 @dataclass
@@ -659,7 +661,7 @@ def summary_rows(context: ReportContext, stats: DatasetStats,
             if row is None:
                 median = value_view(None, notes, absent="attention ratio not computed")
             elif row.median is None:
-                median = value_view(None, notes, absent=na_reason_text(row) or "undefined")
+                median = value_view(None, notes, absent=missing_statistic(row, "median"))
             else:
                 median = value_view(row.median, notes,
                                     approximate=approximate_at(context, layer, method))
@@ -686,16 +688,30 @@ def overall_verdict(context: ReportContext, rows: Sequence[SummaryRow],
 
 
 def na_reason_text(row: AggregateRow) -> str:
-    """The n/a reasons of an aggregate as "reason: count; ..."."""
-    return "; ".join(f"{reason}: {count}" for reason, count in sorted(row.na_reasons.items()))
+    """Why images of an aggregate have no value: "reason (N images); ..."."""
+    return "; ".join(f"{reason} ({count} image{'s' if count != 1 else ''})"
+                     for reason, count in sorted(row.na_reasons.items()))
+
+
+def missing_statistic(row: AggregateRow, statistic: str) -> str:
+    """Why a statistic of an aggregate is undefined, in words."""
+    if row.n == 0:
+        why = na_reason_text(row)
+        return f"no image has a value: {why}" if why else "no image has a value"
+    if statistic == "std" and row.n == 1:
+        return "std needs 2 or more values; 1 image has one"
+    # the only other way (see metrics.export.aggregate): ∞ among the values
+    return f"{statistic} undefined: the values include ∞"
 
 
 def metric_tables(context: ReportContext, stats: DatasetStats,
-                  aggregates: Sequence[AggregateRow], notes: Footnotes) -> list[MetricTable]:
-    """One table per metric (registry order), rows in spec order of layer then method."""
+                  aggregates: Sequence[AggregateRow]) -> list[MetricTable]:
+    """One table per metric (registry order), rows in spec order of layer then method,
+    each table with its own notes."""
     by_key = aggregate_index(aggregates)
     tables = []
     for definition in definitions_for({row.metric for row in aggregates}, context):
+        notes = Footnotes()
         rows = []
         # image-level metrics (Dice, IoU) have one row, with no layer or method
         for layer, method in [("", ""), *((la, me) for la in stats.layers
@@ -703,18 +719,16 @@ def metric_tables(context: ReportContext, stats: DatasetStats,
             row = by_key.get((layer, method, definition.name))
             if row is None:
                 continue
-            undefined = na_reason_text(row) or "undefined"
+            values = {name: value_view(getattr(row, name), notes,
+                                       absent=missing_statistic(row, name))
+                      for name in ("mean", "std", "median", "min", "max")}
             rows.append(AggregateRowView(
-                layer=layer or "—", method=method or "—",
-                mean=value_view(row.mean, notes, absent=undefined),
-                std=value_view(row.std, notes, absent=undefined),
-                median=value_view(row.median, notes, absent=undefined),
-                min=value_view(row.min, notes, absent=undefined),
-                max=value_view(row.max, notes, absent=undefined),
+                layer=layer or "—", method=method or "—", **values,
                 n=format_count(row.n), n_na=format_count(row.n_na),
-                na_reasons=na_reason_text(row),
+                na_note=notes.cite(na_reason_text(row)) if row.na_reasons else None,
                 approximate=approximate_at(context, layer, method)))
-        tables.append(MetricTable(definition, rows))
+        tables.append(MetricTable(definition, rows, notes.notes,
+                                  per_map=any(r.layer != "—" for r in rows)))
     return tables
 
 
@@ -787,7 +801,7 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
         dice=dice, dice_detail=dice_detail,
         verdict_legend=[verdict_view(name) for name in VERDICT_ORDER],
         bands_text=context.verdict_bands.text,
-        tables=metric_tables(context, stats, aggregates, notes),
+        tables=metric_tables(context, stats, aggregates),
         plots=plots,
         gallery=gallery_items(stats, thumbs or {}),
         downloads=downloads(context),
@@ -984,7 +998,8 @@ def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequenc
                 typical = None if row is None else (
                     row.median if definition.name == RATIO_METRIC else row.mean)
                 if typical is None:
-                    reason = (na_reason_text(row) or "undefined") if row else "not computed"
+                    reason = "not computed" if row is None else missing_statistic(
+                        row, "median" if definition.name == RATIO_METRIC else "mean")
                     values.append(value_view(None, notes, absent=reason))
                 else:
                     values.append(value_view(typical, notes, approximate=approximate_at(
