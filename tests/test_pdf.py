@@ -97,11 +97,11 @@ def test_pdf_has_cover_contents_sections_audit_and_signoff(project: Path):
     assert any("Dashed lines: verdict bands (1 fair, 2 good, 5 excellent)" in " ".join(t.split())
                for t in texts)
     contents = texts[1]
-    assert "Contents" in contents and "Audit appendix" in contents
+    assert "Contents" in contents and "Audit trail" in contents
     # Page numbers come from target-counter: the audit page named in the contents has the audit.
-    audit_line = next(line for line in contents.splitlines() if "Audit appendix" in line)
+    audit_line = next(line for line in contents.splitlines() if "Audit trail" in line)
     audit_page = int(audit_line.rstrip(". ").split()[-1].strip("."))
-    assert "A Audit appendix" in texts[audit_page - 1]
+    assert "A Audit trail" in texts[audit_page - 1]
     assert f"Page 2 of {total}" in contents
     assert any("Image img00" in text for text in texts)
     assert any("Image img01" in text for text in texts)
@@ -262,8 +262,8 @@ def test_a_dossier_laid_out_in_parts_numbers_its_pages_and_contents(parted: Path
     assert len(images) == 5
     for label, page in images.items():
         assert label.split(" —")[0] in texts[page - 1], label
-    audit = next(page for label, page in listed.items() if "Audit appendix" in label)
-    assert "A Audit appendix" in texts[audit - 1]
+    audit = next(page for label, page in listed.items() if "Audit trail" in label)
+    assert "A Audit trail" in texts[audit - 1]
     sign = next(page for label, page in listed.items() if "Reviewer sign-off" in label)
     assert "B Reviewer sign-off" in texts[sign - 1] and "Dr. A. Reviewer" in texts[sign - 1]
     # the entries that lead into other parts are links to the pages they name
@@ -296,7 +296,7 @@ def test_a_dossier_laid_out_in_parts_is_one_pdfa3u_with_its_attachments(parted: 
     assert top.title == REPORT["title"]
     assert [title.split(" —")[0] for title in chapters["4 Images"]] == [
         f"Image img0{i}" for i in range(5)]
-    assert "Embedded files" in chapters["A Audit appendix"]
+    assert "Embedded files" in chapters["A Audit trail"]
     assert "B Reviewer sign-off" in chapters
     head = (site / "report.pdf").read_bytes()[:32].splitlines()
     assert head[0] == b"%PDF-1.7"  # WeasyPrint's PDF/A-3 version, kept by the merge

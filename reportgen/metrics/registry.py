@@ -174,8 +174,7 @@ _ADEBAYO = ('Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018')
 _AUC_NOTE = ("trapezoid rule over x = k/steps; s = mean target-class probability over "
              "the target region")
 
-ATTENTION_SOURCE = ("descriptive statistic, no publication: kept from the hand-written "
-                    "validation script this report replaces, so results stay comparable")
+ATTENTION_SOURCE = "descriptive statistic of the normalised map (no publication)"
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in [
     MetricSpec(
@@ -189,7 +188,7 @@ METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in [
     MetricSpec(
         "attention_ratio", "attention ratio", "attention",
         "mean(L inside P) / mean(L outside P), P = predicted mask", "higher",
-        ATTENTION_SOURCE + "; the verdict bands are that script's", "[0, ∞]",
+        ATTENTION_SOURCE + "; verdict bands from metric_options.attention.bands", "[0, ∞]",
         ("map", "prediction"),
         lambda inputs: attention_ratio(inputs.stacked, inputs.prediction)),
     MetricSpec(
