@@ -86,10 +86,26 @@ def test_every_link_and_image_of_a_built_site_resolves_inside_it(built: Path):
 
 
 def test_metric_definitions_printed_come_from_the_registry(built: Path):
+    import html
+
     from reportgen.metrics import METRICS
 
-    index = (built / "site" / "index.html").read_text()
-    assert METRICS["attention_ratio"].title in index
+    index = html.unescape((built / "site" / "index.html").read_text())  # beside each table
+    shown = [m for m in METRICS.values() if m.group in FAST["metrics"]]
+    assert {m.group for m in shown} == set(FAST["metrics"])
+    for metric in shown:
+        assert metric.title in index and metric.formula in index, metric.name
+
+
+def test_the_spec_bands_decide_the_verdicts(tmp_path: Path):
+    from reportgen.metrics.attention import VerdictBands
+    from reportgen.pipeline import verdict_bands
+
+    write_images(tmp_path, count=1)
+    bands = {"fair": 20, "good": 50, "excellent": 100}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml",
+                                metric_options={"attention": {"bands": bands}}))
+    assert verdict_bands(spec) == VerdictBands(fair=20.0, good=50.0, excellent=100.0)
 
 
 def test_manifest_and_audit_page_name_the_reportgen_version_and_commit(built: Path):
@@ -137,13 +153,10 @@ def test_source_commit_is_none_without_a_checkout_or_without_git(tmp_path: Path,
 
 
 def test_data_sources_are_shown_relative_to_the_spec(built: Path):
-    for page in ("index.html", "single.html"):
-        path = built / "site" / page
-        if path.exists():
-            text = path.read_text()
-            assert "<th scope=\"row\">Image source</th><td>images</td>" in text
-            assert "<th scope=\"row\">Mask source</th><td>masks</td>" in text
-            assert str(built.resolve()) not in text and str(built) not in text
+    text = (built / "site" / "index.html").read_text()
+    assert "<th scope=\"row\">Image source</th><td>images</td>" in text
+    assert "<th scope=\"row\">Mask source</th><td>masks</td>" in text
+    assert str(built.resolve()) not in text and str(built) not in text
 
 
 def test_shown_paths_are_normalised_and_absolute_only_across_the_root(tmp_path: Path):

@@ -271,6 +271,25 @@ def test_faster_score_cam_is_marked_approximate(model, images):
     assert fast.maps["encoder_early", "scorecam"].shape == (1, 64, 64)
 
 
+def test_faster_score_cam_scores_only_max_channels_masked_inputs(model, images):
+    """The saving is real: 8 masked inputs (plus the clean forward), not one per
+    channel of the layer (24 at encoder_early)."""
+    layers = {"encoder_early": LAYERS["encoder_early"]}
+    counted = []
+    handle = model.register_forward_pre_hook(lambda _, args: counted.append(args[0].shape[0]))
+    try:
+        CamEngine(model, layers, ["scorecam"], scorecam_max_channels=8,
+                  scorecam_chunk=4).explain(images[:1], PREDICTION)
+        fast = sum(counted)
+        counted.clear()
+        CamEngine(model, layers, ["scorecam"], scorecam_chunk=4).explain(images[:1], PREDICTION)
+        full = sum(counted)
+    finally:
+        handle.remove()
+    assert fast == 1 + 8
+    assert full > fast + 8  # every channel scored
+
+
 def test_works_inside_no_grad_and_inference_mode(model, images):
     model.zero_grad(set_to_none=True)
     layers = {"decoder_last": LAYERS["decoder_last"]}
@@ -304,6 +323,16 @@ def test_adapter_methods_run_through_pytorch_grad_cam(model, images):
     for maps in result.maps.values():
         assert maps.shape == (2, 64, 64)
         assert torch.isfinite(maps).all() and maps.max() <= 1
+    # each image of a batch gets its own target region, as the native methods do
+    for index in range(2):
+        single = CamEngine(model, conv, ["ablationcam"]).explain(
+            images[index : index + 1], PREDICTION)
+        assert torch.allclose(ablation.maps["conv", "ablationcam"][index],
+                              single.maps["conv", "ablationcam"][0], atol=1e-4)
+        single = CamEngine(model, layers, ["shapleycam"]).explain(
+            images[index : index + 1], PREDICTION)
+        assert torch.allclose(result.maps["encoder_early", "shapleycam"][index],
+                              single.maps["encoder_early", "shapleycam"][0], atol=1e-4)
 
 
 def test_a_failing_adapter_is_a_user_error_and_leaves_the_model_intact(model, images):

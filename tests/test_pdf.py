@@ -233,6 +233,7 @@ def test_pdf_dates_and_identifier_come_from_the_report(project: Path):
         identifier = bytes(pdf.trailer.ID[0])
     assert creation == "D:20250131000000Z"
     assert identifier == pdf_module.pdf_identifier(REPORT["id"])
+    assert pdf_module.pdf_identifier("VAL-PDF-2") != identifier  # one per report id
 
 
 @pytest.fixture(scope="module")

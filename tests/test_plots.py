@@ -172,12 +172,25 @@ def test_method_distributions_name_the_ratios_a_log_axis_cannot_hold() -> None:
     assert "left out of the boxes (gradcam++: 5 of 0; layercam: 3 ∞)" in plot.caption
 
 
-def test_ratio_plots_draw_the_spec_bands() -> None:
+def test_ratio_plots_draw_the_spec_bands(monkeypatch) -> None:
+    from matplotlib.axes import Axes
+
+    drawn: list[float] = []
+    axhline = Axes.axhline
+
+    def recording(self, y=0, *args, **kwargs):
+        drawn.append(float(y))
+        return axhline(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "axhline", recording)
     stats = demo_ratios()
     stats.verdict_bands = VerdictBands(fair=20.0, good=50.0, excellent=100.0)
     plot = attention_ratio_plot(stats)
     assert "verdict bands (20 fair, 50 good, 100 excellent)" in plot.caption
+    assert {20.0, 50.0, 100.0} <= set(drawn) and not {1.0, 2.0, 5.0} & set(drawn)
+    drawn.clear()
     assert "verdict bands 20, 50, 100" in layer_profile_plot(stats).caption
+    assert {20.0, 50.0, 100.0} <= set(drawn) and not {1.0, 2.0, 5.0} & set(drawn)
     lines = stats.verdict_bands.lines
     ticks, _ = ratio_ticks(ratio_axis(ratio_groups(stats), lines), lines)
     assert {20.0, 50.0, 100.0} <= set(ticks)

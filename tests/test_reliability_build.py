@@ -253,13 +253,17 @@ def test_build_needs_no_network(tmp_path: Path, monkeypatch):
     write_images(tmp_path, count=1)
     spec = write_spec(tmp_path / "spec.yaml", **{**FAST, "output": {}})
 
+    attempts = []
+
     def refuse(*args, **kwargs):
+        attempts.append(args)  # seen even if the build caught the error and went on
         raise OSError("network access during a build")
 
     for name in ("socket", "create_connection", "getaddrinfo"):
         monkeypatch.setattr(socket, name, refuse)
     result = build(spec, BuildOptions())
     assert (result.site / "index.html").is_file() and result.pdf and result.pdf.is_file()
+    assert attempts == []
 
 
 def _site_bytes(site: Path) -> dict[str, bytes]:

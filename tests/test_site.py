@@ -13,7 +13,6 @@ import pytest
 from reportgen.render import figures as fig
 from reportgen.render.site import SiteWriter
 from tests.site_fixtures import (
-    HOSTILE,
     make_aggregates,
     make_context,
     make_result,
@@ -262,7 +261,3 @@ def test_announced_image_never_added_gets_a_page(tmp_path: Path) -> None:
     writer.add_image(make_result(0))
     writer.finish([], [])
     assert "not rendered" in (tmp_path / "images/img-001.html").read_text(encoding="utf-8")
-
-
-def test_hostile_title_in_context_constant_is_the_one_checked() -> None:
-    assert HOSTILE == "<script>alert(1)</script>"
