@@ -98,6 +98,12 @@ def test_a_verdict_summary_counts_only_the_verdict_layers_and_names_the_worst() 
     assert everything.worst_text == ("worst: concerning at encoder_early × gradcam, "
                                      "encoder_early × layercam")
     assert summarise_verdicts({("seg_head", "gradcam"): "good"}, []).worst_text == ""
+    # blank maps give no verdict; the summary says where, rather than skipping them
+    blank = summarise_verdicts({**verdicts, ("decoder_last", "gradcam++"): "n/a"},
+                               ["decoder_last", "seg_head"])
+    assert blank.worst_text == ("worst: fair at seg_head × layercam; "
+                                "no verdict at decoder_last × gradcam++")
+    assert summarise_verdicts({("seg_head", "gradcam"): "n/a"}, []).worst_text == ""
 
 
 def test_one_infinite_ratio_does_not_decide_a_layer_and_method() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import quote
 
 import numpy as np
@@ -167,6 +167,7 @@ class VerdictSummary:
     counts: list[tuple[VerdictView, int]]  # verdict -> how many, best first
     layers: list[str]  # the layers counted
     left_out: str = ""  # which layers are not counted, and why
+    undefined_at: list[str] = field(default_factory=list)  # "layer × method" of n/a verdicts
 
     @property
     def view(self) -> VerdictView:
@@ -174,14 +175,22 @@ class VerdictSummary:
 
     @property
     def worst_text(self) -> str:
-        """E.g. "worst: concerning at seg_head × gradcam++"; empty when the worst is the
-        median (nothing more to say) or nothing is defined."""
-        if self.worst in (self.median, "n/a"):
-            return ""
-        shown = ", ".join(self.worst_at[:3])
-        more = len(self.worst_at) - 3
-        return (f"worst: {VERDICT_LABELS[self.worst].lower()} at {shown}"
-                + (f" and {more} more" if more > 0 else ""))
+        """E.g. "worst: concerning at encoder_last × gradcam++", then where no verdict is
+        defined (a blank map is no evidence either way, but must not go unmentioned);
+        empty when there is nothing more to say than the median."""
+        parts = []
+        if self.worst not in (self.median, "n/a"):
+            parts.append(f"worst: {VERDICT_LABELS[self.worst].lower()} at "
+                         + _listed(self.worst_at))
+        if self.undefined_at and self.median != "n/a":
+            parts.append("no verdict at " + _listed(self.undefined_at))
+        return "; ".join(parts)
+
+
+def _listed(where: Sequence[str], shown: int = 3) -> str:
+    """The first `shown` of `where`, and how many more."""
+    more = len(where) - shown
+    return ", ".join(where[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def summarise_verdicts(verdicts: Mapping[tuple[str, str], str],
@@ -200,6 +209,8 @@ def summarise_verdicts(verdicts: Mapping[tuple[str, str], str],
         median=median_verdict(chosen.values()), worst=worst,
         worst_at=[f"{layer} × {method}" for (layer, method), name in chosen.items()
                   if name == worst],
+        undefined_at=[f"{layer} × {method}" for (layer, method), name in chosen.items()
+                      if name == "n/a"],
         counts=counts, layers=sorted({key[0] for key in chosen}, key=list(layers).index)
         if layers else sorted({key[0] for key in chosen}))
 
