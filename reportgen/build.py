@@ -527,8 +527,11 @@ def _shown_path(path: Path, spec_path: Path) -> str:
     return relative_location(path, spec_path.resolve().parent)
 
 
-def check_spec(spec_path: Path, device: str | None = None) -> list[dict[str, object]]:
-    """Every requested layer x method on the first image (`reportgen check`)."""
+def check_spec(spec_path: Path, device: str | None = None
+               ) -> tuple[list[dict[str, object]], list[str]]:
+    """Every requested layer x method on the first image (`reportgen check`): one row per
+    cell, and the warnings of loading the model (random weights, NaN weights, tensors of
+    other modules dropped from a checkpoint), which a build would print too."""
     from reportgen.cam import check_methods
 
     spec, _ = parse_spec(Path(spec_path))
@@ -550,4 +553,4 @@ def check_spec(spec_path: Path, device: str | None = None) -> list[dict[str, obj
                          scorecam_chunk=score.chunk_size, scorecam_layers=score.layers)
     return [{"layer": r.layer, "method": r.method, "ok": r.ok, "reason": r.reason,
              "seconds": r.seconds, "min": r.map_min, "max": r.map_max, "flags": r.flags}
-            for r in rows]
+            for r in rows], warnings

@@ -31,6 +31,9 @@ log = logging.getLogger("reportgen")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 SIGN_PASSWORD_ENV = "REPORTGEN_SIGN_PASSWORD"
+CHECK_SECONDS_NOTE = ("seconds: each cell run alone. A build computes every gradient method "
+                      "and layer from one forward and backward per batch, so the column's "
+                      "sum overstates its time")
 
 
 def _spec_arg(p: argparse.ArgumentParser) -> None:
@@ -187,15 +190,17 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from reportgen.build import check_spec
 
-    rows = check_spec(args.spec, device=args.device)
+    rows, warnings = check_spec(args.spec, device=args.device)
     if args.json:
-        out.print_json(json.dumps(rows))
-    elif args.quiet:  # only what failed
+        # the output stays a list of rows; the model's warnings hold for every cell's map
+        out.print_json(json.dumps([{**r, "warnings": warnings} for r in rows]))
+    elif args.quiet:  # only what failed: warnings are not failures, as for build --quiet
         for r in rows:
             if not r["ok"]:
                 err.print(f"{r['layer']} x {r['method']}: failed: {r['reason']}", markup=False)
     else:
-        table = Table(title="layer x method check on the first image")
+        table = Table(title="layer x method check on the first image",
+                      caption=CHECK_SECONDS_NOTE)
         for col in ("layer", "method", "status", "seconds", "map range", "flags"):
             table.add_column(col)
         for r in rows:
@@ -210,6 +215,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             table.add_row(r["layer"], r["method"], status, f"{r['seconds']:.2f}", rng,
                           ", ".join(r["flags"]))
         out.print(table)
+        for warning in warnings:  # as build prints them: a check must not hide random weights
+            err.print(f"warning: {warning}", markup=False)
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -53,6 +53,13 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
+def architecture_names() -> list[str]:
+    """Every smp architecture a spec may name (smp's own list is the source)."""
+    from reportgen.models.build import ARCHITECTURES
+
+    return list(ARCHITECTURES)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -131,13 +138,30 @@ class ModelSection(Strict):
         default_factory=dict, description="extra keyword arguments for the smp constructor"
     )
 
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        return _choice(value, architecture_names(), "architecture")
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str) -> str:
+        from reportgen.models.build import check_encoder_name
+
+        problem = check_encoder_name(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("input_size")
     @classmethod
     def _multiple_of_32(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
         sizes = (value, value) if isinstance(value, int) else value
         if any(s <= 0 or s % 32 for s in sizes):
-            raise ValueError(f"input_size {value} must be positive multiples of 32 (smp models "
-                             "downsample 5 times), e.g. 256, 512 or 640")
+            what = (f"input_size {value} must be" if isinstance(value, int) else
+                    f"input_size {list(value)}: height and width must each be")
+            raise ValueError(f"{what} a positive multiple of 32 (smp models downsample 5 "
+                             "times), e.g. 256, 512 or 640")
         return value
 
     @model_validator(mode="after")
@@ -293,12 +317,19 @@ class RenderSection(Strict):
 class OutputSection(Strict):
     site: Path = Field(Path("site"), description="output folder (replaced atomically)")
     pdf: Path | None = Field(Path("site/report.pdf"), description="the PDF, inside the site "
-                             "folder; null for none")
+                             "folder; default: report.pdf in output.site; null for none")
     single_file: bool = Field(False, description="also write one self-contained HTML file")
     compress_maps: bool = Field(True, description="deflate the exported maps (data/maps/*.npz, "
                                 "zlib level 1): about 20 % smaller, but 25x the CPU time of "
                                 "storing them (at 640 px, 0.5 s instead of 0.02 s per image "
                                 "of 20 maps)")
+
+    @model_validator(mode="after")
+    def _pdf_follows_site(self) -> OutputSection:
+        # `site: out/b5` alone means out/b5/report.pdf, not a PDF in another folder
+        if "pdf" not in self.model_fields_set:
+            self.pdf = self.site / "report.pdf"
+        return self
 
 
 class RuntimeSection(Strict):
@@ -620,6 +651,8 @@ YAML_HINTS = (
     ("mapping values are not allowed", "a 'key:' where YAML expected a value: check this line's "
      "indentation against the key above it, or quote a value that contains ': '"),
     ("'\\t'", "YAML does not allow tabs for indentation: indent with spaces"),
+    ("expected ',' or ']', but got '['", "a '[' inside a [...] list starts another list: "
+     "quote a layer path with [index]: \"encoder._blocks[15]\""),
 )
 
 
@@ -659,10 +692,22 @@ def parse_spec(path: Path, check_files: bool = True) -> tuple[Spec, str]:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_format_errors(exc, located) + problems) from exc
+        raise SpecError(_in_line_order(_format_errors(exc, located) + problems, path)) from exc
     if problems:
-        raise SpecError(problems)
+        raise SpecError(_in_line_order(problems, path))
     return _resolve_paths(spec, base), text
+
+
+def _in_line_order(problems: list[str], path: Path) -> list[str]:
+    """Problems sorted by the line and column they start with, as the author reads the file;
+    those without a position keep their order, after the others."""
+    position = re.compile(re.escape(str(path)) + r":(\d+):(\d+): ")
+
+    def key(problem: str) -> tuple[int, int]:
+        found = position.match(problem)
+        return (int(found[1]), int(found[2])) if found else (1 << 62, 0)
+
+    return sorted(problems, key=key)
 
 
 def load_spec(path: str | Path, check_files: bool = True) -> Spec:

@@ -169,7 +169,22 @@ def test_mismatch_names_counts_keys_and_guesses_the_encoder(tmp_path):
     message = str(info.value)
     assert "UnetPlusPlus / efficientnet-b1" in message
     assert "missing (first 5): encoder._blocks." in message
-    assert "UnetPlusPlus with encoder efficientnet-b0 (1 classes)" in message
+    assert ("the keys look like: UnetPlusPlus with encoder efficientnet-b0 (1 class) "
+            "(check model.architecture / model.encoder)") in message
+
+
+def test_a_checkpoint_of_fewer_classes_says_to_set_model_classes(tmp_path):
+    one_class = smp.UnetPlusPlus("efficientnet-b0", encoder_weights=None, classes=1)
+    path = tmp_path / "one_class.pth"
+    torch.save(one_class.state_dict(), path)
+    model = build_model("UnetPlusPlus", "efficientnet-b0", classes=2)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(model, path, described_as="UnetPlusPlus / efficientnet-b0")
+    message = str(info.value)
+    assert "other shape (first 3): segmentation_head.0.weight: checkpoint (1," in message
+    assert message.endswith("the checkpoint is UnetPlusPlus with encoder efficientnet-b0 for "
+                            "1 class, the spec asks for 2: set model.classes: 1")
+    assert "look like" not in message
 
 
 def test_pytorch_tutorial_general_checkpoint_loads(tmp_path, trained, probe):

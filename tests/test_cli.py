@@ -156,6 +156,40 @@ def test_check_runs_score_cam_as_the_build_would(project, capsys):
     assert "skipped" in out
 
 
+def test_check_says_each_cell_is_timed_alone(project, capsys):
+    """Summing the seconds column would overstate a build: say what the seconds are."""
+    code, out, _ = run(capsys, "check", str(write_spec(project / "s.yaml")))
+    text = " ".join(out.split())  # undo the console's wrapping
+    assert code == 0 and "seconds: each cell run alone." in text
+    assert ("A build computes every gradient method and layer from one forward and backward "
+            "per batch, so the column's sum overstates its time") in text
+
+
+def test_check_warns_of_random_and_nan_weights_as_build_does(project, capsys):
+    spec = write_spec(project / "s.yaml")  # no checkpoint: random weights
+    code, out, err = run(capsys, "check", str(spec))
+    assert code == 0 and "warning: no checkpoint: the model has RANDOM weights" in err
+    code, out, _ = run(capsys, "check", "--json", str(spec))
+    rows = json.loads(out)
+    assert code == 0 and {r["layer"] for r in rows} == {"encoder_early", "encoder_last",
+                                                        "decoder_last"}
+    assert all(r["warnings"] == rows[0]["warnings"] for r in rows)
+    (warning,) = rows[0]["warnings"]
+    assert warning.startswith("no checkpoint: the model has RANDOM weights")
+    assert run(capsys, "check", "-q", str(spec)) == (0, "", "")  # warnings are not failures
+
+    from reportgen.models import build_model
+
+    model = build_model("UnetPlusPlus", "efficientnet-b0")
+    state = model.state_dict()
+    state["segmentation_head.0.bias"][0] = float("nan")  # a diverged training run
+    torch.save(state, project / "diverged.pth")
+    spec = write_spec(project / "s.yaml", model={"checkpoint": "diverged.pth"})
+    code, out, _ = run(capsys, "check", "--json", str(spec))
+    assert json.loads(out)[0]["warnings"] == [
+        "the checkpoint holds NaN or infinite weights: every map and metric is invalid"]
+
+
 def test_build_prints_where_the_site_is_and_its_warnings(project, capsys):
     spec = write_spec(project / "s.yaml", metrics=["attention"], output={"pdf": None})
     code, out, err = run(capsys, "build", str(spec))
@@ -163,6 +197,12 @@ def test_build_prints_where_the_site_is_and_its_warnings(project, capsys):
     assert "warning: no checkpoint" in err and "RANDOM weights" in err  # no checkpoint given
     code, out, err = run(capsys, "build", "-q", str(spec))
     assert code == 0 and not out and not err
+
+
+def test_validate_accepts_a_spec_that_only_moves_the_site(project, capsys):
+    spec = write_spec(project / "s.yaml", output={"site": "out/site_b5"})
+    code, out, err = run(capsys, "validate", str(spec))
+    assert code == 0 and out.startswith("ok: ") and err == ""
 
 
 def test_validate_refuses_a_pdf_that_would_overwrite_a_site_page(project, capsys):

@@ -78,7 +78,14 @@ BAD_SPECS = [
     ("no render worker", {"runtime": {"render_workers": 0}}, ["runtime.render_workers"]),
     ("unknown class name", {"target": {"class": "tumour"}, "model": {"class_names": ["lesion"]}},
      ["target.class", "'tumour'", "lesion"]),
-    ("input size", {"model": {"input_size": 100}}, ["model.input_size", "multiples of 32"]),
+    ("input size", {"model": {"input_size": 100}},
+     ["model.input_size", "input_size 100 must be a positive multiple of 32"]),
+    ("input size as [H, W]", {"model": {"input_size": [96, 100]}},
+     ["model.input_size", "height and width must each be a positive multiple of 32"]),
+    ("architecture written in another case", {"model": {"architecture": "UNetPlusPlus"}},
+     ["model.architecture", "did you mean 'UnetPlusPlus'?", "DeepLabV3Plus"]),
+    ("unknown encoder", {"model": {"encoder": "efficientnet-b9"}},
+     ["model.encoder", "did you mean efficientnet-b7", "tu-<name>"]),
     ("softmax over one class", {"model": {"activation": "softmax"}},
      ["model", "softmax needs classes >= 2"]),
     ("missing model", {"model": None}, ["model", "required"]),
@@ -124,6 +131,43 @@ def test_every_problem_is_reported_at_once(project: Path):
     path = write_spec(project / "spec.yaml", report={"titel": "x"}, layers=["nope"],
                       model={"checkpoint": "missing.pth"}, data={"limit": -1})
     assert len(problems_of(path)) == 4
+
+
+def test_problems_are_listed_in_the_order_of_their_lines(project: Path):
+    path = write_spec(project / "spec.yaml", model={"checkpoint": "missing.pth"},
+                      layers=["encoder_lst"], report={"titel": "x"})
+    problems = problems_of(path)
+    positions = [tuple(int(n) for n in p.split(":")[1:3]) for p in problems]
+    assert positions == sorted(positions) and len(problems) == 3
+    # the schema orders report before model, and file problems came last
+    assert [p.split(": ")[1] for p in problems] == ["model.checkpoint", "layers.0",
+                                                      "report.titel"]
+
+
+def test_every_smp_architecture_is_accepted_and_a_timm_encoder_is_taken_on_trust(
+        project: Path):
+    import segmentation_models_pytorch as smp
+
+    for architecture in (c.__name__ for c in smp.MODEL_ARCHITECTURES_MAPPING.values()):
+        spec = load_spec(write_spec(project / "spec.yaml",
+                                    model={"architecture": architecture}))
+        assert spec.model.architecture == architecture
+    # timm's names are too many to list cheaply: the build tells a wrong one
+    spec = load_spec(write_spec(project / "spec.yaml", model={"encoder": "tu-convnext_atto"}))
+    assert spec.model.encoder == "tu-convnext_atto"
+
+
+def test_the_pdf_follows_a_site_given_without_a_pdf(project: Path):
+    spec = load_spec(write_spec(project / "a.yaml", output={"site": "out/site_b5"}))
+    assert spec.output.site == project / "out" / "site_b5"
+    assert spec.output.pdf == project / "out" / "site_b5" / "report.pdf"
+    path = write_spec(project / "b.yaml", output={"site": "out/b5", "pdf": None})
+    assert "pdf: null" in path.read_text()
+    assert load_spec(path).output.pdf is None  # null still means no PDF
+    spec = load_spec(write_spec(project / "c.yaml",
+                                output={"site": "out/b5", "pdf": "out/b5/dossier/b5.pdf"}))
+    assert spec.output.pdf == project / "out" / "b5" / "dossier" / "b5.pdf"
+    assert load_spec(write_spec(project / "d.yaml")).output.pdf == project / "site" / "report.pdf"
 
 
 def test_yaml_syntax_error_has_position(tmp_path: Path):
@@ -206,6 +250,17 @@ def test_misindented_key_names_its_line_and_explains_the_indentation(tmp_path: P
     assert problem.startswith(f"{path}:3:2: YAML syntax error: expected <block end>")
     assert "check the indentation of this line and the one above" in problem
     assert "YAML nests by indentation" in problem
+
+
+def test_an_unquoted_index_path_in_a_bracket_list_says_to_quote_it(project: Path):
+    path, text = spec_plus(project, "layers: [encoder_early, encoder._blocks[15]]\n",
+                           layers=None)
+    (problem,) = problems_of(path)
+    line = len(text.splitlines()) + 1
+    assert problem.startswith(f"{path}:{line}:40: YAML syntax error: expected ',' or ']'")
+    assert problem.endswith('quote a layer path with [index]: "encoder._blocks[15]")')
+    path.write_text(text + 'layers: [encoder_early, "encoder._blocks[15]"]\n')
+    assert load_spec(path).layers == ["encoder_early", "encoder._blocks[15]"]
 
 
 def test_tab_indentation_is_explained(tmp_path: Path):

@@ -489,11 +489,14 @@ def check_methods(
 ) -> list[CheckRow]:
     """Run every layer x method on one image [C, H, W]; one row each, failures included.
 
-    The engine options are a build's, so that a check costs and computes what the build
-    will: `precision` for every method; for Score-CAM `scorecam_max_channels` (rows
-    flagged "approximate" where it leaves channels out), `scorecam_chunk` and
-    `scorecam_layers`, the display names of the layers Score-CAM runs at (None: all;
-    the other cells are rows flagged "skipped").
+    Each cell runs alone, in an engine of its own, so that a failure names its layer and
+    method; a row's `seconds` are that cell's alone. A build shares one forward and one
+    backward per batch between every gradient method and layer, so the rows' sum
+    overstates what the build will take. The engine options are a build's, so that each
+    cell computes the map the build will: `precision` for every method; for Score-CAM
+    `scorecam_max_channels` (rows flagged "approximate" where it leaves channels out),
+    `scorecam_chunk` and `scorecam_layers`, the display names of the layers Score-CAM
+    runs at (None: all; the other cells are rows flagged "skipped").
     """
     rows = []
     masks = None if gt_mask is None else gt_mask[None]

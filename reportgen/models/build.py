@@ -13,23 +13,9 @@ from reportgen.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# smp's own registry (lower-case name -> class), keyed by the class names a spec writes
 ARCHITECTURES: dict[str, type[nn.Module]] = {
-    name: getattr(smp, name)
-    for name in (
-        "Unet",
-        "UnetPlusPlus",
-        "FPN",
-        "PSPNet",
-        "DeepLabV3",
-        "DeepLabV3Plus",
-        "Linknet",
-        "MAnet",
-        "PAN",
-        "UPerNet",
-        "Segformer",
-        "DPT",
-    )
-    if hasattr(smp, name)
+    cls.__name__: cls for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()
 }
 
 
@@ -40,10 +26,13 @@ def encoder_names() -> list[str]:
 
 def check_encoder_name(encoder: str) -> str | None:
     """Return None when smp knows `encoder`, otherwise a message with a hint."""
-    if encoder.startswith("tu-") or encoder in encoder_names():
+    names = encoder_names()
+    if encoder.startswith("tu-") or encoder in names:
         return None
-    close = difflib.get_close_matches(encoder, encoder_names(), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else "run `reportgen layers --help`"
+    close = difflib.get_close_matches(encoder, names, n=3, cutoff=0.6)
+    hint = (f"did you mean {', '.join(close)}?" if close else
+            f"no name close to it among smp's {len(names)} encoders, e.g. resnet34, "
+            "efficientnet-b0")
     return f"unknown encoder {encoder!r} ({hint}; timm encoders are written 'tu-<name>')"
 
 

@@ -344,17 +344,53 @@ def _mismatch_message(
         lines.append("  unexpected (first 5): " + ", ".join(unexpected[:5]))
     if wrong_shape:
         lines.append("  other shape (first 3): " + "; ".join(wrong_shape[:3]))
-    guess = guess_model(state)
-    if guess and guess != guess_model(expected):  # naming the spec's own model helps no one
-        lines.append(f"  the keys look like: {guess} (check model.architecture / model.encoder)")
+    hint = _fix_hint(guess_model(state), guess_model(expected))
+    if hint:
+        lines.append(f"  {hint}")
     return "\n".join(lines)
+
+
+def _fix_hint(checkpoint: ModelGuess | None, model: ModelGuess | None) -> str:
+    """What to change in the spec, from what the checkpoint's keys look like ("" when they
+    say nothing the spec does not: naming the spec's own model helps no one)."""
+    if checkpoint is None or checkpoint == model:
+        return ""
+    if model is not None and checkpoint.same_network(model):
+        return (f"the checkpoint is {checkpoint.architecture} with encoder {checkpoint.encoder} "
+                f"for {_classes(checkpoint.classes)}, the spec asks for {model.classes}: set "
+                f"model.classes: {checkpoint.classes}")
+    return f"the keys look like: {checkpoint} (check model.architecture / model.encoder)"
+
+
+def _classes(count: int) -> str:
+    return f"{count} class" if count == 1 else f"{count} classes"
 
 
 def _signature(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items() if k.startswith(prefix)}
 
 
-def guess_model(state: Mapping[str, torch.Tensor]) -> str | None:
+@dataclass(frozen=True)
+class ModelGuess:
+    """The smp model a state dict's tensors fit: the encoder, and the architecture when
+    the decoder's keys name one."""
+
+    encoder: str
+    architecture: str | None = None
+    classes: int = 1
+
+    def same_network(self, other: ModelGuess) -> bool:
+        """Same architecture (known) and encoder, whatever the number of classes."""
+        return self.architecture is not None and (
+            (self.architecture, self.encoder) == (other.architecture, other.encoder))
+
+    def __str__(self) -> str:
+        if self.architecture is None:
+            return f"encoder {self.encoder}"
+        return f"{self.architecture} with encoder {self.encoder} ({_classes(self.classes)})"
+
+
+def guess_model(state: Mapping[str, torch.Tensor]) -> ModelGuess | None:
     """Name the smp encoder (and architecture) whose tensors match the checkpoint's.
 
     Only encoders whose first key matches the checkpoint's are built, so the
@@ -394,5 +430,5 @@ def guess_model(state: Mapping[str, torch.Tensor]) -> str | None:
         except Exception:  # not every architecture accepts every encoder
             continue
         if {k for k in m.state_dict() if k.startswith("decoder.")} == decoder_keys:
-            return f"{arch} with encoder {encoder} ({classes} classes)"
-    return f"encoder {encoder}"
+            return ModelGuess(encoder, arch, classes)
+    return ModelGuess(encoder)
