@@ -32,6 +32,8 @@ from reportgen.cam.scorecam import arithmetic
 from reportgen.data import (
     Sample,
     SampleRef,
+    aspect_change,
+    aspect_warning,
     check_inputs,
     load_sample,
     load_samples,
@@ -216,6 +218,7 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     rows: list[MetricRow] = []
     sanity_samples: list[tuple[Sample, torch.Tensor]] = []
     events: list[str] = []  # what the run adapted to (out-of-memory halvings), for the manifest
+    stretches: list[float] = []  # how much resizing changed each image's aspect ratio
     done = 0
     if options.progress:
         options.progress("images", 0, len(refs))
@@ -245,6 +248,7 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
                 for sample, output in zip(part, outputs, strict=True):
                     rows.extend(output.rows)
                     events.extend(output.events)
+                    stretches.append(aspect_change(sample.original_size, spec.model.size))
                     if len(sanity_samples) < spec.metric_options.sanity.images:
                         sanity_samples.append((sample, output.region))
                     pending.append(pool.submit(prepare, sample.id, output))
@@ -256,6 +260,7 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
         finally:
             for future in pending:
                 future.cancel()
+    warnings.extend(aspect_warning(stretches))  # before the summary pages and the manifest
     sanity_rows: list[SanityRow] = []
     if plan.sanity_keys and sanity_samples:
         if options.progress:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -369,21 +369,36 @@ def _resize_mask(binary: np.ndarray, size: tuple[int, int], path: Path,
     return binary, notes
 
 
-def aspect_change_note(original: tuple[int, int], size: tuple[int, int]) -> str | None:
-    """The note of an image resized from `original` to `size` (both [H, W]) that changes
-    its aspect ratio, or None when the shape is kept (within `ASPECT_TOLERANCE`).
-
-    The change is the larger width/height ratio over the smaller, minus 1: how much
-    one axis is stretched against the other.
-    """
+def aspect_change(original: tuple[int, int], size: tuple[int, int]) -> float:
+    """How much resizing from `original` to `size` (both [H, W]) stretches one axis
+    against the other: the larger width/height ratio over the smaller, minus 1."""
     (height, width), (new_height, new_width) = original, size
     before, after = width / height, new_width / new_height
-    change = max(before, after) / min(before, after) - 1.0
+    return max(before, after) / min(before, after) - 1.0
+
+
+def aspect_change_note(original: tuple[int, int], size: tuple[int, int]) -> str | None:
+    """The note of an image resized from `original` to `size` (both [H, W]) that changes
+    its aspect ratio, or None when the shape is kept (within `ASPECT_TOLERANCE`)."""
+    (height, width), (new_height, new_width) = original, size
+    before, after = width / height, new_width / new_height
+    change = aspect_change(original, size)
     if change <= ASPECT_TOLERANCE:
         return None
     return (f"image resized from {width}x{height} to {new_width}x{new_height}, aspect ratio "
             f"(width/height) {before:.2f} to {after:.2f}, changed by {change:.0%}: maps, Dice "
             f"and all metrics are computed at {new_width}x{new_height}")
+
+
+def aspect_warning(changes: Sequence[float]) -> list[str]:
+    """The report's warning (or none) for images whose aspect ratio resizing changed;
+    `changes` has one `aspect_change` per image."""
+    stretched = [change for change in changes if change > ASPECT_TOLERANCE]
+    if not stretched:
+        return []
+    return [f"{len(stretched)} of {len(changes)} image(s) were resized to the model's input "
+            f"with a change of aspect ratio (up to {max(stretched):.0%}): their maps and "
+            "metrics are computed on the stretched images (see each image's notes)"]
 
 
 def prepare(

@@ -371,3 +371,22 @@ def test_a_multi_class_model_reads_label_map_masks_for_its_target_class(tmp_path
     binary = write_spec(tmp_path / "spec.yaml", **classes, **FAST, output={"pdf": None},
                         data={"mask_values": "binary"})
     assert load_spec(binary).mask_reading == {"mask_label": None, "mask_classes": None}
+
+
+def test_a_stretched_image_is_a_warning_of_the_report_not_only_a_note_of_its_page(
+        tmp_path: Path):
+    write_images(tmp_path, count=2)
+    for folder in ("images", "masks"):
+        path = tmp_path / folder / "img01.png"
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), (80, 64),
+                                          interpolation=cv2.INTER_NEAREST))
+    spec = write_spec(tmp_path / "spec.yaml", **FAST, output={"pdf": None})
+    build(spec, BuildOptions())
+    site = tmp_path / "site"
+    manifest = json.loads((site / "data" / "manifest.json").read_text())
+    [warning] = [w for w in manifest["warnings"] if "aspect ratio" in w]
+    assert warning.startswith("1 of 2 image(s) were resized to the model's input with a "
+                              "change of aspect ratio (up to 25%)")
+    import html
+
+    assert warning in html.unescape((site / "audit.html").read_text())

@@ -20,6 +20,8 @@ from reportgen.data import (
     MAX_PIXELS,
     PNG_SIGNATURE,
     SampleRef,
+    aspect_change,
+    aspect_warning,
     check_inputs,
     load_sample,
     prepare,
@@ -130,6 +132,14 @@ def test_image_squashed_to_the_model_input_says_so_and_at_what_size(tmp_path: Pa
     assert ref.notes == sample.notes  # and so the manifest's
     kept = load_sample(ref, (24, 32), 3, IMAGENET)  # half size, same shape
     assert not [note for note in kept.notes if note.startswith("image resized")]
+    # and the report says so once, above the image pages
+    changes = [aspect_change(sample.original_size, (32, 32)),
+               aspect_change(kept.original_size, (24, 32))]
+    assert aspect_warning(changes) == [
+        "1 of 2 image(s) were resized to the model's input with a change of aspect ratio (up "
+        "to 33%): their maps and metrics are computed on the stretched images (see each "
+        "image's notes)"]
+    assert aspect_warning([aspect_change((48, 64), (24, 32))]) == []
 
 
 # ---------------------------------------------------------------- hostile and unusual files
