@@ -615,6 +615,7 @@ class IndexView:
     gallery: list[GalleryItem]
     downloads: list[Link]
     footnotes: list[tuple[int, str]]
+    warnings: list[str]  # the build's warnings, shown first
 
 
 def model_card_rows(context: ReportContext) -> list[tuple[str, str]]:
@@ -817,6 +818,7 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
         gallery=gallery_items(stats, thumbs or {}),
         downloads=downloads(context),
         footnotes=notes.notes,
+        warnings=list(context.warnings),
     )
 
 
