@@ -42,7 +42,13 @@ from reportgen.data import (
 from reportgen.errors import UserError
 from reportgen.executors import computed_batches
 from reportgen.hashing import package_versions, sha256_path, write_npz
-from reportgen.manifest import git_commit, relative_location, source_date, write_checksums
+from reportgen.manifest import (
+    git_commit,
+    relative_location,
+    shown_location,
+    source_date,
+    write_checksums,
+)
 from reportgen.metrics import (
     METRICS,
     MetricInputs,
@@ -411,7 +417,8 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
                      if s.name == "attention_ratio" else ""),
         s.direction, s.reference, s.group) for s in METRICS.values() if s.group in spec.metrics]
     report = spec.report
-    image_dirs = sorted({_shown_path(s.path.parent, spec_path) for s in samples})
+    folder = spec_path.resolve().parent
+    image_dirs = sorted({shown_location(s.path.parent, folder) for s in samples})
     return ReportContext(
         title=report.title, report_id=report.id, author=report.author,
         # a reproducible build (SOURCE_DATE_EPOCH) is dated by it, like its manifest
@@ -428,7 +435,7 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
                 for i in infos],
         methods=methods, metric_definitions=definitions, image_count=len(samples),
         image_source=", ".join(image_dirs),
-        mask_source=_shown_path(Path(spec.data.masks).parent, spec_path)
+        mask_source=shown_location(Path(spec.data.masks).parent, folder)
         if spec.data.masks else None,
         target_region=spec.target.region, spec_text=text, spec_name=spec_path.name,
         device=device_name(device), seed=spec.runtime.seed,
@@ -515,21 +522,6 @@ def _open_cache(spec: Spec, options: BuildOptions, checkpoint_sha: str,
     limit = spec.runtime.cache_max_gb
     return ResultCache(spec.runtime.cache, inputs,
                        None if limit is None else int(limit * GB))
-
-
-def _shown_path(path: Path, spec_path: Path) -> str:
-    """`path` as the report shows it: relative to the spec's folder and normalised, as the
-    manifest locates inputs (`relative_location`); absolute (normalised) when the two share
-    no folder but the filesystem root, where a relative path would only climb through it.
-    """
-    target, base = path.resolve(), spec_path.resolve().parent
-    try:
-        shared = Path(os.path.commonpath([target, base]))
-    except ValueError:  # another drive (Windows)
-        return target.as_posix()
-    if shared == Path(target.anchor):
-        return target.as_posix()
-    return relative_location(path, spec_path.resolve().parent)
 
 
 def check_spec(spec_path: Path, device: str | None = None

@@ -95,6 +95,21 @@ def relative_location(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
 
 
+def shown_location(path: Path, start: Path) -> str:
+    """`path` as the report shows it: relative to the folder `start` and normalised, as
+    the manifest locates it (`relative_location`); absolute (normalised) when the two
+    share no folder but the filesystem root, where a relative path would only climb
+    through it."""
+    target, base = path.resolve(), start.resolve()
+    try:
+        shared = Path(os.path.commonpath([target, base]))
+    except ValueError:  # another drive (Windows)
+        return target.as_posix()
+    if shared == Path(target.anchor):
+        return target.as_posix()
+    return relative_location(target, base)
+
+
 def write_manifest(site: Path, spec: Spec, spec_path: Path, samples: list[SampleRef], sha: str,
                    fmt: str, device: str, determinism: list[str], warnings: list[str],
                    timings: dict[str, float], started: datetime, versions: dict[str, str],

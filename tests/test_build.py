@@ -20,13 +20,12 @@ import pytest
 from reportgen.build import (
     NO_CHECKOUT,
     BuildOptions,
-    _shown_path,
     build,
     versions,
 )
 from reportgen.data import load_samples
 from reportgen.errors import DataError, UserError
-from reportgen.manifest import git_commit
+from reportgen.manifest import git_commit, shown_location
 from reportgen.output import SITE_FOLDERS
 from reportgen.spec import load_spec
 from tests.helpers import write_images, write_spec
@@ -160,11 +159,11 @@ def test_data_sources_are_shown_relative_to_the_spec(built: Path):
 
 
 def test_shown_paths_are_normalised_and_absolute_only_across_the_root(tmp_path: Path):
-    spec = tmp_path / "project" / "specs" / "validation.yaml"
-    assert _shown_path(spec.parent / ".." / "data" / "images", spec) == "../data/images"
-    assert _shown_path(spec.parent / "images" / "." / "test", spec) == "images/test"
+    specs = tmp_path / "project" / "specs"
+    assert shown_location(specs / ".." / "data" / "images", specs) == "../data/images"
+    assert shown_location(specs / "images" / "." / "test", specs) == "images/test"
     elsewhere = Path(tmp_path.anchor) / "elsewhere-reportgen" / "images"
-    assert _shown_path(elsewhere, spec) == elsewhere.as_posix()
+    assert shown_location(elsewhere, specs) == elsewhere.as_posix()
 
 
 def test_audit_page_says_its_timings_end_where_the_page_was_written(built: Path):

@@ -484,3 +484,18 @@ def test_approximate_score_cam_is_marked_per_layer_and_every_grid_has_its_scale(
         if line.strip():
             lines.setdefault(line.split()[0], line)  # the table's row, not the note's line
     assert "≈" in lines["encoder_last"] and "≈" not in lines["decoder_last"]
+
+
+def test_the_hash_table_shows_input_paths_as_the_cover_shows_their_folders():
+    """Relative to the spec where they share a folder with it; absolute where a relative
+    path would only climb to the root (/tmp/specs -> ../../data/...)."""
+    from reportgen.render.pdf import _input_hashes
+
+    manifest = {"inputs": {"spec": {"path": "spec.yaml", "sha256": "s"},
+                           "images": [{"id": "a", "path": "a.png", "sha256": "1",
+                                       "location": "images/a.png", "mask": "a.png",
+                                       "mask_sha256": "2",
+                                       "mask_location": "../../data-reportgen/masks/a.png"}]}}
+    rows = _input_hashes(manifest, Path("/tmp/specs"))
+    assert ("Image a", "images/a.png", "1") in rows
+    assert ("Mask a", "/data-reportgen/masks/a.png", "2") in rows

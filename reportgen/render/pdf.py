@@ -61,7 +61,7 @@ import pydyf
 from reportgen import __version__
 from reportgen.errors import UserError
 from reportgen.hashing import sha256_file
-from reportgen.manifest import MANIFEST
+from reportgen.manifest import MANIFEST, shown_location
 from reportgen.render.pdf_figures import SITE_URL, PrintFigures
 from reportgen.render.stats import DatasetStats, ImageSummary
 from reportgen.render.viewmodel import (
@@ -357,25 +357,31 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
         metric_tables=tables, footnotes=notes.notes, notes=list(input_notes))
 
 
-def _input_hashes(manifest: dict) -> list[tuple[str, str, str]]:
+def _input_hashes(manifest: dict, spec_folder: Path) -> list[tuple[str, str, str]]:
+    """(what, where, sha256) of every input; images and masks where the manifest locates
+    them, shown as the cover shows folders (`shown_location`)."""
     inputs = manifest.get("inputs", {})
+
+    def where(location: str | None, name: str) -> str:
+        return shown_location(spec_folder / location, spec_folder) if location else name
+
     spec = inputs.get("spec", {})
     rows = [("Spec", spec.get("path") or "", spec.get("sha256") or "")]
     checkpoint = inputs.get("checkpoint", {})
     rows.append(("Checkpoint", checkpoint.get("path") or "none",
                  checkpoint.get("sha256") or "—"))
     for image in inputs.get("images", []):
-        rows.append((f"Image {image['id']}", image.get("location") or image["path"],
+        rows.append((f"Image {image['id']}", where(image.get("location"), image["path"]),
                      image["sha256"]))
         if image.get("mask"):
-            rows.append((f"Mask {image['id']}", image.get("mask_location") or image["mask"],
+            rows.append((f"Mask {image['id']}", where(image.get("mask_location"), image["mask"]),
                          image.get("mask_sha256") or ""))
     return rows
 
 
 def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetStats,
              aggregates: Sequence[AggregateRow], sanity: Sequence[SanityRow],
-             figures: PrintFigures, spec_name: str,
+             figures: PrintFigures, spec_path: Path,
              plot_captions: Mapping[str, str] | None = None) -> PdfView:
     """The PDF's view model; the image sections are produced lazily while rendering."""
     plots = []
@@ -432,9 +438,9 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
         methods=methods_view(context, stats, [], sanity, 0),
         layers=layers, plots=plots,
         audit=audit_view(context, stats),
-        input_hashes=_input_hashes(manifest),
+        input_hashes=_input_hashes(manifest, spec_path.resolve().parent),
         timings=[(stage, f"{seconds:.2f} s") for stage, seconds in sorted(timings.items())],
-        attachments=[(spec_name, "the spec exactly as given (Source)"),
+        attachments=[(spec_path.name, "the spec exactly as given (Source)"),
                      ("manifest.json", "inputs, versions, device, timings and output hashes "
                                        "(Data)"),
                      ("metrics.csv", "every metric of every image, layer and method (Data)")],
@@ -735,7 +741,7 @@ def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Pat
     with tempfile.TemporaryDirectory(prefix="reportgen-pdf-") as scratch, _quiet_progress():
         figures = PrintFigures(site, Path(scratch))
         view = pdf_view(site, context, manifest, stats, aggregates, sanity, figures,
-                        spec_path.name, plot_captions or {})
+                        spec_path, plot_captions or {})
         image_count = len(stats.summaries)
         if image_count > chunk_images:
             _write_in_parts(view, css, figures.roots, pdf_path, image_count, chunk_images,
