@@ -144,7 +144,10 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         infos = describe_layers(model, resolved, size, in_channels) if resolved else []
     rows = [
         {"alias": i.name if i.name in ALIASES else "", "path": i.path, "channels": i.channels,
-         "stride": i.stride, "meaning": ALIASES[i.name].meaning if i.name in ALIASES else ""}
+         "stride": i.stride, "calls": i.calls,
+         "meaning": ALIASES[i.name].meaning if i.name in ALIASES else (
+             f"runs {i.calls} times in one forward: cannot be explained" if i.calls > 1
+             else "")}
         for i in infos
     ]
     # a spec's layer that does not resolve would stop its build; an alias no spec asks
@@ -163,12 +166,20 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     for col in ("channels", "stride", "meaning"):
         table.add_column(col)
     for r in rows:
-        stride = f"{r['stride']:g}" if r["stride"] else "-"
-        table.add_row(r["alias"], r["path"], str(r["channels"] or "-"), stride, r["meaning"])
+        table.add_row(r["alias"], r["path"], str(r["channels"] or "-"), _stride(r["stride"]),
+                      r["meaning"])
     out.print(table)
     for layer, problem in problems.items():
         err.print(f"{'error' if layer in layers else 'note'}: {problem}", markup=False)
     return code
+
+
+def _stride(stride: float | None) -> str:
+    """An output stride as `layers` prints it: a padding module's output is a few pixels
+    larger than its stage's (input 192, output 194: stride 0.99), so that is "≈1"."""
+    if not stride:
+        return "-"
+    return f"{stride:g}" if float(stride).is_integer() else f"≈{max(1, round(stride))}"
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -201,7 +212,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     else:
         table = Table(title="layer x method check on the first image",
                       caption=CHECK_SECONDS_NOTE)
-        for col in ("layer", "method", "status", "seconds", "map range", "flags"):
+        # never cut a layer path: two deep paths would look the same
+        table.add_column("layer", overflow="fold",
+                         min_width=max((len(r["layer"]) for r in rows), default=5))
+        for col in ("method", "status", "seconds", "map range", "flags"):
             table.add_column(col)
         for r in rows:
             reason = escape(r["reason"])

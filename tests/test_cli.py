@@ -101,6 +101,22 @@ def test_layers_table_lists_aliases_channels_and_strides(capsys):
     assert rows["encoder_last"]["channels"] == 320 and rows["encoder_last"]["stride"] == 32
 
 
+def test_layers_all_says_which_modules_cannot_be_explained_and_rounds_padded_strides(capsys):
+    """EfficientNet reuses one Swish module in a block (a hook would see the last call
+    only) and pads before its convolutions (outputs a few pixels larger than the stage)."""
+    argv = ["layers", "--architecture", "UnetPlusPlus", "--encoder", "efficientnet-b0",
+            "--input-size", "64", "--all"]
+    code, out, _ = run(capsys, *argv, "--json")
+    rows = {r["path"]: r for r in json.loads(out)}
+    assert code == 0
+    reused = rows["encoder._blocks.0._swish"]
+    assert reused["calls"] == 2 and "runs 2 times in one forward" in reused["meaning"]
+    assert rows["encoder._blocks.15"]["calls"] == 1 and rows["encoder._blocks.15"]["meaning"] == ""
+    assert not float(rows["encoder._conv_stem.static_padding"]["stride"]).is_integer()
+    assert cli._stride(rows["encoder._conv_stem.static_padding"]["stride"]) == "≈1"
+    assert cli._stride(32.0) == "32" and cli._stride(None) == "-"
+
+
 def test_layers_lists_what_resolves_and_says_why_the_rest_does_not(project, capsys):
     code, out, err = run(capsys, "layers", "--architecture", "PSPNet", "--encoder", "resnet18",
                          "--input-size", "64", "--json")

@@ -9,6 +9,7 @@ stage to explain. Each alias is one entry in `ALIASES` with its own resolver.
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ class LayerInfo:
     channels: int | None
     stride: float | None
     shape: tuple[int, ...] | None
+    calls: int = 1  # times the module runs in one forward: more than once cannot be hooked
 
 
 def _trace(model: nn.Module, size: tuple[int, int], in_channels: int) -> Trace:
@@ -470,10 +472,11 @@ def all_module_shapes(
 ) -> list[LayerInfo]:
     """Every module that outputs a 4-D tensor, in execution order (for `layers --all`)."""
     trace = _trace(model, input_size, in_channels)
+    calls = Counter(trace.order)
     infos = []
-    for name in dict.fromkeys(trace.order):
-        out = trace.outputs[name]
+    for name in calls:  # in the order of their first call
+        out = trace.outputs[name]  # the last call's
         if name and isinstance(out, torch.Tensor) and out.dim() == 4:
             infos.append(LayerInfo(name, name, out.shape[1], input_size[0] / out.shape[2],
-                                   tuple(out.shape)))
+                                   tuple(out.shape), calls[name]))
     return infos
