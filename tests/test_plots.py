@@ -11,6 +11,7 @@ from reportgen.metrics.attention import VerdictBands
 from reportgen.render.figures import png_size
 from reportgen.render.plots import (
     VERDICT_LINES,
+    RatioAxis,
     attention_ratio_plot,
     curve_axis_limits,
     curve_check,
@@ -73,6 +74,7 @@ def test_ratio_axis_holds_every_finite_ratio_the_verdict_lines_and_rows_for_zero
     ticks, labels = ratio_ticks(axis)
     assert labels[0] == "0" and labels[-1] == "∞"
     assert {"1", "2", "5", "10,000", "0.01"} <= set(labels)
+    assert "10" not in labels  # beside 5 on an axis of 7 decades, their labels would overlap
     assert ticks == sorted(ticks)
 
 
@@ -82,6 +84,8 @@ def test_ratio_axis_keeps_the_verdict_lines_when_the_ratios_are_narrow() -> None
     assert axis.data[0] < 1.0 and axis.data[1] > 5.0
     assert axis.zero_row is None and axis.infinite_row is None
     assert axis.limits == axis.data
+    _, labels = ratio_ticks(RatioAxis((0.5, 20.0), (0.5, 20.0), None, None))
+    assert labels == ["1", "2", "5", "10"]  # a narrow axis has room for 10 beside 5
 
 
 def test_ratio_caption_counts_what_is_drawn_at_each_edge_per_box_and_reason() -> None:

@@ -47,6 +47,8 @@ VERDICT_LINES = VerdictBands().lines
 """The default verdict bands' bounds (fair, good, excellent), always on the axis."""
 BAND_COLOURS = ("#c62828", "#f0b429", "#7cc37f", "#1b7f3b")  # concerning .. excellent
 CURVE_FLAT = 0.05
+TICK_CROWDING = 0.35  # decades: closer tick labels overlap on a plot 3 inches high
+TICK_CROWDING_SPAN = 3.0  # decades of axis from which that happens
 """A mean deletion/insertion curve whose score moves less than this cannot rank maps."""
 
 
@@ -162,10 +164,17 @@ def ratio_axis(groups: Sequence[RatioGroup],
 
 def ratio_ticks(axis: RatioAxis,
                 lines: Sequence[float] = VERDICT_LINES) -> tuple[list[float], list[str]]:
-    """The powers of ten and verdict lines inside the data part, then the 0 and ∞ rows."""
+    """The powers of ten and verdict lines inside the data part, then the 0 and ∞ rows.
+
+    A power of ten within `TICK_CROWDING` decades of a verdict line is left out on an axis
+    of `TICK_CROWDING_SPAN` decades or more (10 beside 5): the two labels would overlap.
+    """
     low, high = (math.log10(limit) for limit in axis.data)
-    ticks = sorted({10.0 ** k for k in range(math.ceil(low), math.floor(high) + 1)}
-                   | set(lines))
+    decades = {10.0 ** k for k in range(math.ceil(low), math.floor(high) + 1)}
+    if high - low >= TICK_CROWDING_SPAN:
+        decades = {d for d in decades if d in lines or all(
+            abs(math.log10(d / line)) >= TICK_CROWDING for line in lines)}
+    ticks = sorted(decades | set(lines))
     labels = [f"{tick:,.0f}" if tick >= 1 else f"{tick:g}" for tick in ticks]
     if axis.zero_row is not None:
         ticks, labels = [axis.zero_row, *ticks], ["0", *labels]
