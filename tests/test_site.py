@@ -21,7 +21,8 @@ from tests.site_fixtures import (
     parse,
 )
 
-DATA_FILES = {"data/metrics.csv", "data/metrics.json", "data/manifest.json", "report.pdf"}
+DATA_FILES = {"data/metrics.csv", "data/metrics.json", "data/metrics_summary.csv",
+              "data/manifest.json", "data/checksums.sha256", "report.pdf"}
 """Written by the build next to the site; the only links allowed to point at missing files."""
 
 EXTERNAL = re.compile(r"(?i)(https?:)?//[a-z0-9.-]+\.[a-z]{2,}|https?://")

@@ -45,9 +45,11 @@ VERDICT_ORDER: tuple[str, ...] = ("invalid", "concerning", "fair", "good", "exce
 """Verdicts from worst to best; n/a (nothing to judge) comes last."""
 
 DATA_FILES: tuple[tuple[str, str], ...] = (
-    ("data/metrics.csv", "Metrics (CSV)"),
-    ("data/metrics.json", "Metrics (JSON)"),
+    ("data/metrics.csv", "Metrics per image (CSV)"),
+    ("data/metrics.json", "Metrics per image (JSON)"),
+    ("data/metrics_summary.csv", "Metrics over the data set (CSV)"),
     ("data/manifest.json", "Manifest: input and output hashes (JSON)"),
+    ("data/checksums.sha256", "Checksums of every file (sha256sum -c)"),
 )
 """Files the build writes next to the site pages, linked from the index and the audit
 (with the PDF, when there is one: `downloads`)."""
