@@ -31,7 +31,8 @@ def test_unprintable_characters_are_listed_once_with_the_fields_they_are_in():
     shown = {"model": Card("Lésion", ["fond", "lésion"]), "spec": "title: Lésion\n\tx: ∅",
              "image names": ["a.png"]}
     [warning] = unprintable_text(shown, coverage)
-    assert "2 character(s) of the report (é ∅; in model.title, model.classes, spec)" in warning
+    assert ("2 character(s) of the report (é (U+00E9) ∅ (U+2205); in model.title, "
+            "model.classes, spec)") in warning
     assert unprintable_text({"spec": "plain\n\ttext\u200b"}, coverage) == []  # no glyph needed
     assert unprintable_text(shown, None) == []  # coverage unknown: nothing claimed
 
@@ -40,3 +41,10 @@ def test_a_long_list_of_unprintable_characters_is_cut_short():
     [warning] = unprintable_text({"title": "".join(map(chr, range(0x4E00, 0x4E14)))},
                                  FontCoverage([]))
     assert "20 character(s)" in warning and "and 8 more" in warning
+
+
+def test_without_fc_list_the_build_says_it_could_not_check(monkeypatch, caplog):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with caplog.at_level("WARNING", logger="reportgen.render.fonts"):
+        assert installed_fonts() is None
+    assert "not checked against the installed fonts" in caplog.text

@@ -54,13 +54,15 @@ class FontCoverage:
 
 
 def installed_fonts() -> FontCoverage | None:
-    """The machine's font coverage; None when fontconfig's `fc-list` cannot tell."""
+    """The machine's font coverage; None when fontconfig's `fc-list` cannot tell (it is
+    in Debian's package fontconfig, which WeasyPrint's libraries do not need)."""
     try:
         listed = subprocess.run(["fc-list", "--format", "%{charset}\n"], capture_output=True,
                                 text=True, timeout=60, check=True).stdout
         return FontCoverage.from_fc_list(listed)
     except (OSError, subprocess.SubprocessError, ValueError) as error:
-        log.debug("font coverage unknown (fc-list: %s): characters not checked", error)
+        log.warning("the PDF's characters were not checked against the installed fonts "
+                    "(fc-list: %s); install fontconfig for the check", error)
         return None
 
 
@@ -100,7 +102,8 @@ def unprintable_text(shown: dict[str, object], coverage: FontCoverage | None) ->
     if not missing:
         return []
     characters = list(missing)
-    listed = " ".join(characters[:SHOWN_CHARACTERS]) + (
+    # with their code points: in the PDF the characters themselves print as boxes
+    listed = " ".join(f"{c} (U+{ord(c):04X})" for c in characters[:SHOWN_CHARACTERS]) + (
         f" and {len(characters) - SHOWN_CHARACTERS} more"
         if len(characters) > SHOWN_CHARACTERS else "")
     return [f"no installed font has {len(characters)} character(s) of the report "
