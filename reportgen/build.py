@@ -44,7 +44,6 @@ from reportgen.executors import computed_batches
 from reportgen.hashing import package_versions, sha256_path, write_npz
 from reportgen.manifest import (
     git_commit,
-    relative_location,
     shown_location,
     source_date,
     write_checksums,
@@ -208,8 +207,8 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     model = model.to(device).eval()
     context = _context(spec, text, spec_path, model, fmt, sha, infos, plan, refs, device,
                        warnings)
-    context.excluded = [(relative_location(ref.path, spec_path.resolve().parent), reason)
-                        for ref, reason in excluded]
+    context.excluded = [(shown_location(ref.path, spec_path.resolve().parent), reason)
+                        for ref, reason in excluded]  # shown as the input hashes are
     context.pdf = pdf_rel.as_posix() if pdf_rel is not None else None
     if pdf_rel is not None:
         warnings.extend(_unprintable(context, refs))
@@ -404,10 +403,10 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
     methods = []
     for name in spec.methods:
         entry = get_method(name)
-        approximate_at = [layer for layer, method in plan.approximate if method == name]
-        note = (f"approximate at {', '.join(approximate_at)}: only the "
+        approximate_layers = [layer for layer, method in plan.approximate if method == name]
+        note = (f"approximate at {', '.join(approximate_layers)}: only the "
                 f"{spec.method_options.scorecam.max_channels} highest-variance channels were "
-                "scored" if approximate_at else "")
+                "scored" if approximate_layers else "")
         methods.append(MethodRow(name, entry.family, entry.cost, entry.reference,
                                  entry.description, bool(note), note))
     bands = verdict_bands(spec)

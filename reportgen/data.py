@@ -372,19 +372,18 @@ def _resize_mask(binary: np.ndarray, size: tuple[int, int], path: Path,
 def aspect_change(original: tuple[int, int], size: tuple[int, int]) -> float:
     """How much resizing from `original` to `size` (both [H, W]) stretches one axis
     against the other: the larger width/height ratio over the smaller, minus 1."""
-    (height, width), (new_height, new_width) = original, size
-    before, after = width / height, new_width / new_height
+    before, after = original[1] / original[0], size[1] / size[0]
     return max(before, after) / min(before, after) - 1.0
 
 
 def aspect_change_note(original: tuple[int, int], size: tuple[int, int]) -> str | None:
     """The note of an image resized from `original` to `size` (both [H, W]) that changes
     its aspect ratio, or None when the shape is kept (within `ASPECT_TOLERANCE`)."""
-    (height, width), (new_height, new_width) = original, size
-    before, after = width / height, new_width / new_height
     change = aspect_change(original, size)
     if change <= ASPECT_TOLERANCE:
         return None
+    (height, width), (new_height, new_width) = original, size
+    before, after = width / height, new_width / new_height
     return (f"image resized from {width}x{height} to {new_width}x{new_height}, aspect ratio "
             f"(width/height) {before:.2f} to {after:.2f}, changed by {change:.0%}: maps, Dice "
             f"and all metrics are computed at {new_width}x{new_height}")

@@ -39,8 +39,8 @@ SEED_METHODS = ("gradcam", "gradcam++", "scorecam", "layercam")
 # say little about what the model attends to.
 NOT_VERDICT_LAYERS = {
     "encoder_early": "its maps follow edges and texture, so low ratios are expected there",
-    "seg_head": "its maps restate the predicted logits, so they show where the prediction "
-                "is, not what led to it",
+    "seg_head": "its maps restate the predicted logits: they show where the prediction is, "
+                "not what led to it",
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp")
 COLORMAPS = ("viridis", "cividis", "inferno", "magma", "plasma", "turbo", "jet")
@@ -494,15 +494,24 @@ class Spec(Strict):
 
     @property
     def verdict_note(self) -> str:
-        """Which layers the median verdicts leave out, and why ("" when none)."""
+        """A sentence on which layers the median verdicts leave out and why, or on why
+        they rest on layers usually left out ("" when there is nothing to say)."""
+        chosen = self.metric_options.attention.verdict_layers is not None
         left_out = [la for la in self.layers if la not in self.verdict_layers]
-        if not left_out:
-            return ""
-        if self.metric_options.attention.verdict_layers is not None:
-            return (f"{', '.join(left_out)} left out by "
-                    "metric_options.attention.verdict_layers")
-        return ("; ".join(f"{la} left out: {NOT_VERDICT_LAYERS[la]}" for la in left_out)
-                + " (metric_options.attention.verdict_layers changes this)")
+        if left_out and chosen:
+            return (f"Not counted: {', '.join(left_out)} (left out by "
+                    "metric_options.attention.verdict_layers).")
+        if left_out:
+            return ("Not counted: " + ", ".join(f"{la} ({NOT_VERDICT_LAYERS[la]})"
+                                                for la in left_out)
+                    + "; metric_options.attention.verdict_layers changes this.")
+        usual = [la for la in self.verdict_layers if la in NOT_VERDICT_LAYERS]
+        if usual and not chosen:  # the spec has no other layer
+            return ("Counted only layers usually left out: " + ", ".join(
+                f"{la} ({NOT_VERDICT_LAYERS[la]})" for la in usual)
+                + "; add encoder_mid, encoder_last or decoder_last to the layers for a "
+                "verdict on what the model attends to.")
+        return ""
 
     @property
     def target_index(self) -> int:

@@ -88,7 +88,7 @@ def make_context(title: str = f"Validation {HOSTILE}", image_count: int = 3) -> 
         bounds=["Score-CAM approximate: 16 of 320 channels"],
         approximate=[("encoder_last", "gradcam++")],
         approximate_note="≈ approximate: 16 of 320 channels scored at encoder_last",
-        verdict_note="encoder_early left out: low ratios are expected there",
+        verdict_note="Not counted: encoder_early (low ratios are expected there).",
     )
 
 

@@ -444,7 +444,7 @@ def test_characters_no_font_prints_are_named_in_the_warnings_before_they_print_a
     build(spec, BuildOptions())
     manifest = json.loads((tmp_path / "site" / "data" / "manifest.json").read_text())
     [warning] = [w for w in manifest["warnings"] if "no installed font" in w]
-    assert "1 character(s)" in warning and "\U0010fffd" in warning
+    assert "1 character(s)" in warning and "\U0010fffd (U+10FFFD)" in warning
     assert "; in title)" in warning and "fonts-noto-cjk" in warning  # the spec escapes it
     text = subprocess.run(["pdftotext", str(tmp_path / "site" / "report.pdf"), "-"],
                           capture_output=True, text=True, check=True).stdout
@@ -477,7 +477,7 @@ def test_approximate_score_cam_is_marked_per_layer_and_every_grid_has_its_scale(
     assert "map value 0 (none) to 1 (highest in that map" in flowing
     assert "magenta outline: ground truth" in flowing
     # the cover says which layers its verdict leaves out, and why
-    assert "Not counted: seg_head left out: its maps restate the predicted logits" in flowing
+    assert "Not counted: seg_head (its maps restate the predicted logits" in flowing
     summary = text.split("Verdict summary")[1].split("Attention")[0]
     lines: dict[str, str] = {}
     for line in summary.splitlines():

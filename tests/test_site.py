@@ -142,7 +142,7 @@ def test_index_lists_model_card_verdicts_tables_plots_and_downloads(site: Path) 
                  "Dataset/test/*.png", "Verdict summary", "mean(L in P) / mean(L out of P)",
                  "plots/attention_ratio.png", "plots/dice.png", "data/metrics.csv",
                  "data/manifest.json", "report.pdf", 'id="gallery"',
-                 "Not counted: encoder_early left out: low ratios are expected there.",
+                 "Not counted: encoder_early (low ratios are expected there).",
                  "warning about &lt;script&gt;"):  # the build's warnings come first
         assert text in page, text
     assert page.count('class="gallery-item"') == 3

@@ -29,6 +29,7 @@ from reportgen.render.viewmodel import (
     methods_view,
     metric_tables,
     missing_statistic,
+    na_reason_text,
     summarise_verdicts,
     summary_rows,
     value_view,
@@ -134,7 +135,7 @@ def test_image_level_metrics_get_one_row_and_no_per_layer_table() -> None:
     assert [(r.layer, r.method, r.mean.text, r.n) for r in table.rows] == [
         ("—", "—", "0.550", "2")]
     assert not table.per_map  # an image-level metric: no layer or method columns
-    assert table.footnotes == [(1, "no ground truth (1 image)")]
+    assert table.footnotes == [(1, "no ground truth")]  # the n/a column gives the count
     layers = layers_view(context, stats, aggregates, [], 64)
     assert "dice" not in [t.definition.name for t in layers.tables if t.definition]
     ratio = next(t for t in layers.tables if t.definition.name == "attention_ratio")
@@ -241,24 +242,28 @@ def test_index_view_summarises_verdicts_dice_and_tables() -> None:
     undefined = next(r for r in ratio_table.rows if r.layer == "decoder_last"
                      and r.method == "gradcam++")
     assert undefined.n_na == "1"
-    assert dict(ratio_table.footnotes)[undefined.na_note] == "predicted mask is empty (1 image)"
+    assert dict(ratio_table.footnotes)[undefined.na_note] == "predicted mask is empty"
     assert ratio_table.per_map
 
 
 def test_an_undefined_statistic_says_why_in_its_own_words() -> None:
     def row(values: list[float], na: dict[str, int]) -> AggregateRow:
-        finite = [v for v in values if math.isfinite(v)]
         return AggregateRow("encoder_last", "gradcam", "attention_ratio", n=len(values),
-                            mean=None, std=None, median=None, min=min(finite, default=None),
-                            max=max(finite, default=None), n_na=sum(na.values()),
-                            na_reasons=na)
+                            mean=None, std=None, median=None, min=min(values, default=None),
+                            max=max(values, default=None), n_na=sum(na.values()),
+                            na_reasons=na)  # as metrics.export.aggregate: ∞ stays in max
 
-    assert missing_statistic(row([], {"a map is constant": 2}), "mean") == (
-        "no image has a value: a map is constant (2 images)")
+    # no value at all: the images' reason, the same note the n/a count cites
+    empty = row([], {"a map is constant": 2})
+    assert missing_statistic(empty, "mean") == na_reason_text(empty) == "a map is constant"
+    several = row([], {"a map is constant": 2, "predicted mask is empty": 1})
+    assert missing_statistic(several, "mean") == (
+        "a map is constant (2 images); predicted mask is empty (1 image)")
     assert missing_statistic(row([2.0], {}), "std") == (
         "std needs 2 or more values; 1 image has one")
     assert missing_statistic(row([2.0, math.inf], {}), "std") == (
         "std undefined: the values include ∞")
+    assert missing_statistic(row([2.0, 3.0], {}), "std") == "std undefined"
 
 
 def test_methods_and_layers_views_carry_agreement_and_sanity() -> None:
@@ -382,3 +387,21 @@ def test_a_missing_mean_dice_says_why() -> None:
     assert dice_summary([], context) == ("n/a", "no image has a defined Dice")
     context.mask_source = None
     assert dice_summary([], context)[1] == "no ground truth (data.masks not given)"
+
+
+def test_the_approximate_note_is_only_on_pages_that_mark_a_value_and_the_headline_says_so(
+        ) -> None:
+    context = make_context()
+    stats = dataset(3)
+    aggregates = make_aggregates(make_results(3))
+    marked = index_view(context, stats, aggregates, [])
+    assert marked.page.approximate_note.startswith("≈ approximate")
+    assert marked.overall.approximate_at == ["encoder_last × gradcam++"]
+    assert marked.has_pdf  # the fixture's report has a PDF
+    context.approximate = []  # nothing approximate, though a note was written
+    exact = index_view(context, stats, aggregates, [])
+    assert exact.page.approximate_note == "" and exact.overall.approximate_at == []
+    assert layers_view(context, stats, aggregates, [], 64).page.approximate_note == ""
+    assert methods_view(context, stats, [], [], 64).page.approximate_note == ""
+    context.pdf = None
+    assert not index_view(context, stats, aggregates, []).has_pdf

@@ -5,7 +5,7 @@
 
 The PDF is drawn by WeasyPrint from print templates of its own
 (`templates/pdf/`, `assets/pdf.css`): cover, table of contents, methods and
-metric definitions, aggregate tables, one section per image, the audit appendix
+metric definitions, aggregate tables, one section per image, the audit trail
 and a reviewer sign-off block. Its view model reuses the site's
 (`render.viewmodel`) and its figures are the site's figure files, downsampled for
 print (`render.pdf_figures`), so nothing is computed twice.
@@ -37,7 +37,7 @@ from the report id; WeasyPrint's second identifier is an MD5 of the content. Two
 builds of the same spec therefore give byte-identical PDFs whenever the embedded
 manifest is identical, i.e. with `SOURCE_DATE_EPOCH` set (see `manifest`);
 otherwise they differ only by the manifest's time fields, in the attachment and
-in the audit appendix's timing table.
+in the audit trail's timing table.
 """
 
 from __future__ import annotations
@@ -177,6 +177,7 @@ class ImageSection:
     metric_tables: list[PrintMetricTable]
     footnotes: list[tuple[int, str]]
     notes: list[str] = field(default_factory=list)  # conversions of the input (manifest)
+    approximate_note: str = ""  # what "≈" means, when a value of this section is marked
 
 
 @dataclass
@@ -354,7 +355,9 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
                                     for me in methods if (la, me) in summary.verdicts},
                                    context.verdict_layers), figures=main,
         methods=list(methods), grid=grid,
-        metric_tables=tables, footnotes=notes.notes, notes=list(input_notes))
+        metric_tables=tables, footnotes=notes.notes, notes=list(input_notes),
+        approximate_note=context.approximate_note if any(
+            cell.ratio.approximate for _, cells in grid for cell in cells) else "")
 
 
 def _input_hashes(manifest: dict, spec_folder: Path) -> list[tuple[str, str, str]]:

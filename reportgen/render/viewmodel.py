@@ -168,7 +168,8 @@ class VerdictSummary:
     worst_at: list[str]  # "layer × method" of every verdict equal to the worst
     counts: list[tuple[VerdictView, int]]  # verdict -> how many, best first
     layers: list[str]  # the layers counted
-    left_out: str = ""  # which layers are not counted, and why
+    left_out: str = ""  # a sentence: which layers are not counted, and why
+    approximate_at: list[str] = field(default_factory=list)  # counted approximate maps
     undefined_at: list[str] = field(default_factory=list)  # "layer × method" of n/a verdicts
 
     @property
@@ -218,7 +219,7 @@ def summarise_verdicts(verdicts: Mapping[tuple[str, str], str],
 
 
 class Footnotes:
-    """Numbered reasons for n/a values, each reason numbered once per page."""
+    """Numbered reasons for n/a values, each reason numbered once per table or page."""
 
     def __init__(self) -> None:
         self._numbers: dict[str, int] = {}
@@ -333,6 +334,11 @@ def page_view(context: ReportContext, title: str, current: str, root: str = "") 
 def approximate_at(context: ReportContext, layer: str, method: str) -> bool:
     """Whether the maps of `method` at `layer` are approximations (see the context's note)."""
     return (layer, method) in context.approximate
+
+
+def noted(page: PageView, marked: bool) -> PageView:
+    """`page`, keeping the note on what "≈" means only when something on it is marked."""
+    return page if marked else replace(page, approximate_note="")
 
 
 def ordered_names(context: ReportContext, keys: Iterable[tuple[str, str]]
@@ -485,26 +491,27 @@ def image_page_view(context: ReportContext, result: ImageResult, figures: dict[s
                 if not variants:
                     problem = "figure not drawn"
             ratio_value = cell.metrics.get(RATIO_METRIC) if cell else None
+            # the plan's list, as the PDF and the aggregates use (the engine agrees)
+            approximate = cell is not None and approximate_at(context, layer, method)
             cells.append(GridCell(
                 layer=layer, method=method, variants=variants, heatmap=heat,
                 placeholder=problem,
                 verdict=verdict_view(cell.verdict if cell else "n/a"),
-                ratio=value_view(ratio_value, notes,
-                                 approximate=bool(cell and cell.approximate)),
-                approximate=bool(cell and cell.approximate)))
+                ratio=value_view(ratio_value, notes, approximate=approximate),
+                approximate=approximate))
             if cell is not None:
                 metric_rows.append(MetricRowView(
                     layer=layer, method=method, verdict=verdict_view(cell.verdict),
                     values=[value_view(cell.metrics.get(d.name), notes) for d in columns],
-                    flags=", ".join([*cell.flags, *(["approximate"] if cell.approximate
-                                                     else [])]),
-                    approximate=cell.approximate))
+                    flags=", ".join([*cell.flags, *(["approximate"] if approximate else [])]),
+                    approximate=approximate))
         rows.append(GridRow(layer, cells))
 
     dice = value_view(result.dice, notes, absent="no ground truth")
     iou = value_view(result.iou, notes, absent="no ground truth")
     return ImagePageView(
-        page=page_view(context, f"Image {result.id}", "", root),
+        page=noted(page_view(context, f"Image {result.id}", "", root),
+                   any(row.approximate for row in metric_rows)),
         id=result.id,
         position=f"Image {position + 1} of {total}",
         previous=Link(href(f"{previous}.html"), previous) if previous else None,
@@ -618,6 +625,7 @@ class IndexView:
     downloads: list[Link]
     footnotes: list[tuple[int, str]]
     warnings: list[str]  # the build's warnings, shown first
+    has_pdf: bool  # whether the build writes a PDF (the warnings are on its cover too)
 
 
 def model_card_rows(context: ReportContext) -> list[tuple[str, str]]:
@@ -697,25 +705,31 @@ def overall_verdict(context: ReportContext, rows: Sequence[SummaryRow],
     median attention ratio over the images) at the verdict layers, with the worst named."""
     verdicts = {(row.layer, method): cell.verdict.key
                 for row in rows for method, cell in zip(methods, row.cells, strict=True)}
-    return replace(summarise_verdicts(verdicts, context.verdict_layers),
-                   left_out=context.verdict_note)
+    summary = summarise_verdicts(verdicts, context.verdict_layers)
+    return replace(summary, left_out=context.verdict_note, approximate_at=[
+        f"{layer} × {method}" for layer, method in verdicts
+        if layer in summary.layers and approximate_at(context, layer, method)])
 
 
 def na_reason_text(row: AggregateRow) -> str:
-    """Why images of an aggregate have no value: "reason (N images); ..."."""
+    """Why images of an aggregate have no value: the reason, or "reason (N images); ..."
+    when there are several (the n/a column gives the total)."""
+    if len(row.na_reasons) == 1:
+        return next(iter(row.na_reasons))
     return "; ".join(f"{reason} ({count} image{'s' if count != 1 else ''})"
                      for reason, count in sorted(row.na_reasons.items()))
 
 
 def missing_statistic(row: AggregateRow, statistic: str) -> str:
-    """Why a statistic of an aggregate is undefined, in words."""
+    """Why a statistic of an aggregate is undefined, in words: when no image has a value,
+    the images' own reasons (the note the n/a count cites too)."""
     if row.n == 0:
-        why = na_reason_text(row)
-        return f"no image has a value: {why}" if why else "no image has a value"
+        return na_reason_text(row) or "no image has a value"
     if statistic == "std" and row.n == 1:
         return "std needs 2 or more values; 1 image has one"
-    # the only other way (see metrics.export.aggregate): ∞ among the values
-    return f"{statistic} undefined: the values include ∞"
+    if any(value is not None and math.isinf(value) for value in (row.min, row.max)):
+        return f"{statistic} undefined: the values include ∞"
+    return f"{statistic} undefined"
 
 
 def metric_tables(context: ReportContext, stats: DatasetStats,
@@ -800,8 +814,11 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
     notes = Footnotes()
     dice, dice_detail = dice_summary(stats.summaries, context)
     summary = summary_rows(context, stats, aggregates, notes)
+    tables = metric_tables(context, stats, aggregates)
+    marked = (any(cell.median_ratio.approximate for row in summary for cell in row.cells)
+              or any(row.approximate for table in tables for row in table.rows))
     return IndexView(
-        page=page_view(context, "Summary", "index.html"),
+        page=noted(page_view(context, "Summary", "index.html"), marked),
         author=context.author, date=context.date,
         description=markdown(context.description, text_headings),
         intended_use=markdown(context.intended_use, text_headings),
@@ -815,12 +832,13 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
         dice=dice, dice_detail=dice_detail,
         verdict_legend=[verdict_view(name) for name in VERDICT_ORDER],
         bands_text=context.verdict_bands.text,
-        tables=metric_tables(context, stats, aggregates),
+        tables=tables,
         plots=plots,
         gallery=gallery_items(stats, thumbs or {}),
         downloads=downloads(context),
         footnotes=notes.notes,
         warnings=list(context.warnings),
+        has_pdf=bool(context.pdf),
     )
 
 
@@ -949,12 +967,16 @@ def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotVi
         for method in stats.methods:
             values = []
             for definition in definitions:
-                found = [value for layer in layers
-                         for value in stats.metric_values(definition.name, layer, method)]
+                by_layer = {layer: stats.metric_values(definition.name, layer, method)
+                            for layer in layers}
+                found = [value for layer_values in by_layer.values() for value in layer_values]
                 typical = np.median if definition.name == RATIO_METRIC else np.mean
+                # marked when a value of an approximate map went into it
+                approximate = any(found_at and approximate_at(context, layer, method)
+                                  for layer, found_at in by_layer.items())
                 values.append(value_view(
                     float(typical(found)) if found else None, notes, absent="no defined value",
-                    approximate=any(approximate_at(context, la, method) for la in layers)))
+                    approximate=approximate))
             rows.append((method, values))
         means = MeansTable(f"Mean over the images and the verdict layers ({', '.join(layers)}; "
                            "those computed, for metrics limited to fewer); attention ratio: "
@@ -967,7 +989,8 @@ def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotVi
         matrices.append(agreement_matrix(
             f"Layer {layer}", stats.methods,
             lambda a, b, layer=layer: stats.method_agreement.mean(layer, a, b), notes))
-    return MethodsView(page_view(context, "Methods", "methods.html"), methods, means,
+    marked = means is not None and any(v.approximate for _, values in means.rows for v in values)
+    return MethodsView(noted(page_view(context, "Methods", "methods.html"), marked), methods, means,
                        definitions, plots, matrices, rank_size, sanity_views(sanity, notes),
                        notes.notes)
 
@@ -1027,7 +1050,9 @@ def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequenc
         f"Method {method}", stats.layers,
         lambda a, b, method=method: stats.layer_agreement.mean(method, a, b), notes)
         for method in stats.methods]
-    return LayersView(page_view(context, "Layers", "layers.html"), layers, tables, plots,
+    marked = any(v.approximate for table in tables for _, values in table.rows for v in values)
+    return LayersView(noted(page_view(context, "Layers", "layers.html"), marked), layers, tables,
+                      plots,
                       matrices, rank_size, notes.notes)
 
 
