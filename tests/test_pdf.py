@@ -429,7 +429,7 @@ def test_an_images_metric_tables_repeat_layer_and_method_and_name_their_groups()
     assert [(r.layer, r.method) for r in second.rows] == [(r.layer, r.method)
                                                           for r in first.rows]
     assert [v.text for v in second.rows[0].values] == ["0.500"] * 3 + ["n/a"]
-    assert notes.notes == [(1, "not computed")]
+    assert notes.notes == [(1, "not computed: outside the limits set by the spec")]
 
 
 def test_characters_no_font_prints_are_named_in_the_warnings_before_they_print_as_boxes(

@@ -10,6 +10,7 @@ import numpy as np
 from reportgen.metrics.attention import VerdictBands
 from reportgen.render.figures import png_size
 from reportgen.render.plots import (
+    TICK_CROWDING,
     VERDICT_LINES,
     RatioAxis,
     attention_ratio_plot,
@@ -76,6 +77,11 @@ def test_ratio_axis_holds_every_finite_ratio_the_verdict_lines_and_rows_for_zero
     assert {"1", "2", "5", "10,000", "0.01"} <= set(labels)
     assert "10" not in labels  # beside 5 on an axis of 7 decades, their labels would overlap
     assert ticks == sorted(ticks)
+    # no power of ten crowds a verdict line or the 0 and ∞ rows
+    decades = [t for t, label in zip(ticks, labels, strict=True)
+               if label not in ("0", "∞") and t not in VERDICT_LINES]
+    anchors = [*VERDICT_LINES, axis.zero_row, axis.infinite_row]
+    assert all(abs(math.log10(d / a)) >= TICK_CROWDING for d in decades for a in anchors)
 
 
 def test_ratio_axis_keeps_the_verdict_lines_when_the_ratios_are_narrow() -> None:
@@ -128,7 +134,8 @@ def test_flat_curves_with_deletion_above_insertion_are_flagged_in_the_caption() 
     assert "Warning: these curves do not rank the maps" in plot.caption
     assert "the deletion AUC is not below the insertion AUC for 9 of 9 layer × method pairs" \
         in plot.caption
-    assert "metric_options.faithfulness.baseline (one of: blur, zero)" in plot.caption
+    assert ("metric_options.faithfulness.baseline (the choices are blur and zero; the one used "
+            "is under Limits set by the spec)") in plot.caption
 
 
 def test_a_score_that_barely_moves_is_flagged_even_when_deletion_is_lower() -> None:

@@ -143,6 +143,8 @@ def test_index_lists_model_card_verdicts_tables_plots_and_downloads(site: Path) 
                  "plots/attention_ratio.png", "plots/dice.png", "data/metrics.csv",
                  "data/manifest.json", "report.pdf", 'id="gallery"',
                  "Not counted: encoder_early (low ratios are expected there).",
+                 "Counted maps that failed the sanity check: encoder_last × gradcam++",
+                 "(of two middle verdicts, the worse)",
                  "warning about &lt;script&gt;"):  # the build's warnings come first
         assert text in page, text
     assert page.count('class="gallery-item"') == 3

@@ -405,3 +405,19 @@ def test_the_approximate_note_is_only_on_pages_that_mark_a_value_and_the_headlin
     assert methods_view(context, stats, [], [], 64).page.approximate_note == ""
     context.pdf = None
     assert not index_view(context, stats, aggregates, []).has_pdf
+
+
+def test_the_headline_names_counted_maps_that_failed_the_sanity_check() -> None:
+    """gradcam++ fails the fixture's sanity check at both layers: its maps are still counted
+    (each image's verdict counts them too) but named, as the approximate one is."""
+    context = make_context()
+    view = index_view(context, dataset(3), make_aggregates(make_results(3)), [],
+                      sanity=make_sanity())
+    assert view.overall.sanity_failed == ["encoder_last × gradcam++", "decoder_last × gradcam++"]
+    assert index_view(context, dataset(3), make_aggregates(make_results(3)),
+                      []).overall.sanity_failed == []  # no sanity check, nothing claimed
+    worst = summarise_verdicts({("encoder_last", "gradcam"): "good",
+                                ("encoder_last", "gradcam++"): "concerning",
+                                ("decoder_last", "gradcam"): "good"}, [],
+                               [("encoder_last", "gradcam++")])
+    assert worst.worst_text == "worst: concerning at encoder_last × gradcam++ ≈"

@@ -65,6 +65,7 @@ from reportgen.manifest import MANIFEST, shown_location
 from reportgen.render.pdf_figures import SITE_URL, PrintFigures
 from reportgen.render.stats import DatasetStats, ImageSummary
 from reportgen.render.viewmodel import (
+    OUTSIDE_LIMITS,
     RATIO_METRIC,
     AuditView,
     Definition,
@@ -284,7 +285,8 @@ def metric_tables(measured: Sequence[tuple[str, str, VerdictView, Mapping[str, S
         tables.append(PrintMetricTable(
             f"Metrics per layer and method{count}: {titles}", list(shown), number == 1,
             [PrintMetricRow(layer, method, verdict,
-                            [value_view(values.get(d.name), notes) for d in shown],
+                            [value_view(values.get(d.name), notes, absent=OUTSIDE_LIMITS)
+                             for d in shown],
                             (layer, method) in approximate)
              for layer, method, verdict, values in measured]))
     return tables
@@ -353,7 +355,7 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
         # in spec order, as the site's image page names the worst maps
         verdict=summarise_verdicts({(la, me): summary.verdicts[la, me] for la in layers
                                     for me in methods if (la, me) in summary.verdicts},
-                                   context.verdict_layers), figures=main,
+                                   context.verdict_layers, context.approximate), figures=main,
         methods=list(methods), grid=grid,
         metric_tables=tables, footnotes=notes.notes, notes=list(input_notes),
         approximate_note=context.approximate_note if any(
@@ -394,7 +396,7 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
             caption = (plot_captions or {}).get(name, "")
             plots.append(PrintFigure(src, f"Plot: {title}",
                                      f"{title}. {caption}" if caption else title))
-    index = index_view(context, stats, aggregates, [], text_headings=4)
+    index = index_view(context, stats, aggregates, [], text_headings=4, sanity=sanity)
     layers = [(row.name, row.path, "—" if row.channels is None else format_count(row.channels),
                "—" if row.stride is None else f"{row.stride:g}", row.meaning)
               for row in context.layers]

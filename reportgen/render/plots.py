@@ -166,14 +166,16 @@ def ratio_ticks(axis: RatioAxis,
                 lines: Sequence[float] = VERDICT_LINES) -> tuple[list[float], list[str]]:
     """The powers of ten and verdict lines inside the data part, then the 0 and ∞ rows.
 
-    A power of ten within `TICK_CROWDING` decades of a verdict line is left out on an axis
-    of `TICK_CROWDING_SPAN` decades or more (10 beside 5): the two labels would overlap.
+    A power of ten within `TICK_CROWDING` decades of a verdict line or of the 0 and ∞ rows
+    is left out on an axis of `TICK_CROWDING_SPAN` decades or more (10 beside 5): the two
+    labels would overlap.
     """
     low, high = (math.log10(limit) for limit in axis.data)
     decades = {10.0 ** k for k in range(math.ceil(low), math.floor(high) + 1)}
     if high - low >= TICK_CROWDING_SPAN:
+        kept = [*lines, *(row for row in (axis.zero_row, axis.infinite_row) if row)]
         decades = {d for d in decades if d in lines or all(
-            abs(math.log10(d / line)) >= TICK_CROWDING for line in lines)}
+            abs(math.log10(d / other)) >= TICK_CROWDING for other in kept)}
     ticks = sorted(decades | set(lines))
     labels = [f"{tick:,.0f}" if tick >= 1 else f"{tick:g}" for tick in ticks]
     if axis.zero_row is not None:
@@ -339,11 +341,11 @@ def curves_caption(check: CurveCheck) -> str:
         moved = ("no mean curve was computed" if math.isnan(check.largest_change) else
                  f"no mean curve's score moves by more than {check.largest_change:.3f}")
         reasons.append(moved)
-    choices = ", ".join(get_args(Baseline))
+    choices = " and ".join(get_args(Baseline))
     return (f"{caption} Warning: these curves do not rank the maps: {' and '.join(reasons)}, "
             "so replacing the pixels the maps rank highest with the baseline barely changes "
-            "the model's score. Try another metric_options.faithfulness.baseline (one of: "
-            f"{choices}).")
+            "the model's score. Try another metric_options.faithfulness.baseline (the "
+            f"choices are {choices}; the one used is under Limits set by the spec).")
 
 
 @styled
@@ -513,7 +515,8 @@ def layer_profile_plot(stats: DatasetStats) -> Plot:
     axes.set_xticklabels(stats.layers)
     axes.set_xlabel("layer (input → output)")
     axes.set_ylabel("median attention ratio (log)")
-    axes.legend(fontsize=8)
+    # beside the axes: inside, it would cover lines and the 0 and ∞ rows
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), borderaxespad=0.0)
     alt = (f"Line plot of the median attention ratio of {len(series)} methods across "
            f"{len(stats.layers)} layers, with shaded interquartile ranges.")
     caption = ("Shaded: interquartile range over images. Dashed lines: verdict bands "

@@ -273,7 +273,8 @@ class SiteWriter:
             return [table[name] for name in names]
 
         index = index_view(self.context, self.stats, aggregates,
-                           pick(("dice", "attention_ratio", "curves"), page_plots))
+                           pick(("dice", "attention_ratio", "curves"), page_plots),
+                           sanity=sanity)
         methods = methods_view(self.context, self.stats,
                                pick(("methods", "curves", "sanity"), page_plots), sanity,
                                RANK_SIZE)
@@ -326,7 +327,7 @@ class SiteWriter:
             return [embedded[name] for name in names]
 
         index = index_view(self.context, self.stats, aggregates,
-                           pick(("dice", "attention_ratio", "curves")))
+                           pick(("dice", "attention_ratio", "curves")), sanity=sanity)
         index = dataclasses.replace(index, gallery=[], downloads=[])
         methods = methods_view(self.context, self.stats, pick(("methods", "curves", "sanity")),
                                sanity, RANK_SIZE)

@@ -8,7 +8,7 @@ page that shows it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import quote
 
@@ -55,6 +55,9 @@ DATA_FILES: tuple[tuple[str, str], ...] = (
 (with the PDF, when there is one: `downloads`)."""
 
 RATIO_METRIC = "attention_ratio"
+OUTSIDE_LIMITS = "not computed: outside the limits set by the spec"
+"""Why a map computed for a layer and method has no value of a metric: the spec limited
+the metric to other layers, methods or images (see its limits)."""
 
 PairLookup = Callable[[str, str], tuple[float | None, int]]
 """(a, b) -> (mean Spearman rho of the pair or None, number of images)."""
@@ -170,6 +173,7 @@ class VerdictSummary:
     layers: list[str]  # the layers counted
     left_out: str = ""  # a sentence: which layers are not counted, and why
     approximate_at: list[str] = field(default_factory=list)  # counted approximate maps
+    sanity_failed: list[str] = field(default_factory=list)  # counted maps failing the check
     undefined_at: list[str] = field(default_factory=list)  # "layer × method" of n/a verdicts
 
     @property
@@ -190,16 +194,21 @@ class VerdictSummary:
         return "; ".join(parts)
 
 
+def map_name(key: tuple[str, str], approximate: Collection[tuple[str, str]] = ()) -> str:
+    """"layer × method", with "≈" when its maps are approximate."""
+    return f"{key[0]} × {key[1]}" + (" ≈" if key in approximate else "")
+
+
 def _listed(where: Sequence[str], shown: int = 3) -> str:
     """The first `shown` of `where`, and how many more."""
     more = len(where) - shown
     return ", ".join(where[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
-def summarise_verdicts(verdicts: Mapping[tuple[str, str], str],
-                       layers: Sequence[str]) -> VerdictSummary:
+def summarise_verdicts(verdicts: Mapping[tuple[str, str], str], layers: Sequence[str],
+                       approximate: Collection[tuple[str, str]] = ()) -> VerdictSummary:
     """The median and worst of the (layer, method) -> verdict entries at `layers` (every
-    layer when empty)."""
+    layer when empty); entries in `approximate` are named with "≈"."""
     chosen = {key: name for key, name in verdicts.items() if not layers or key[0] in layers}
     worst = worst_verdict(v for v in chosen.values() if v != "n/a")
     tally: dict[str, int] = {}
@@ -210,9 +219,8 @@ def summarise_verdicts(verdicts: Mapping[tuple[str, str], str],
                                    else [])
     return VerdictSummary(
         median=median_verdict(chosen.values()), worst=worst,
-        worst_at=[f"{layer} × {method}" for (layer, method), name in chosen.items()
-                  if name == worst],
-        undefined_at=[f"{layer} × {method}" for (layer, method), name in chosen.items()
+        worst_at=[map_name(key, approximate) for key, name in chosen.items() if name == worst],
+        undefined_at=[map_name(key, approximate) for key, name in chosen.items()
                       if name == "n/a"],
         counts=counts, layers=sorted({key[0] for key in chosen}, key=list(layers).index)
         if layers else sorted({key[0] for key in chosen}))
@@ -502,7 +510,8 @@ def image_page_view(context: ReportContext, result: ImageResult, figures: dict[s
             if cell is not None:
                 metric_rows.append(MetricRowView(
                     layer=layer, method=method, verdict=verdict_view(cell.verdict),
-                    values=[value_view(cell.metrics.get(d.name), notes) for d in columns],
+                    values=[value_view(cell.metrics.get(d.name), notes, absent=OUTSIDE_LIMITS)
+                            for d in columns],
                     flags=", ".join([*cell.flags, *(["approximate"] if approximate else [])]),
                     approximate=approximate))
         rows.append(GridRow(layer, cells))
@@ -520,7 +529,7 @@ def image_page_view(context: ReportContext, result: ImageResult, figures: dict[s
         mask_name=result.mask_source.name if result.mask_source else "none",
         dice=dice, iou=iou,
         verdict=summarise_verdicts({key: cell.verdict for key, cell in result.cells.items()},
-                                   context.verdict_layers),
+                                   context.verdict_layers, context.approximate),
         notes=list(result.notes),
         figures=main,
         methods=methods,
@@ -700,15 +709,20 @@ def summary_rows(context: ReportContext, stats: DatasetStats,
 
 
 def overall_verdict(context: ReportContext, rows: Sequence[SummaryRow],
-                    methods: Sequence[str]) -> VerdictSummary:
+                    methods: Sequence[str], sanity: Sequence[SanityRow] = ()) -> VerdictSummary:
     """The report's verdict: the median of the layer x method verdicts (each that of the
-    median attention ratio over the images) at the verdict layers, with the worst named."""
+    median attention ratio over the images) at the verdict layers, with the worst named,
+    and which of the counted maps are approximate or failed the sanity check (counted
+    still, as each image's verdict counts them, but named)."""
     verdicts = {(row.layer, method): cell.verdict.key
                 for row in rows for method, cell in zip(methods, row.cells, strict=True)}
-    summary = summarise_verdicts(verdicts, context.verdict_layers)
-    return replace(summary, left_out=context.verdict_note, approximate_at=[
-        f"{layer} × {method}" for layer, method in verdicts
-        if layer in summary.layers and approximate_at(context, layer, method)])
+    summary = summarise_verdicts(verdicts, context.verdict_layers, context.approximate)
+    counted = [key for key in verdicts if key[0] in summary.layers]
+    failed = {(row.layer, row.method) for row in sanity if row.passed is False}
+    return replace(summary, left_out=context.verdict_note,
+                   approximate_at=[map_name(key) for key in counted
+                                   if approximate_at(context, *key)],
+                   sanity_failed=[map_name(key) for key in counted if key in failed])
 
 
 def na_reason_text(row: AggregateRow) -> str:
@@ -808,9 +822,10 @@ def gallery_items(stats: DatasetStats, thumbs: dict[str, str],
 
 def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence[AggregateRow],
                plots: list[PlotView], thumbs: dict[str, str] | None = None,
-               text_headings: int = 3) -> IndexView:
+               text_headings: int = 3, sanity: Sequence[SanityRow] = ()) -> IndexView:
     """The summary page; headings in the spec's free text start at level `text_headings`
-    (the site's cards are h2, the PDF's sections h3)."""
+    (the site's cards are h2, the PDF's sections h3); `sanity` names the counted maps that
+    failed the sanity check."""
     notes = Footnotes()
     dice, dice_detail = dice_summary(stats.summaries, context)
     summary = summary_rows(context, stats, aggregates, notes)
@@ -828,7 +843,7 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
         data=data_rows(context, stats.summaries),
         methods=list(stats.methods),
         summary_rows=summary,
-        overall=overall_verdict(context, summary, stats.methods),
+        overall=overall_verdict(context, summary, stats.methods, sanity),
         dice=dice, dice_detail=dice_detail,
         verdict_legend=[verdict_view(name) for name in VERDICT_ORDER],
         bands_text=context.verdict_bands.text,
