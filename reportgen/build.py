@@ -293,7 +293,9 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     manifest = _write_manifest(staging, spec, spec_path, refs, sha, fmt, device,
                                determinism, warnings, clock, start_time, context, pdf_rel,
                                events, {"scorecam_compiled": pipeline.scorecam_compiled,
-                                        "arithmetic": arithmetic(spec.runtime.precision, device)})
+                                        "arithmetic": arithmetic(spec.runtime.precision, device),
+                                        # whose rows of metrics.csv come from approximate maps
+                                        "approximate": [list(key) for key in plan.approximate]})
     if pdf_rel is not None:
         with clock("pdf"):
             _write_pdf(staging, pdf_rel, context, spec_path, manifest, writer, aggregates,

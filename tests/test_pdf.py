@@ -484,6 +484,9 @@ def test_approximate_score_cam_is_marked_per_layer_and_every_grid_has_its_scale(
         if line.strip():
             lines.setdefault(line.split()[0], line)  # the table's row, not the note's line
     assert "≈" in lines["encoder_last"] and "≈" not in lines["decoder_last"]
+    # and the data says which rows of metrics.csv come from approximate maps
+    manifest = json.loads((tmp_path / "site" / "data" / "manifest.json").read_text())
+    assert manifest["engine"]["approximate"] == [["encoder_last", "scorecam"]]
 
 
 def test_the_hash_table_shows_input_paths_as_the_cover_shows_their_folders():
