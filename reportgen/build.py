@@ -219,83 +219,28 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
     cache = _open_cache(spec, options, sha, resolved, device)
     to_compute = len(refs) if cache is None else cache.missing(refs)
     pipeline = Pipeline(spec, model, resolved, plan, infos, device, to_compute)
-    (staging / "data" / "maps").mkdir(parents=True)
-    rows: list[MetricRow] = []
-    sanity_samples: list[tuple[Sample, torch.Tensor]] = []
-    events: list[str] = []  # what the run adapted to (out-of-memory halvings), for the manifest
-    stretches: list[float] = []  # how much resizing changed each image's aspect ratio
-    done = 0
-    if options.progress:
-        options.progress("images", 0, len(refs))
-
-    def prepare(image_id: str, output: ImageOutput) -> PreparedImage:
-        with clock("maps"):
-            write_npz(staging / "data" / "maps" / f"{image_id}.npz", output.maps,
-                      compress=spec.output.compress_maps, level=MAPS_COMPRESSION)
-        with clock("render"):
-            return writer.prepare_image(output.result)
-
-    def commit(future: Future[PreparedImage]) -> None:
-        nonlocal done
-        prepared = future.result()
-        with clock("render"):
-            writer.commit_image(prepared)
-        done += 1
-        if options.progress:
-            options.progress("images", done, len(refs))
-
-    workers = render_workers(spec)
-    # at most this many images wait for (or on) the render workers: memory stays bounded
-    pending: deque[Future[PreparedImage]] = deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="reportgen-render") as pool:
-        try:
-            for part, outputs in _computed_batches(pipeline, refs, spec, clock, options, cache):
-                for sample, output in zip(part, outputs, strict=True):
-                    rows.extend(output.rows)
-                    events.extend(output.events)
-                    stretches.append(aspect_change(sample.original_size, spec.model.size))
-                    if len(sanity_samples) < spec.metric_options.sanity.images:
-                        sanity_samples.append((sample, output.region))
-                    pending.append(pool.submit(prepare, sample.id, output))
-                    while len(pending) > workers + 1 or (pending and pending[0].done()):
-                        commit(pending.popleft())
-                del part, outputs  # nothing of a batch outlives it but its rows and page
-            while pending:
-                commit(pending.popleft())
-        finally:
-            for future in pending:
-                future.cancel()
-    warnings.extend(aspect_warning(stretches))  # before the summary pages and the manifest
+    done = _compute_and_render(pipeline, refs, spec, clock, options, cache, writer, staging)
+    warnings.extend(aspect_warning(done.stretches))  # before the summary pages and the manifest
     sanity_rows: list[SanityRow] = []
-    if plan.sanity_keys and sanity_samples:
-        if options.progress:
-            options.progress("sanity check", 0, 1)
-        with clock("sanity"):
-            sanity, sanity_rows = _sanity(model, sanity_samples, plan, spec, device,
-                                          pipeline.settings, events)
-            for index, (sample, _) in enumerate(sanity_samples):
-                inputs = MetricInputs(sample.id, maps={k: torch.zeros(1) for k in
-                                                       plan.sanity_keys}, model=model,
-                                      sanity=sanity, image_index=index,
-                                      settings=pipeline.settings)
-                rows.extend(evaluate_image(inputs, ["sanity"]))
-        if options.progress:
-            options.progress("sanity check", 1, 1)
+    if plan.sanity_keys and done.sanity_samples:
+        sanity_rows = _sanity_check(model, done, plan, spec, device, pipeline.settings, clock,
+                                    options)
     with clock("metrics"):
-        aggregates = aggregate(rows)
-        write_metrics_csv(rows, staging / "data" / "metrics.csv")
-        write_metrics_json(rows, staging / "data" / "metrics.json")
+        aggregates = aggregate(done.rows)
+        write_metrics_csv(done.rows, staging / "data" / "metrics.csv")
+        write_metrics_json(done.rows, staging / "data" / "metrics.json")
         write_metrics_csv(aggregates, staging / "data" / "metrics_summary.csv")
     if source_date() is None:  # a reproducible build (SOURCE_DATE_EPOCH) shows no timings
         context.timings.update({k: round(v, 3) for k, v in clock.totals.items()})
     with clock("render"):
         writer.finish(aggregates, sanity_rows)
+    engine = {"scorecam_compiled": pipeline.scorecam_compiled,
+              "arithmetic": arithmetic(spec.runtime.precision, device),
+              # whose rows of metrics.csv come from approximate maps
+              "approximate": [list(key) for key in plan.approximate]}
     manifest = _write_manifest(staging, spec, spec_path, refs, sha, fmt, device,
                                determinism, warnings, clock, start_time, context, pdf_rel,
-                               events, {"scorecam_compiled": pipeline.scorecam_compiled,
-                                        "arithmetic": arithmetic(spec.runtime.precision, device),
-                                        # whose rows of metrics.csv come from approximate maps
-                                        "approximate": [list(key) for key in plan.approximate]})
+                               done.events, engine)
     if pdf_rel is not None:
         with clock("pdf"):
             _write_pdf(staging, pdf_rel, context, spec_path, manifest, writer, aggregates,
@@ -344,6 +289,88 @@ def _computed_batches(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clo
     log.info("cache: %d image(s) reused, %d computed (%s)", cache.hits, cache.misses,
              cache.folder)
     cache.prune()
+
+
+@dataclass
+class ImagesDone:
+    """What the image loop leaves for the dataset pages, the metrics files and the
+    manifest once every image's maps and page are written."""
+
+    rows: list[MetricRow] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # what the run adapted to (out of memory)
+    stretches: list[float] = field(default_factory=list)  # each image's aspect-ratio change
+    # the first images and their target regions, for the sanity check
+    sanity_samples: list[tuple[Sample, torch.Tensor]] = field(default_factory=list)
+
+
+def _compute_and_render(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clock: Stopwatch,
+                        options: BuildOptions, cache: ResultCache | None, writer: SiteWriter,
+                        staging: Path) -> ImagesDone:
+    """Compute the images batch by batch while render workers write each one's maps,
+    figures and page; at most `render_workers + 1` images wait, so memory stays bounded."""
+    done = ImagesDone()
+    committed = 0
+    if options.progress:
+        options.progress("images", 0, len(refs))
+
+    def prepare(image_id: str, output: ImageOutput) -> PreparedImage:
+        with clock("maps"):
+            write_npz(staging / "data" / "maps" / f"{image_id}.npz", output.maps,
+                      compress=spec.output.compress_maps, level=MAPS_COMPRESSION)
+        with clock("render"):
+            return writer.prepare_image(output.result)
+
+    def commit(future: Future[PreparedImage]) -> None:
+        nonlocal committed
+        prepared = future.result()
+        with clock("render"):
+            writer.commit_image(prepared)
+        committed += 1
+        if options.progress:
+            options.progress("images", committed, len(refs))
+
+    (staging / "data" / "maps").mkdir(parents=True)
+    workers = render_workers(spec)
+    pending: deque[Future[PreparedImage]] = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="reportgen-render") as pool:
+        try:
+            for part, outputs in _computed_batches(pipeline, refs, spec, clock, options, cache):
+                for sample, output in zip(part, outputs, strict=True):
+                    done.rows.extend(output.rows)
+                    done.events.extend(output.events)
+                    done.stretches.append(aspect_change(sample.original_size, spec.model.size))
+                    if len(done.sanity_samples) < spec.metric_options.sanity.images:
+                        done.sanity_samples.append((sample, output.region))
+                    pending.append(pool.submit(prepare, sample.id, output))
+                    while len(pending) > workers + 1 or (pending and pending[0].done()):
+                        commit(pending.popleft())
+                del part, outputs  # nothing of a batch outlives it but its rows and page
+            while pending:
+                commit(pending.popleft())
+        finally:
+            for future in pending:
+                future.cancel()
+    return done
+
+
+def _sanity_check(model: torch.nn.Module, done: ImagesDone, plan: Plan, spec: Spec,
+                  device: torch.device, settings: MetricSettings, clock: Stopwatch,
+                  options: BuildOptions) -> list[SanityRow]:
+    """The sanity check on the first images: its rows for the pages, its per-image values
+    added to `done.rows` and its engines' events to `done.events`."""
+    if options.progress:
+        options.progress("sanity check", 0, 1)
+    with clock("sanity"):
+        sanity, rows = _sanity(model, done.sanity_samples, plan, spec, device, settings,
+                               done.events)
+        for index, (sample, _) in enumerate(done.sanity_samples):
+            inputs = MetricInputs(sample.id, maps={k: torch.zeros(1) for k in plan.sanity_keys},
+                                  model=model, sanity=sanity, image_index=index,
+                                  settings=settings)
+            done.rows.extend(evaluate_image(inputs, ["sanity"]))
+    if options.progress:
+        options.progress("sanity check", 1, 1)
+    return rows
 
 
 def _sanity(model, samples: list[tuple[Sample, torch.Tensor]], plan: Plan, spec: Spec,

@@ -326,7 +326,8 @@ def test_out_of_memory_halves_batches_keeps_the_numbers_and_is_in_the_manifest(
     manifest = json.loads((site / "data" / "manifest.json").read_text())
     assert manifest["events"] == [] and manifest["engine"] == {
         "scorecam_compiled": False,
-        "arithmetic": "float32 (on the CPU every precision setting computes in float32)"}
+        "arithmetic": "float32 (on the CPU every precision setting computes in float32)",
+        "approximate": []}
 
     original_score = registry.target_score_fn
 
