@@ -107,6 +107,9 @@ def test_pdf_has_cover_contents_sections_audit_and_signoff(project: Path):
     assert any("Image img01" in text for text in texts)
     everything = "\n".join(texts)
     for expected in ("Metric definitions", "attention ratio", "Input hashes", "Software versions",
+                     # what the site's methods and layers pages show is archived too
+                     "Methods side by side", "Agreement between methods",
+                     "Agreement between layers", "Layer encoder_last", "Method layercam",
                      "Reviewer sign-off", "Dr. A. Reviewer", "Clinical lead", "Signature",
                      "RANDOM weights"):
         assert expected in everything

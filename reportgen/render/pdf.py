@@ -63,7 +63,7 @@ from reportgen.errors import UserError
 from reportgen.hashing import sha256_file
 from reportgen.manifest import MANIFEST, shown_location
 from reportgen.render.pdf_figures import SITE_URL, PrintFigures
-from reportgen.render.stats import DatasetStats, ImageSummary
+from reportgen.render.stats import RANK_SIZE, DatasetStats, ImageSummary
 from reportgen.render.viewmodel import (
     OUTSIDE_LIMITS,
     RATIO_METRIC,
@@ -71,6 +71,7 @@ from reportgen.render.viewmodel import (
     Definition,
     Footnotes,
     IndexView,
+    MatrixView,
     MethodsView,
     ValueView,
     VerdictSummary,
@@ -81,6 +82,7 @@ from reportgen.render.viewmodel import (
     definitions_for,
     format_count,
     index_view,
+    layers_view,
     methods_view,
     summarise_verdicts,
     value_view,
@@ -205,6 +207,8 @@ class PdfView:
     index: IndexView
     summary_class: str  # "summary", or "summary compact" when many methods share the width
     methods: MethodsView
+    layer_matrices: list[MatrixView]  # agreement between layers, one per method
+    layer_footnotes: list[tuple[int, str]]
     layers: list[tuple[str, str, str, str, str]]
     plots: list[PrintFigure]
     audit: AuditView
@@ -397,6 +401,7 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
             plots.append(PrintFigure(src, f"Plot: {title}",
                                      f"{title}. {caption}" if caption else title))
     index = index_view(context, stats, aggregates, [], text_headings=4, sanity=sanity)
+    layer_view = layers_view(context, stats, aggregates, [], RANK_SIZE)
     layers = [(row.name, row.path, "—" if row.channels is None else format_count(row.channels),
                "—" if row.stride is None else f"{row.stride:g}", row.meaning)
               for row in context.layers]
@@ -440,7 +445,8 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
         index=index,
         summary_class="summary compact" if len(index.methods) > COMPACT_SUMMARY_METHODS
         else "summary",
-        methods=methods_view(context, stats, [], sanity, 0),
+        methods=methods_view(context, stats, [], sanity, RANK_SIZE),
+        layer_matrices=layer_view.matrices, layer_footnotes=layer_view.footnotes,
         layers=layers, plots=plots,
         audit=audit_view(context, stats),
         input_hashes=_input_hashes(manifest, spec_path.resolve().parent),
