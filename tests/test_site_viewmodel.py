@@ -403,6 +403,16 @@ def test_the_approximate_note_is_only_on_pages_that_mark_a_value_and_the_headlin
     assert exact.page.approximate_note == "" and exact.overall.approximate_at == []
     assert layers_view(context, stats, aggregates, [], 64).page.approximate_note == ""
     assert methods_view(context, stats, [], [], 64).page.approximate_note == ""
+    assert not any("≈" in name for m in methods_view(context, stats, [], [], 64).matrices
+                   for name in m.names)
+    context.approximate = [("encoder_last", "gradcam++")]  # the agreement matrices say so
+    methods = methods_view(context, stats, [], [], 64)
+    labels = {m.title: m.names for m in methods.matrices}
+    assert labels["Layer encoder_last"] == ["gradcam", "gradcam++ ≈"]
+    assert labels["Layer decoder_last"] == ["gradcam", "gradcam++"]
+    assert labels["All layers"] == ["gradcam", "gradcam++ ≈"]
+    layers = {m.title: m.names for m in layers_view(context, stats, aggregates, [], 64).matrices}
+    assert layers["Method gradcam++"] == ["encoder_last ≈", "decoder_last"]
     context.pdf = None
     assert not index_view(context, stats, aggregates, []).has_pdf
 

@@ -891,8 +891,9 @@ def agreement_shade(value: float | None) -> str:
 
 
 def agreement_matrix(title: str, names: list[str], lookup: PairLookup,
-                     notes: Footnotes) -> MatrixView:
-    """A matrix of mean rho from `lookup(a, b) -> (mean or None, count)`."""
+                     notes: Footnotes, approximate: Collection[str] = ()) -> MatrixView:
+    """A matrix of mean rho from `lookup(a, b) -> (mean or None, count)`; the names in
+    `approximate` (whose maps are approximate there) are labelled with "≈"."""
     rows, shades = [], []
     for first in names:
         row, shade = [], []
@@ -907,7 +908,8 @@ def agreement_matrix(title: str, names: list[str], lookup: PairLookup,
             shade.append(agreement_shade(mean))
         rows.append(row)
         shades.append(shade)
-    return MatrixView(title, names, rows, shades)
+    labels = [f"{name} ≈" if name in approximate else name for name in names]
+    return MatrixView(title, labels, rows, shades)
 
 
 def pooled_lookup(groups: list[str], agreement: PairAgreement) -> PairLookup:
@@ -999,12 +1001,17 @@ def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotVi
                            "infinite", None, "Method", [d.title for d in definitions], rows)
     matrices = [agreement_matrix(
         "All layers", stats.methods,
-        pooled_lookup(stats.layers, stats.method_agreement), notes)]
+        pooled_lookup(stats.layers, stats.method_agreement), notes,
+        [me for me in stats.methods if any(approximate_at(context, la, me)
+                                           for la in stats.layers)])]
     for layer in stats.layers:
         matrices.append(agreement_matrix(
             f"Layer {layer}", stats.methods,
-            lambda a, b, layer=layer: stats.method_agreement.mean(layer, a, b), notes))
-    marked = means is not None and any(v.approximate for _, values in means.rows for v in values)
+            lambda a, b, layer=layer: stats.method_agreement.mean(layer, a, b), notes,
+            [me for me in stats.methods if approximate_at(context, layer, me)]))
+    marked = (means is not None and any(v.approximate for _, values in means.rows
+                                        for v in values)
+              or any("≈" in name for m in matrices for name in m.names))
     return MethodsView(noted(page_view(context, "Methods", "methods.html"), marked), methods, means,
                        definitions, plots, matrices, rank_size, sanity_views(sanity, notes),
                        notes.notes)
@@ -1063,9 +1070,11 @@ def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequenc
                                  "Layer", list(stats.methods), rows))
     matrices = [agreement_matrix(
         f"Method {method}", stats.layers,
-        lambda a, b, method=method: stats.layer_agreement.mean(method, a, b), notes)
+        lambda a, b, method=method: stats.layer_agreement.mean(method, a, b), notes,
+        [la for la in stats.layers if approximate_at(context, la, method)])
         for method in stats.methods]
-    marked = any(v.approximate for table in tables for _, values in table.rows for v in values)
+    marked = (any(v.approximate for table in tables for _, values in table.rows for v in values)
+              or any("≈" in name for m in matrices for name in m.names))
     return LayersView(noted(page_view(context, "Layers", "layers.html"), marked), layers, tables,
                       plots,
                       matrices, rank_size, notes.notes)
