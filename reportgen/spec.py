@@ -76,7 +76,8 @@ class ReportSection(Strict):
     id: str = Field("REPORT", description="Report identifier, printed in every page's header")
     author: str = Field("", description="Author, shown on the cover")
     date: str | None = Field(None, description="Report date (ISO); default: the build date")
-    description: str = Field("", description="Free text (Markdown) for the cover and index")
+    description: str = Field("", description="Free text (Markdown) for the index and the "
+                             "PDF's summary")
     intended_use: str = Field("", description="Model-card section: what the model is for")
     limitations: str = Field("", description="Model-card section: known limitations")
     reviewers: list[Reviewer] = Field(default_factory=list,
