@@ -451,18 +451,11 @@ def cell_problem(cell: Cell | None) -> str:
     return ""
 
 
-def image_page_view(context: ReportContext, result: ImageResult, figures: dict[str, str],
-                    position: int, total: int, previous: str | None, next_id: str | None,
-                    root: str = "../") -> ImagePageView:
-    """The page of one image.
-
-    `figures` maps figure names ("input", "ground_truth", "prediction",
-    `cell_figure_name(...)`) to their src (a relative path or a data URI); a cell
-    whose figures are missing is drawn as a placeholder.
-    """
-    notes = Footnotes()
+def main_figures(context: ReportContext, result: ImageResult,
+                 figures: dict[str, str]) -> list[FigureView]:
+    """The input, its ground truth (or a placeholder saying there is none) and the
+    prediction."""
     source = result.source.name
-    layers, methods = ordered_names(context, result.cells)
     main = [FigureView(figures.get("input"), f"Input image {source}", "Input")]
     if result.ground_truth is not None and "ground_truth" in figures:
         mask = result.mask_source.name if result.mask_source else "ground truth"
@@ -475,46 +468,66 @@ def image_page_view(context: ReportContext, result: ImageResult, figures: dict[s
     main.append(FigureView(figures.get("prediction"),
                            f"Predicted {context.model.target_class} mask outlined in white "
                            f"on {source}", "Prediction"))
+    return main
 
-    rows: list[GridRow] = []
-    metric_rows: list[MetricRowView] = []
+
+def grid_cell(context: ReportContext, result: ImageResult, figures: dict[str, str],
+              position: tuple[int, int], key: tuple[str, str], notes: Footnotes) -> GridCell:
+    """The grid cell of `key` (layer, method) at `position` (row, column): its figure
+    variants, or why it has none, its verdict and its attention ratio."""
+    (r, c), (layer, method) = position, key
+    cell = result.cells.get(key)
+    problem = cell_problem(cell)
+    what = f"{method} map of layer {layer} on {result.source.name}"
+    variants = []
+    heat = None
+    if not problem:
+        for variant, label in OVERLAY_VARIANTS:
+            src = figures.get(cell_figure_name(r, c, variant))
+            if src is not None:
+                variants.append(VariantView(variant, label, src, f"{label}: {what}"))
+        heat_src = figures.get(cell_figure_name(r, c, "heatmap"))
+        if heat_src is not None:
+            heat = VariantView("heatmap", "Heatmap", heat_src, f"Heatmap: {what}")
+        if not variants:
+            problem = "figure not drawn"
+    # the plan's list, as the PDF and the aggregates use (the engine agrees)
+    approximate = cell is not None and approximate_at(context, layer, method)
+    return GridCell(layer=layer, method=method, variants=variants, heatmap=heat,
+                    placeholder=problem, verdict=verdict_view(cell.verdict if cell else "n/a"),
+                    ratio=value_view(cell.metrics.get(RATIO_METRIC) if cell else None, notes,
+                                     approximate=approximate),
+                    approximate=approximate)
+
+
+def image_page_view(context: ReportContext, result: ImageResult, figures: dict[str, str],
+                    position: int, total: int, previous: str | None, next_id: str | None,
+                    root: str = "../") -> ImagePageView:
+    """The page of one image.
+
+    `figures` maps figure names ("input", "ground_truth", "prediction",
+    `cell_figure_name(...)`) to their src (a relative path or a data URI); a cell
+    whose figures are missing is drawn as a placeholder.
+    """
+    notes = Footnotes()
+    layers, methods = ordered_names(context, result.cells)
     metric_names = sorted({name for cell in result.cells.values() for name in cell.metrics})
     columns = definitions_for(metric_names, context)
-    for r, layer in enumerate(layers):
-        cells = []
-        for c, method in enumerate(methods):
-            cell = result.cells.get((layer, method))
-            problem = cell_problem(cell)
-            what = f"{method} map of layer {layer} on {source}"
-            variants = []
-            heat = None
-            if not problem:
-                for key, label in OVERLAY_VARIANTS:
-                    src = figures.get(cell_figure_name(r, c, key))
-                    if src is not None:
-                        variants.append(VariantView(key, label, src, f"{label}: {what}"))
-                heat_src = figures.get(cell_figure_name(r, c, "heatmap"))
-                if heat_src is not None:
-                    heat = VariantView("heatmap", "Heatmap", heat_src, f"Heatmap: {what}")
-                if not variants:
-                    problem = "figure not drawn"
-            ratio_value = cell.metrics.get(RATIO_METRIC) if cell else None
-            # the plan's list, as the PDF and the aggregates use (the engine agrees)
-            approximate = cell is not None and approximate_at(context, layer, method)
-            cells.append(GridCell(
-                layer=layer, method=method, variants=variants, heatmap=heat,
-                placeholder=problem,
-                verdict=verdict_view(cell.verdict if cell else "n/a"),
-                ratio=value_view(ratio_value, notes, approximate=approximate),
-                approximate=approximate))
-            if cell is not None:
-                metric_rows.append(MetricRowView(
-                    layer=layer, method=method, verdict=verdict_view(cell.verdict),
-                    values=[value_view(cell.metrics.get(d.name), notes, absent=OUTSIDE_LIMITS)
-                            for d in columns],
-                    flags=", ".join([*cell.flags, *(["approximate"] if approximate else [])]),
-                    approximate=approximate))
-        rows.append(GridRow(layer, cells))
+    rows = [GridRow(layer, [grid_cell(context, result, figures, (r, c), (layer, method), notes)
+                            for c, method in enumerate(methods)])
+            for r, layer in enumerate(layers)]
+    metric_rows = []
+    for row in rows:
+        for grid in row.cells:
+            cell = result.cells.get((grid.layer, grid.method))
+            if cell is None:
+                continue
+            metric_rows.append(MetricRowView(
+                layer=grid.layer, method=grid.method, verdict=grid.verdict,
+                values=[value_view(cell.metrics.get(d.name), notes, absent=OUTSIDE_LIMITS)
+                        for d in columns],
+                flags=", ".join([*cell.flags, *(["approximate"] if grid.approximate else [])]),
+                approximate=grid.approximate))
 
     dice = value_view(result.dice, notes, absent="no ground truth")
     iou = value_view(result.iou, notes, absent="no ground truth")
@@ -525,13 +538,13 @@ def image_page_view(context: ReportContext, result: ImageResult, figures: dict[s
         position=f"Image {position + 1} of {total}",
         previous=Link(href(f"{previous}.html"), previous) if previous else None,
         next=Link(href(f"{next_id}.html"), next_id) if next_id else None,
-        source_name=source,
+        source_name=result.source.name,
         mask_name=result.mask_source.name if result.mask_source else "none",
         dice=dice, iou=iou,
         verdict=summarise_verdicts({key: cell.verdict for key, cell in result.cells.items()},
                                    context.verdict_layers, context.approximate),
         notes=list(result.notes),
-        figures=main,
+        figures=main_figures(context, result, figures),
         methods=methods,
         variants=[*OVERLAY_VARIANTS],
         rows=rows,
