@@ -44,6 +44,7 @@ from reportgen.executors import computed_batches
 from reportgen.hashing import package_versions, sha256_path, write_npz
 from reportgen.manifest import (
     git_commit,
+    relative_location,
     shown_location,
     source_date,
     write_checksums,
@@ -209,6 +210,9 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
                        warnings)
     context.excluded = [(shown_location(ref.path, spec_path.resolve().parent), reason)
                         for ref, reason in excluded]  # shown as the input hashes are
+    # the manifest locates them relative to the spec, as its other inputs
+    excluded_locations = [(relative_location(ref.path, spec_path.resolve().parent), reason)
+                          for ref, reason in excluded]
     context.pdf = pdf_rel.as_posix() if pdf_rel is not None else None
     if pdf_rel is not None:
         warnings.extend(_unprintable(context, refs))
@@ -240,7 +244,7 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
               "approximate": [list(key) for key in plan.approximate]}
     manifest = _write_manifest(staging, spec, spec_path, refs, sha, fmt, device,
                                determinism, warnings, clock, start_time, context, pdf_rel,
-                               done.events, engine)
+                               done.events, engine, excluded_locations)
     if pdf_rel is not None:
         with clock("pdf"):
             _write_pdf(staging, pdf_rel, context, spec_path, manifest, writer, aggregates,
@@ -513,12 +517,13 @@ def _write_manifest(staging: Path, spec: Spec, spec_path: Path, samples: list[Sa
                     fmt: str, device: torch.device, determinism: list[str],
                     warnings: list[str], clock: Stopwatch, start_time: datetime,
                     context: ReportContext, pdf_rel: Path | None, events: list[str],
-                    engine: dict[str, object]) -> dict[str, object]:
+                    engine: dict[str, object],
+                    excluded: list[tuple[str, str]]) -> dict[str, object]:
     from reportgen.manifest import write_manifest
 
     return write_manifest(staging, spec, spec_path, samples, sha, fmt, device_name(device),
                           determinism, warnings, clock.totals, start_time, context.versions,
-                          pdf_rel.as_posix() if pdf_rel else None, excluded=context.excluded,
+                          pdf_rel.as_posix() if pdf_rel else None, excluded=excluded,
                           events=events, engine=engine)
 
 
@@ -575,7 +580,7 @@ def check_spec(spec_path: Path, device: str | None = None
     rows = check_methods(model.to(dev), resolved, spec.methods, samples[0].tensor, target,
                          device=dev, gt_mask=gt, precision=spec.runtime.precision,
                          scorecam_max_channels=score.max_channels,
-                         scorecam_chunk=score.chunk_size, scorecam_layers=score.layers)
+                         scorecam_chunk=score.chunk_size, scorecam_layers=score.layers or None)
     return [{"layer": r.layer, "method": r.method, "ok": r.ok, "reason": r.reason,
              "seconds": r.seconds, "min": r.map_min, "max": r.map_max, "flags": r.flags}
             for r in rows], warnings

@@ -142,9 +142,10 @@ def _cmd_layers(args: argparse.Namespace) -> int:
                 except LayerError as exc:
                     problems[layer] = str(exc)
         infos = describe_layers(model, resolved, size, in_channels) if resolved else []
-    rows = [
-        {"alias": i.name if i.name in ALIASES else "", "path": i.path, "channels": i.channels,
-         "stride": i.stride, "calls": i.calls,
+    rows = [  # a module run several times has no one shape: its last call's is not shown
+        {"alias": i.name if i.name in ALIASES else "", "path": i.path,
+         "channels": i.channels if i.calls == 1 else None,
+         "stride": i.stride if i.calls == 1 else None, "calls": i.calls,
          "meaning": ALIASES[i.name].meaning if i.name in ALIASES else (
              f"runs {i.calls} times in one forward: cannot be explained" if i.calls > 1
              else "")}
@@ -179,7 +180,9 @@ def _stride(stride: float | None) -> str:
     larger than its stage's (input 192, output 194: stride 0.99), so that is "≈1"."""
     if not stride:
         return "-"
-    return f"{stride:g}" if float(stride).is_integer() else f"≈{max(1, round(stride))}"
+    if float(stride).is_integer() or stride < 0.75:  # an upsampled output: shown as it is
+        return f"{stride:g}"
+    return f"≈{round(stride)}"
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:

@@ -321,8 +321,9 @@ def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
     for key in order:  # undefined maps: every per-map metric is n/a with the reason
         if key not in defined:
             reason = "; ".join(FLAG_REASONS.get(f, f) for f in flags[key] if f in UNDEFINED_FLAGS)
+            asked = [*groups, *(["faithfulness"] if key in plan.faithfulness_keys else [])]
             for spec_metric in METRICS.values():
-                if spec_metric.per_map and spec_metric.group in groups:
+                if spec_metric.per_map and spec_metric.group in asked:
                     rows.append(MetricRow(sample.id, key[0], key[1], spec_metric.name, None,
                                           "n/a", reason))
     by_cell: dict[tuple[str, str], dict[str, ShownValue]] = {}

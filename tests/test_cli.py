@@ -111,10 +111,12 @@ def test_layers_all_says_which_modules_cannot_be_explained_and_rounds_padded_str
     assert code == 0
     reused = rows["encoder._blocks.0._swish"]
     assert reused["calls"] == 2 and "runs 2 times in one forward" in reused["meaning"]
+    assert reused["channels"] is None and reused["stride"] is None  # no one shape to show
     assert rows["encoder._blocks.15"]["calls"] == 1 and rows["encoder._blocks.15"]["meaning"] == ""
     assert not float(rows["encoder._conv_stem.static_padding"]["stride"]).is_integer()
     assert cli._stride(rows["encoder._conv_stem.static_padding"]["stride"]) == "≈1"
     assert cli._stride(32.0) == "32" and cli._stride(None) == "-"
+    assert cli._stride(0.5) == "0.5"  # an upsampled output is shown as it is
 
 
 def test_layers_lists_what_resolves_and_says_why_the_rest_does_not(project, capsys):

@@ -505,3 +505,24 @@ def test_the_hash_table_shows_input_paths_as_the_cover_shows_their_folders():
     rows = _input_hashes(manifest, Path("/tmp/specs"))
     assert ("Image a", "images/a.png", "1") in rows
     assert ("Mask a", "/data-reportgen/masks/a.png", "2") in rows
+
+
+def test_an_image_section_without_ratios_explains_its_approximate_rows(tmp_path: Path):
+    """With localisation only, no grid cell has a ratio to mark; the metric rows of the
+    approximate map are marked all the same, so the section says what the mark means."""
+    from reportgen.render.pdf import image_section
+    from reportgen.render.stats import ImageSummary
+    from tests.site_fixtures import make_context
+
+    context = make_context()  # approximate: encoder_last x gradcam++
+    rows = [{"layer": layer, "method": method, "metric": "energy_pointing_game",
+             "value": "0.5", "status": "ok", "reason": ""}
+            for layer in ("encoder_last", "decoder_last") for method in ("gradcam", "gradcam++")]
+    summary = ImageSummary("img-000", "a.png", None, False, None, "no ground truth", "n/a",
+                           {(r["layer"], r["method"]): "n/a" for r in rows})
+    section = image_section(context, summary, rows, PrintFigures(tmp_path, tmp_path),
+                            ["encoder_last", "decoder_last"], ["gradcam", "gradcam++"], 0, 1)
+    marked = [(r.layer, r.method) for t in section.metric_tables for r in t.rows
+              if r.approximate]
+    assert marked == [("encoder_last", "gradcam++")]
+    assert section.approximate_note == context.approximate_note

@@ -71,7 +71,10 @@ def test_nan_weights_give_invalid_verdicts_never_a_nan_number(tmp_path: Path):
         state["segmentation_head.0.weight"].fill_(float("nan"))
 
     save_checkpoint(tmp_path / "poisoned.pth", poison)
-    spec = write_spec(tmp_path / "spec.yaml", model={"checkpoint": "poisoned.pth"}, **FAST)
+    faithful = {"metrics": [*FAST["metrics"], "faithfulness"],
+                "metric_options": {"faithfulness": {"steps": 2, "layers": ["encoder_last"]}}}
+    spec = write_spec(tmp_path / "spec.yaml", model={"checkpoint": "poisoned.pth"},
+                      **{**FAST, **faithful})
     result = build(spec, BuildOptions())
     site = tmp_path / "site"
     assert any("NaN or infinite weights" in w for w in result.warnings)
@@ -81,6 +84,11 @@ def test_nan_weights_give_invalid_verdicts_never_a_nan_number(tmp_path: Path):
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert rows and all(r["value"] is None for r in rows)
     assert {r["status"] for r in rows if r["metric"] == "dice"} == {"invalid"}
+    # the faithfulness the spec asked of these maps is n/a with the map's reason, not
+    # missing (which the pages would call "outside the limits set by the spec")
+    deletion = [r for r in rows if r["metric"] == "deletion_auc"]
+    assert deletion and {r["layer"] for r in deletion} == {"encoder_last"}
+    assert all(r["status"] != "ok" and r["reason"] for r in deletion)
     assert numbers_shown_as_nan(site) == []
 
 

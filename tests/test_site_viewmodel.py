@@ -15,6 +15,7 @@ from reportgen.render import figures as fig
 from reportgen.render.stats import CURVE_POINTS, DatasetStats, standardised_ranks
 from reportgen.render.viewmodel import (
     Footnotes,
+    ValueView,
     agreement_shade,
     cell_figure_name,
     definitions_for,
@@ -431,3 +432,33 @@ def test_the_headline_names_counted_maps_that_failed_the_sanity_check() -> None:
                                 ("decoder_last", "gradcam"): "good"}, [],
                                [("encoder_last", "gradcam++")])
     assert worst.worst_text == "worst: concerning at encoder_last × gradcam++ ≈"
+
+
+def test_the_headline_names_only_maps_it_counted() -> None:
+    """A map with no verdict (n/a) is not counted by the median, so it is not named among
+    the counted approximate or sanity-failing maps either."""
+    from reportgen.render.viewmodel import SummaryCell, SummaryRow, overall_verdict
+    from reportgen.report import SanityRow
+
+    context = make_context()  # approximate: encoder_last x gradcam++
+    na, good = ValueView("n/a", 1, missing=True), ValueView("3.000")
+
+    def cell(value: ValueView, verdict: str) -> SummaryCell:
+        return SummaryCell(value, verdict_view(verdict), [])
+
+    rows = [SummaryRow("encoder_last", [cell(good, "good"), cell(na, "n/a")]),
+            SummaryRow("decoder_last", [cell(good, "good"), cell(good, "good")])]
+    failed = [SanityRow("encoder_last", "gradcam++", ["x"], [0.9], [0.9], 0.5, False)]
+    summary = overall_verdict(context, rows, ["gradcam", "gradcam++"], failed)
+    assert summary.median == "good"
+    assert summary.approximate_at == [] and summary.sanity_failed == []
+
+
+def test_layer_agreement_cites_only_its_own_notes() -> None:
+    """The PDF prints the layer matrices without the layer means tables: their notes must
+    not be numbered among the tables' (a note citing nothing)."""
+    from reportgen.render.viewmodel import layer_agreement
+
+    notes = Footnotes()
+    layer_agreement(make_context(), dataset(3), notes)
+    assert all(reason == "no pair of defined, non-constant maps" for _, reason in notes.notes)

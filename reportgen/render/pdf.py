@@ -82,7 +82,7 @@ from reportgen.render.viewmodel import (
     definitions_for,
     format_count,
     index_view,
-    layers_view,
+    layer_agreement,
     methods_view,
     summarise_verdicts,
     value_view,
@@ -363,7 +363,7 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
         methods=list(methods), grid=grid,
         metric_tables=tables, footnotes=notes.notes, notes=list(input_notes),
         approximate_note=context.approximate_note if any(
-            cell.ratio.approximate for _, cells in grid for cell in cells) else "")
+            row.approximate for table in tables for row in table.rows) else "")
 
 
 def _input_hashes(manifest: dict, spec_folder: Path) -> list[tuple[str, str, str]]:
@@ -401,7 +401,8 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
             plots.append(PrintFigure(src, f"Plot: {title}",
                                      f"{title}. {caption}" if caption else title))
     index = index_view(context, stats, aggregates, [], text_headings=4, sanity=sanity)
-    layer_view = layers_view(context, stats, aggregates, [], RANK_SIZE)
+    layer_notes = Footnotes()  # the matrices' own: the PDF prints no layer means tables
+    layer_matrices = layer_agreement(context, stats, layer_notes)
     layers = [(row.name, row.path, "—" if row.channels is None else format_count(row.channels),
                "—" if row.stride is None else f"{row.stride:g}", row.meaning)
               for row in context.layers]
@@ -446,7 +447,7 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
         summary_class="summary compact" if len(index.methods) > COMPACT_SUMMARY_METHODS
         else "summary",
         methods=methods_view(context, stats, [], sanity, RANK_SIZE),
-        layer_matrices=layer_view.matrices, layer_footnotes=layer_view.footnotes,
+        layer_matrices=layer_matrices, layer_footnotes=layer_notes.notes,
         layers=layers, plots=plots,
         audit=audit_view(context, stats),
         input_hashes=_input_hashes(manifest, spec_path.resolve().parent),

@@ -47,9 +47,9 @@ VERDICT_LINES = VerdictBands().lines
 """The default verdict bands' bounds (fair, good, excellent), always on the axis."""
 BAND_COLOURS = ("#c62828", "#f0b429", "#7cc37f", "#1b7f3b")  # concerning .. excellent
 CURVE_FLAT = 0.05
+"""A mean deletion/insertion curve whose score moves less than this cannot rank maps."""
 TICK_CROWDING = 0.35  # decades: closer tick labels overlap on a plot 3 inches high
 TICK_CROWDING_SPAN = 3.0  # decades of axis from which that happens
-"""A mean deletion/insertion curve whose score moves less than this cannot rank maps."""
 
 
 @dataclass(frozen=True)

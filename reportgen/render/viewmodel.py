@@ -730,7 +730,9 @@ def overall_verdict(context: ReportContext, rows: Sequence[SummaryRow],
     verdicts = {(row.layer, method): cell.verdict.key
                 for row in rows for method, cell in zip(methods, row.cells, strict=True)}
     summary = summarise_verdicts(verdicts, context.verdict_layers, context.approximate)
-    counted = [key for key in verdicts if key[0] in summary.layers]
+    # the maps the median counts: at its layers, with a verdict (n/a ones are left out)
+    counted = [key for key, name in verdicts.items()
+               if key[0] in summary.layers and name != "n/a"]
     failed = {(row.layer, row.method) for row in sanity if row.passed is False}
     return replace(summary, left_out=context.verdict_note,
                    approximate_at=[map_name(key) for key in counted
@@ -1050,6 +1052,16 @@ class LayersView:
     footnotes: list[tuple[int, str]]
 
 
+def layer_agreement(context: ReportContext, stats: DatasetStats,
+                    notes: Footnotes) -> list[MatrixView]:
+    """One matrix per method of the mean ρ between the maps of two layers."""
+    return [agreement_matrix(
+        f"Method {method}", stats.layers,
+        lambda a, b, method=method: stats.layer_agreement.mean(method, a, b), notes,
+        [la for la in stats.layers if approximate_at(context, la, method)])
+        for method in stats.methods]
+
+
 def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence[AggregateRow],
                 plots: list[PlotView], rank_size: int) -> LayersView:
     """How attention changes through the network: per-layer means for every metric."""
@@ -1081,11 +1093,7 @@ def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequenc
         statistic = "median" if definition.name == RATIO_METRIC else "mean"
         tables.append(MeansTable(f"{definition.title}: {statistic} per layer", definition,
                                  "Layer", list(stats.methods), rows))
-    matrices = [agreement_matrix(
-        f"Method {method}", stats.layers,
-        lambda a, b, method=method: stats.layer_agreement.mean(method, a, b), notes,
-        [la for la in stats.layers if approximate_at(context, la, method)])
-        for method in stats.methods]
+    matrices = layer_agreement(context, stats, notes)
     marked = (any(v.approximate for table in tables for _, values in table.rows for v in values)
               or any("≈" in name for m in matrices for name in m.names))
     return LayersView(noted(page_view(context, "Layers", "layers.html"), marked), layers, tables,
