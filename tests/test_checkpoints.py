@@ -159,14 +159,20 @@ def test_truncated_and_foreign_files_are_clear_errors(tmp_path, trained):
         load_checkpoint(fresh(), tmp_path / "absent.pth")
 
 
-def test_mismatch_names_counts_keys_and_guesses_the_encoder(tmp_path):
-    other = smp.UnetPlusPlus("efficientnet-b0", encoder_weights=None, classes=1)
+def mismatch_message(tmp_path, encoder: str, classes: int) -> str:
+    """The error of loading a 1-class U-Net++ / efficientnet-b0 checkpoint into a U-Net++
+    with `encoder` and `classes`."""
     path = tmp_path / "b0.pth"
-    torch.save(other.state_dict(), path)
-    model = build_model("UnetPlusPlus", "efficientnet-b1", classes=1)
+    torch.save(smp.UnetPlusPlus("efficientnet-b0", encoder_weights=None, classes=1)
+               .state_dict(), path)
+    model = build_model("UnetPlusPlus", encoder, classes=classes)
     with pytest.raises(CheckpointError) as info:
-        load_checkpoint(model, path, described_as="UnetPlusPlus / efficientnet-b1")
-    message = str(info.value)
+        load_checkpoint(model, path, described_as=f"UnetPlusPlus / {encoder}")
+    return str(info.value)
+
+
+def test_mismatch_names_counts_keys_and_guesses_the_encoder(tmp_path):
+    message = mismatch_message(tmp_path, "efficientnet-b1", classes=1)
     assert "UnetPlusPlus / efficientnet-b1" in message
     assert "missing (first 5): encoder._blocks." in message
     assert ("the keys look like: UnetPlusPlus with encoder efficientnet-b0 (1 class) "
@@ -174,13 +180,7 @@ def test_mismatch_names_counts_keys_and_guesses_the_encoder(tmp_path):
 
 
 def test_a_checkpoint_of_fewer_classes_says_to_set_model_classes(tmp_path):
-    one_class = smp.UnetPlusPlus("efficientnet-b0", encoder_weights=None, classes=1)
-    path = tmp_path / "one_class.pth"
-    torch.save(one_class.state_dict(), path)
-    model = build_model("UnetPlusPlus", "efficientnet-b0", classes=2)
-    with pytest.raises(CheckpointError) as info:
-        load_checkpoint(model, path, described_as="UnetPlusPlus / efficientnet-b0")
-    message = str(info.value)
+    message = mismatch_message(tmp_path, "efficientnet-b0", classes=2)
     assert "other shape (first 3): segmentation_head.0.weight: checkpoint (1," in message
     assert message.endswith("the checkpoint is UnetPlusPlus with encoder efficientnet-b0 for "
                             "1 class, the spec asks for 2: set model.classes: 1")
