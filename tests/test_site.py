@@ -145,9 +145,11 @@ def test_index_lists_model_card_verdicts_tables_plots_and_downloads(site: Path) 
                  "Not counted: encoder_early (low ratios are expected there).",
                  "Counted maps that failed the sanity check: encoder_last × gradcam++",
                  "(of two middle verdicts, the worse)",
+                 '<p class="headline">Median verdict <span class="badge',  # first, at the top
                  "warning about &lt;script&gt;"):  # the build's warnings come first
         assert text in page, text
     assert page.count('class="gallery-item"') == 3
+    assert page.index('class="headline"') < page.index('id="model-card"')  # the verdict first
     # plots carry their pixel size, so the page does not shift under a reader's click
     # while they load (the gallery's thumbnails keep their place by CSS aspect-ratio)
     plots = re.findall(r'<img class="zoomable" src="plots/(\w+)\.png"[^>]*>', page)
