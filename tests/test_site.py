@@ -267,3 +267,9 @@ def test_announced_image_never_added_gets_a_page(tmp_path: Path) -> None:
     writer.add_image(make_result(0))
     writer.finish([], [])
     assert "not rendered" in (tmp_path / "images/img-001.html").read_text(encoding="utf-8")
+
+
+def test_the_methods_page_prints_each_sections_notes_under_it(site: Path) -> None:
+    page = (site / "methods.html").read_text(encoding="utf-8")
+    sanity = page.split('id="sanity"')[1].split('id="agreement"')[0]
+    assert "a map is constant" in sanity and 'class="footnotes"' in sanity

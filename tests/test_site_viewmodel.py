@@ -277,7 +277,10 @@ def test_methods_and_layers_views_carry_agreement_and_sanity() -> None:
     assert methods.sanity[0].passed == "passed" and methods.sanity[1].passed == "failed"
     assert methods.sanity[0].levels[2][1].missing
     # the same words as the per-image sanity metric on the layers page
-    assert "undefined: a map is constant" in [text for _, text in methods.footnotes]
+    assert "undefined: a map is constant" in [text for _, text in methods.sanity_notes]
+    # each section numbers its own notes, printed under it
+    assert all(text == "no pair of defined, non-constant maps"
+               for _, text in methods.matrix_notes)
     assert methods.means is not None and [name for name, _ in methods.means.rows] == METHODS
     layers = layers_view(context, stats, make_aggregates(make_results(3)), [], 64)
     assert [m.title for m in layers.matrices] == ["Method gradcam", "Method gradcam++"]

@@ -972,7 +972,10 @@ class MethodsView:
     matrices: list[MatrixView]
     rank_size: int
     sanity: list[SanityRowView]
-    footnotes: list[tuple[int, str]]
+    # each section's notes, printed under it
+    means_notes: list[tuple[int, str]]
+    matrix_notes: list[tuple[int, str]]
+    sanity_notes: list[tuple[int, str]]
 
 
 def dataset_metric_names(stats: DatasetStats) -> list[str]:
@@ -987,7 +990,7 @@ def dataset_metric_names(stats: DatasetStats) -> list[str]:
 def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotView],
                  sanity: Sequence[SanityRow], rank_size: int) -> MethodsView:
     """Method comparison across the data set."""
-    notes = Footnotes()
+    notes, matrix_notes, sanity_notes = Footnotes(), Footnotes(), Footnotes()
     methods = [MethodInfo(row.name, row.family, row.cost, row.reference, row.description,
                           row.note, row.approximate) for row in context.methods]
     definitions = definitions_for(dataset_metric_names(stats), context)
@@ -1016,20 +1019,21 @@ def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotVi
                            "infinite", None, "Method", [d.title for d in definitions], rows)
     matrices = [agreement_matrix(
         "All layers", stats.methods,
-        pooled_lookup(stats.layers, stats.method_agreement), notes,
+        pooled_lookup(stats.layers, stats.method_agreement), matrix_notes,
         [me for me in stats.methods if any(approximate_at(context, la, me)
                                            for la in stats.layers)])]
     for layer in stats.layers:
         matrices.append(agreement_matrix(
             f"Layer {layer}", stats.methods,
-            lambda a, b, layer=layer: stats.method_agreement.mean(layer, a, b), notes,
+            lambda a, b, layer=layer: stats.method_agreement.mean(layer, a, b), matrix_notes,
             [me for me in stats.methods if approximate_at(context, layer, me)]))
     marked = (means is not None and any(v.approximate for _, values in means.rows
                                         for v in values)
               or any("≈" in name for m in matrices for name in m.names))
     return MethodsView(noted(page_view(context, "Methods", "methods.html"), marked), methods, means,
-                       definitions, plots, matrices, rank_size, sanity_views(sanity, notes),
-                       notes.notes)
+                       definitions, plots, matrices, rank_size,
+                       sanity_views(sanity, sanity_notes), notes.notes, matrix_notes.notes,
+                       sanity_notes.notes)
 
 
 @dataclass
@@ -1049,7 +1053,9 @@ class LayersView:
     plots: list[PlotView]
     matrices: list[MatrixView]
     rank_size: int
-    footnotes: list[tuple[int, str]]
+    # each section's notes, printed under it
+    table_notes: list[tuple[int, str]]
+    matrix_notes: list[tuple[int, str]]
 
 
 def layer_agreement(context: ReportContext, stats: DatasetStats,
@@ -1093,12 +1099,12 @@ def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequenc
         statistic = "median" if definition.name == RATIO_METRIC else "mean"
         tables.append(MeansTable(f"{definition.title}: {statistic} per layer", definition,
                                  "Layer", list(stats.methods), rows))
-    matrices = layer_agreement(context, stats, notes)
+    matrix_notes = Footnotes()
+    matrices = layer_agreement(context, stats, matrix_notes)
     marked = (any(v.approximate for table in tables for _, values in table.rows for v in values)
               or any("≈" in name for m in matrices for name in m.names))
     return LayersView(noted(page_view(context, "Layers", "layers.html"), marked), layers, tables,
-                      plots,
-                      matrices, rank_size, notes.notes)
+                      plots, matrices, rank_size, notes.notes, matrix_notes.notes)
 
 
 # --------------------------------------------------------------------------- audit page
