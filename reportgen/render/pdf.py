@@ -586,10 +586,6 @@ def _write_in_parts(view: PdfView, css: str, roots: Mapping[str, Path], pdf_path
     until its contents' numbers no longer change its length. The parts are untagged:
     tagged parts' structure trees cannot be joined into one, and PDF/A-3u needs none.
     """
-    from pypdf import PdfReader, PdfWriter
-    from pypdf.annotations import Link
-    from pypdf.generic import Fit, NameObject, NumberObject
-
     parts = [("front", 0, 0)]
     parts += [("images", start, min(start + chunk_images, image_count))
               for start in range(0, image_count, chunk_images)]
@@ -634,17 +630,7 @@ def _write_in_parts(view: PdfView, css: str, roots: Mapping[str, Path], pdf_path
         record(0, front)
     else:
         raise RuntimeError("the PDF's contents do not settle on a page count")
-    # Contents entries that lead into other parts become links after the join (left in,
-    # WeasyPrint would report their anchors missing and drop them).
-    crossing = []  # (front page, rectangle in CSS px, page height, anchor)
-    for number, page in enumerate(front.pages):
-        local = []
-        for kind, target, rectangle, box in page.links:
-            if kind == "internal" and where.get(target, (0,))[0] != 0:
-                crossing.append((number, rectangle, page.height, target))
-            else:
-                local.append((kind, target, rectangle, box))
-        page.links[:] = local
+    crossing = _take_crossing_links(front, where)
     files = [scratch / f"part-{index:05d}.pdf" for index in range(len(parts))]
     _set_metadata(front, stamp, tagged=False)
     front.write_pdf(files[0], pdf_tags=False, **write_options)
@@ -659,6 +645,37 @@ def _write_in_parts(view: PdfView, css: str, roots: Mapping[str, Path], pdf_path
         document.write_pdf(files[index], pdf_tags=False, **part_options)
         del document
 
+    _join_parts(files, [kind for kind, _, _ in parts], crossing, where, starts, pdf_path)
+
+
+def _take_crossing_links(front: object, where: Mapping[str, tuple[int, int, float, float]]
+                         ) -> list[tuple[int, tuple, float, str]]:
+    """Remove from the front part's pages the contents links that lead into other parts,
+    and return them as (front page, rectangle in CSS px, page height, anchor): they
+    become links after the join (left in, WeasyPrint would report their anchors missing
+    and drop them)."""
+    crossing = []
+    for number, page in enumerate(front.pages):
+        local = []
+        for kind, target, rectangle, box in page.links:
+            if kind == "internal" and where.get(target, (0,))[0] != 0:
+                crossing.append((number, rectangle, page.height, target))
+            else:
+                local.append((kind, target, rectangle, box))
+        page.links[:] = local
+    return crossing
+
+
+def _join_parts(files: Sequence[Path], kinds: Sequence[str],
+                crossing: Sequence[tuple[int, tuple, float, str]],
+                where: Mapping[str, tuple[int, int, float, float]], starts: Sequence[int],
+                pdf_path: Path) -> None:
+    """Concatenate the parts' PDFs into `pdf_path`: the front part's catalog, one outline
+    as one layout gives it, and the contents links that cross parts."""
+    from pypdf import PdfReader, PdfWriter
+    from pypdf.annotations import Link
+    from pypdf.generic import Fit, NameObject, NumberObject
+
     writer = PdfWriter(clone_from=files[0])  # catalog: metadata, output intent, files
     # The outline as one layout gives it: rebuilt from the parts' outlines, the image
     # sections under "4 Images" (the front part's last chapter), the appendices under
@@ -672,7 +689,7 @@ def _write_in_parts(view: PdfView, css: str, roots: Mapping[str, Path], pdf_path
         offset = len(writer.pages)
         writer.append(path, import_outline=False)
         reader = PdfReader(path)
-        parent = images_chapter if parts[index][0] == "images" else title
+        parent = images_chapter if kinds[index] == "images" else title
         _copy_outline(writer, reader, reader.outline, offset, parent)
     for number, (left, top, right, bottom), height, anchor in crossing:
         part, page, anchor_top, target_height = where[anchor]
