@@ -474,20 +474,9 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         precision=f"{spec.runtime.precision}: {arithmetic(spec.runtime.precision, device)}",
         colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
         warnings=warnings, bounds=plan.bounds, approximate=plan.approximate,
-        approximate_note=_approximate_note(spec, plan, infos),
+        approximate_note=plan.approximate_note,
         verdict_layers=spec.verdict_layers, verdict_note=spec.verdict_note,
         verdict_bands=bands)
-
-
-def _approximate_note(spec: Spec, plan: Plan, infos) -> str:
-    """What "≈" means in this report ("" when nothing is approximate)."""
-    if not plan.approximate:
-        return ""
-    channels = {info.name: info.channels for info in infos}
-    at = ", ".join(f"{layer} ({channels.get(layer)} channels)" for layer, _ in plan.approximate)
-    return (f"≈ approximate: Score-CAM scored only the "
-            f"{spec.method_options.scorecam.max_channels} highest-variance channels "
-            f"(method_options.scorecam.max_channels) at {at}")
 
 
 def _unprintable(context: ReportContext, refs: list[SampleRef]) -> list[str]:

@@ -52,7 +52,7 @@ from reportgen.report import Cell, ImageResult, ShownValue
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 DEFAULT_FOLDER = ".reportgen-cache"
 # Modules whose code cannot change a computed result: presentation and bookkeeping.
 PRESENTATION = ("render", "templates", "assets", "cli.py", "verify.py", "manifest.py",
@@ -230,8 +230,7 @@ class ResultCache:
             cells.append({"layer": cell.layer, "method": cell.method,
                           "has_map": cell.map is not None, "flags": cell.flags,
                           "metrics": {k: _metric(v) for k, v in cell.metrics.items()},
-                          "verdict": cell.verdict, "approximate": cell.approximate,
-                          "curves": cell.curves})
+                          "verdict": cell.verdict, "curves": cell.curves})
         names = sorted(maps)
         arrays.update({f"map{index}": maps[name] for index, name in enumerate(names)})
         meta = {"dice": _metric(result.dice), "iou": _metric(result.iou), "cells": cells,
@@ -246,7 +245,7 @@ class ResultCache:
                 layer=c["layer"], method=c["method"],
                 map=arrays[f"cell{index}"] if c["has_map"] else None, flags=c["flags"],
                 metrics={k: _unmetric(v) for k, v in c["metrics"].items()},
-                verdict=c["verdict"], approximate=c["approximate"], curves=c["curves"])
+                verdict=c["verdict"], curves=c["curves"])
         result = ImageResult(
             id=sample.id, source=sample.path, display=sample.display,
             probability=arrays["probability"], prediction=arrays["prediction"],

@@ -112,6 +112,7 @@ class Plan:
     sanity_keys: list[tuple[str, str]]
     bounds: list[str]
     approximate: list[tuple[str, str]]  # (layer, method) whose maps are approximations
+    approximate_note: str  # what "≈" means in the report ("" when nothing is approximate)
 
 
 def make_plan(spec: Spec, layers: dict[str, str], channels: dict[str, int | None],
@@ -148,8 +149,14 @@ def make_plan(spec: Spec, layers: dict[str, str], channels: dict[str, int | None
                        if me != "scorecam" or la in scorecam_layers]
         bounds.append(f"Sanity check on the first {min(sanity.images, image_count)} image(s), "
                       f"{sanity.levels} randomisation levels, methods {', '.join(sanity_methods)}")
+    approximate_note = ""
+    if approximate:
+        at = ", ".join(f"{layer} ({channels.get(layer)} channels)" for layer, _ in approximate)
+        approximate_note = (f"≈ approximate: Score-CAM scored only the {score.max_channels} "
+                            "highest-variance channels (method_options.scorecam.max_channels) "
+                            f"at {at}")
     return Plan(spec, layers, gradient_methods, scorecam_layers, faithfulness_keys, sanity_keys,
-                bounds, approximate)
+                bounds, approximate, approximate_note)
 
 
 def segmentation_target(spec: Spec, region: str | None = None) -> SegmentationTarget:
@@ -285,12 +292,10 @@ def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
     computed; `image` is on the model's device."""
     maps: dict[tuple[str, str], torch.Tensor] = {}
     flags: dict[tuple[str, str], list[str]] = {}
-    approximate: set[tuple[str, str]] = set()
     for result in results:
         for key, stacked in result.maps.items():
             maps[key] = stacked[i]
             flags[key] = list(result.flags[key][i])
-        approximate |= result.approximate
     order = [(la, me) for la in plan.layers for me in spec.methods if (la, me) in maps]
     defined = {k: maps[k] for k in order if not set(flags[k]) & set(UNDEFINED_FLAGS)}
     gt = torch.from_numpy(sample.gt_mask) if sample.gt_mask is not None else None
@@ -345,7 +350,7 @@ def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
             map=maps[key].numpy().astype(np.float32) if key in defined else None,
             flags=flags[key], metrics=metrics,
             verdict=verdict(ratio.value if ratio else None, settings.bands, status=status),
-            approximate=key in approximate, curves=curves.get(key, {}))
+            curves=curves.get(key, {}))
     result = ImageResult(
         id=sample.id, source=sample.path, display=sample.display,
         probability=probability.numpy().astype(np.float32), prediction=prediction.numpy(),

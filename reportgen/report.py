@@ -51,7 +51,6 @@ class Cell:
     flags: list[str] = field(default_factory=list)  # e.g. all_zero, constant, empty_target
     metrics: dict[str, ShownValue] = field(default_factory=dict)  # keyed by metric name
     verdict: str = "n/a"  # excellent | good | fair | concerning | invalid | n/a
-    approximate: bool = False  # e.g. Score-CAM with max_channels
     curves: dict[str, list[float]] = field(default_factory=dict)  # deletion / insertion
 
 

@@ -125,7 +125,6 @@ def make_result(index: int, size: int = 64, ground_truth: bool = True,
             cells[layer, method] = Cell(
                 layer=layer, method=method, map=cell_map, flags=flags, metrics=metrics,
                 verdict=verdict,
-                approximate=(layer, method) == ("encoder_last", "gradcam++"),
                 curves={"deletion": list(np.linspace(1, 0, 11) ** (1 + index)),
                         "insertion": list(np.linspace(0, 1, 11) ** 0.5)})
     dice = ShownValue(0.5 + 0.1 * index) if ground_truth else None
