@@ -344,6 +344,13 @@ def approximate_at(context: ReportContext, layer: str, method: str) -> bool:
     return (layer, method) in context.approximate
 
 
+def shows_approximate(context: ReportContext, stats: DatasetStats) -> bool:
+    """Whether any layer x method of the data set has approximate maps (what the agreement
+    matrices then mark)."""
+    return any(approximate_at(context, layer, method)
+               for layer in stats.layers for method in stats.methods)
+
+
 def noted(page: PageView, marked: bool) -> PageView:
     """`page`, keeping the note on what "≈" means only when something on it is marked."""
     return page if marked else replace(page, approximate_note="")
@@ -1029,7 +1036,7 @@ def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotVi
             [me for me in stats.methods if approximate_at(context, layer, me)]))
     marked = (means is not None and any(v.approximate for _, values in means.rows
                                         for v in values)
-              or any("≈" in name for m in matrices for name in m.names))
+              or shows_approximate(context, stats))  # the matrices label such methods
     return MethodsView(noted(page_view(context, "Methods", "methods.html"), marked), methods, means,
                        definitions, plots, matrices, rank_size,
                        sanity_views(sanity, sanity_notes), notes.notes, matrix_notes.notes,
@@ -1102,7 +1109,7 @@ def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequenc
     matrix_notes = Footnotes()
     matrices = layer_agreement(context, stats, matrix_notes)
     marked = (any(v.approximate for table in tables for _, values in table.rows for v in values)
-              or any("≈" in name for m in matrices for name in m.names))
+              or shows_approximate(context, stats))  # the matrices label such layers
     return LayersView(noted(page_view(context, "Layers", "layers.html"), marked), layers, tables,
                       plots, matrices, rank_size, notes.notes, matrix_notes.notes)
 
