@@ -25,15 +25,40 @@ def encoder_names() -> list[str]:
 
 
 def check_encoder_name(encoder: str) -> str | None:
-    """Return None when smp knows `encoder`, otherwise a message with a hint."""
+    """Return None when smp (or timm, for `tu-` names) knows `encoder`, otherwise a message
+    with a hint. Names that point at a model source rather than an architecture
+    (`hf-hub:...`, `local-dir:...`) are refused: timm would fetch their config from the
+    network even without weights."""
+    if ":" in encoder:
+        source = encoder.removeprefix("tu-").split(":", 1)[0]
+        return (f"encoder {encoder!r} names where to fetch a model ({source}:), not an "
+                "architecture; timm would read its config from there (over the network for "
+                "hf-hub:), and reportgen never downloads. Name the architecture instead "
+                "(e.g. 'tu-resnet18' for 'hf-hub:timm/resnet18.a1_in1k') and give its "
+                "weights in model.checkpoint")
+    if encoder.startswith("tu-"):
+        return _check_timm_name(encoder)
     names = encoder_names()
-    if encoder.startswith("tu-") or encoder in names:
+    if encoder in names:
         return None
     close = difflib.get_close_matches(encoder, names, n=3, cutoff=0.6)
     hint = (f"did you mean {', '.join(close)}?" if close else
             f"no name close to it among smp's {len(names)} encoders, e.g. resnet34, "
             "efficientnet-b0")
     return f"unknown encoder {encoder!r} ({hint}; timm encoders are written 'tu-<name>')"
+
+
+def _check_timm_name(encoder: str) -> str | None:
+    import timm
+
+    name = encoder.removeprefix("tu-")
+    if timm.is_model(name):
+        return None
+    close = difflib.get_close_matches(name.split(".", 1)[0], timm.list_models(), n=3,
+                                      cutoff=0.6)
+    hint = f"did you mean {', '.join('tu-' + c for c in close)}?" if close else \
+        "no timm model has a name close to it"
+    return f"unknown timm encoder {encoder!r} ({hint})"
 
 
 def build_model(
