@@ -75,7 +75,8 @@ class ReportSection(Strict):
     title: str = "Class-activation-map validation report"
     id: str = Field("REPORT", description="Report identifier, printed in every page's header")
     author: str = Field("", description="Author, shown on the cover")
-    date: str | None = Field(None, description="Report date (ISO); default: the build date")
+    date: str | None = Field(None, description="Report date, YYYY-MM-DD; default: the build "
+                             "date")
     description: str = Field("", description="Free text (Markdown) for the index and the "
                              "PDF's summary")
     intended_use: str = Field("", description="Model-card section: what the model is for")
@@ -83,11 +84,19 @@ class ReportSection(Strict):
     reviewers: list[Reviewer] = Field(default_factory=list,
                                       description="[{name, role}] for the PDF's sign-off block")
 
-    @field_validator("date", mode="before")
+    @field_validator("date")
     @classmethod
-    def _iso_date(cls, value: object) -> object:
-        # YAML reads an unquoted 2026-01-31 as a date
-        return value.isoformat() if isinstance(value, datetime.date) else value
+    def _iso_date(cls, value: str | None) -> str | None:
+        # The PDF is dated with it and the dossier cites it: it must be a real calendar day.
+        if value is None:
+            return value
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(f"{value!r}: write the date as YYYY-MM-DD, e.g. 2026-01-31")
+        try:
+            datetime.date.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(f"{value} is not a day of the calendar ({exc})") from None
+        return value
 
     @field_validator("id", mode="before")
     @classmethod
@@ -535,18 +544,25 @@ class Spec(Strict):
 # ---------------------------------------------------------------- loading
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class SpecLoader(yaml.SafeLoader):
     """PyYAML's safe loader, stricter where a spec's meaning is at stake.
 
     A duplicated key is an error (PyYAML keeps the last one silently: a second `model:`
-    would drop the first one's checkpoint). Anchors and aliases (`<<: *base`) are read,
-    but `_Located` refuses a document that expands to more than `MAX_NODES` values: ten
-    lines of nested aliases expand to billions.
+    would drop the first one's checkpoint); a key given beside a merge (`<<: *base`)
+    overrides the merged one, as YAML says. Anchors and aliases are read, but `_Located`
+    refuses a document that expands to more than `MAX_NODES` values: ten lines of nested
+    aliases expand to billions. Dates stay text as written (`report.date` checks its own):
+    PyYAML would turn `2026-01-31` into a date object and fail on `2026-02-30`.
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[object, yaml.Node] = {}
         for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, str) and key in seen:
                 first = seen[key].start_mark.line + 1
@@ -556,6 +572,28 @@ class SpecLoader(yaml.SafeLoader):
             if isinstance(key, str):
                 seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> str:
+        return self.construct_scalar(node)
+
+
+SpecLoader.add_constructor("tag:yaml.org,2002:timestamp", SpecLoader.construct_yaml_timestamp)
+
+
+def _check_depth(text: str, path: Path) -> None:
+    """Refuse nesting deeper than `MAX_DEPTH` before PyYAML composes the document: its
+    composer recurses once per level, so 500 nested `[` end in a RecursionError."""
+    depth = 0
+    for event in yaml.parse(text, Loader=SpecLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise SpecError([f"{path}:{mark.line + 1}:{mark.column + 1}: the spec nests "
+                                 f"lists or mappings more than {MAX_DEPTH} levels deep; a "
+                                 "spec needs a few"])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 MAX_NODES = 10_000  # values a spec may expand to (a large spec has a few hundred)
@@ -581,13 +619,30 @@ class _Located:
                              "YAML aliases such as *name); write the values out"])
         self.marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
+            merged = [v for k, v in node.value if k.tag == MERGE_TAG]
             for key, value in node.value:
-                child = loc + (key.value,)
-                self.key_marks[child] = (key.start_mark.line + 1, key.start_mark.column + 1)
-                self._walk(value, child)
+                if key.tag != MERGE_TAG:
+                    child = loc + (key.value,)
+                    self.key_marks[child] = (key.start_mark.line + 1,
+                                             key.start_mark.column + 1)
+                    self._walk(value, child)
+            for value in merged:  # `<<: *base` or `<<: [*a, *b]`: keys given here win
+                for source in value.value if isinstance(value, yaml.SequenceNode) else [value]:
+                    self._walk_merged(source, loc)
         elif isinstance(node, yaml.SequenceNode):
             for i, value in enumerate(node.value):
                 self._walk(value, loc + (i,))
+
+    def _walk_merged(self, node: yaml.Node, loc: tuple) -> None:
+        """A merged mapping's keys, located where the anchor wrote them unless the merging
+        mapping gives the key itself."""
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key, value in node.value:
+            child = loc + (key.value,)
+            if key.tag != MERGE_TAG and child not in self.key_marks:
+                self.key_marks[child] = (key.start_mark.line + 1, key.start_mark.column + 1)
+                self._walk(value, child)
 
     def where(self, loc: tuple, key: bool = False) -> str:
         probe = tuple(loc)
@@ -684,6 +739,7 @@ def parse_spec(path: Path, check_files: bool = True) -> tuple[Spec, str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([f"{path}: cannot read the spec ({exc})"]) from exc
     try:
+        _check_depth(text, path)
         data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader: no Python objects
         located = _Located(path, text)
     except yaml.MarkedYAMLError as exc:
