@@ -159,7 +159,8 @@ def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildRe
     m = spec.model
     # Every input is read once before anything is computed or written: a bad file found
     # late must never cost a half build.
-    refs, excluded = check_inputs(sample_refs(spec.data), m.size, m.in_channels, m.norm,
+    inputs = sample_refs(spec.data, (spec.output.site, spec.runtime.cache))
+    refs, excluded = check_inputs(inputs, m.size, m.in_channels, m.norm,
                                   spec.data.intensity, options.keep_going, **spec.mask_reading)
     with output_lock(site), cpu_threads(spec.runtime.threads):
         staging = staging_folder(site)
@@ -560,7 +561,8 @@ def check_spec(spec_path: Path, device: str | None = None
     m = spec.model
     resolved = resolve_layers(model, spec.layers, m.size, m.in_channels)
     samples = load_samples(spec.data.model_copy(update={"limit": 1}), m.size, m.in_channels,
-                           m.norm, **spec.mask_reading)
+                           m.norm, outputs=(spec.output.site, spec.runtime.cache),
+                           **spec.mask_reading)
     target = segmentation_target(spec)
     gt = None
     if samples[0].gt_mask is not None:

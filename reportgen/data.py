@@ -454,10 +454,12 @@ class SampleRef:
     notes: list[str] = field(default_factory=list)  # filled in when the image is read
 
 
-def sample_refs(data: DataSection) -> list[SampleRef]:
-    """Every image (and its mask) the spec names, in the spec's stable order, with page ids."""
+def sample_refs(data: DataSection, outputs: Sequence[Path | None] = ()) -> list[SampleRef]:
+    """Every image (and its mask) the spec names, in the spec's stable order, with page ids;
+    `outputs` are `find_images`' (the folders builds write, never searched for inputs)."""
     taken: set[str] = set()
-    return [SampleRef(safe_id(p.stem, taken), p, mask_for(data, p)) for p in find_images(data)]
+    return [SampleRef(safe_id(p.stem, taken), p, mask_for(data, p))
+            for p in find_images(data, outputs)]
 
 
 def load_sample(ref: SampleRef, size: tuple[int, int], in_channels: int,
@@ -546,10 +548,12 @@ def load_samples(
     *,
     mask_label: int | None = None,
     mask_classes: int | None = None,
+    outputs: Sequence[Path | None] = (),
 ) -> list[Sample]:
     """Read every image (and mask) the spec names, in the spec's stable order.
 
-    `mask_label` and `mask_classes` are `read_mask`'s: None reads binary masks.
+    `mask_label` and `mask_classes` are `read_mask`'s: None reads binary masks; `outputs`
+    are `find_images`'.
     """
     return [load_sample(r, size, in_channels, norm, data.intensity, mask_label=mask_label,
-                        mask_classes=mask_classes) for r in sample_refs(data)]
+                        mask_classes=mask_classes) for r in sample_refs(data, outputs)]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import glob
+import fnmatch
 import json
+import logging
+import os
 import re
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -806,8 +809,30 @@ def _resolve_paths(spec: Spec, base: Path) -> Spec:
                                    "runtime": runtime})
 
 
-def find_images(data: DataSection) -> list[Path]:
-    """The images named by `data.images` (glob, folder or list), sorted, limited."""
+log = logging.getLogger(__name__)
+# Characters that make a path component a glob pattern (`]` alone is literal).
+GLOB_SYNTAX = re.compile(r"[*?[]")
+BUILD_FOLDERS = ("building", "old")  # a site's staging and replaced copies: .SITE.KIND-PID
+
+
+def find_images(data: DataSection, outputs: Sequence[Path | None] = ()) -> list[Path]:
+    """The images named by `data.images` (glob, folder or list), sorted, limited.
+
+    `outputs` are the folders builds write (output.site, runtime.cache; None for none):
+    no file a glob or folder finds under them, or under a site's staging or replaced copy
+    beside it, is an input, so a build never takes its own figures back. What the search
+    left out or did not follow is logged, one line each.
+    """
+    found, notes = _search_images(data, outputs)
+    for note in notes:
+        log.info("%s", note)
+    return found
+
+
+def _search_images(data: DataSection,
+                   outputs: Sequence[Path | None]) -> tuple[list[Path], list[str]]:
+    """`find_images`' images, and its notes instead of logging them."""
+    notes: list[str] = []
     if isinstance(data.images, list):
         found = [Path(p) for p in data.images]
     else:
@@ -815,12 +840,119 @@ def find_images(data: DataSection) -> list[Path]:
         if pattern.is_dir():
             found = [p for p in pattern.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         else:  # a pattern also takes files without a suffix (DICOM files often have none)
-            found = [Path(p) for p in glob.glob(data.images, recursive=True)]
-            found = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES or not p.suffix]
+            found = [p for p in _glob(pattern, notes)
+                     if p.suffix.lower() in IMAGE_SUFFIXES or not p.suffix]
         # files only: a sub-folder named x.png is not an image, nor is notes.txt
-        found = [p for p in found if p.is_file()]
+        found = _outside_outputs([p for p in found if p.is_file()], outputs, notes)
     found = sorted(found, key=lambda p: str(p))
-    return found[: data.limit] if data.limit else found
+    return (found[: data.limit] if data.limit else found), notes
+
+
+def _glob(pattern: Path, notes: list[str]) -> list[Path]:
+    """The paths `glob.glob(pattern, recursive=True)` gives, in bounded time.
+
+    `**` searches each real folder once: a symbolic link to a folder already searched (a
+    loop, or a second way into it) is not followed, and named in `notes`. A component with
+    glob characters that exists as written (a folder `study [2024]`) is taken as written.
+    """
+    parts = pattern.parts[1:] if pattern.anchor else pattern.parts
+    current = [Path(pattern.anchor)]
+    for i, part in enumerate(parts):
+        if part == "**":
+            folders = [f for c in current for f in _folders_below(c, notes)]
+            # a last `**` matches files too, as in glob
+            current = folders + ([e for f in folders for e in _matches(f, "*", notes)]
+                                 if i == len(parts) - 1 else [])
+        elif GLOB_SYNTAX.search(part):
+            current = [m for c in current for m in _matches(c, part, notes)]
+        else:
+            current = [c / part for c in current if os.path.lexists(c / part)]
+    return list(dict.fromkeys(current))  # two `**` can reach a path twice
+
+
+def _matches(folder: Path, part: str, notes: list[str]) -> list[Path]:
+    """The entries of `folder` whose names match the pattern `part` (hidden ones only for a
+    pattern starting with a dot, as in glob); the entry named `part` itself when it exists."""
+    if os.path.lexists(folder / part):
+        # a name on disk means itself: `study [2024]` is not the set of characters 2, 0 and 4
+        note = (f"data.images: {folder / part} exists as written, so its {part!r} is taken "
+                "as that name, not as glob syntax ([[] matches a literal [ in a pattern)")
+        if note not in notes:
+            notes.append(note)
+        return [folder / part]
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder))
+    except OSError:  # not a folder, or one we may not read: nothing in it matches
+        return []
+    return [folder / name for name in names if fnmatch.fnmatch(name, part)
+            and (part.startswith(".") or not name.startswith("."))]
+
+
+def _folders_below(top: Path, notes: list[str]) -> list[Path]:
+    """`top` and the folders below it but hidden ones (as glob's `**`), each real folder once,
+    breadth first and real folders before links, so a link is what is left unfollowed."""
+    found: list[Path] = []
+    visited: set[tuple[int, int]] = set()
+    queue = deque([top])
+    while queue:
+        folder = queue.popleft()
+        try:
+            status = folder.stat()
+            key = (status.st_dev, status.st_ino)
+            if key in visited:
+                note = _revisit_note(folder)
+                if note not in notes:
+                    notes.append(note)
+                continue
+            visited.add(key)
+            with os.scandir(folder) as entries:
+                below = sorted((entry.is_symlink(), entry.name) for entry in entries
+                               if not entry.name.startswith(".") and entry.is_dir())
+        except OSError:  # gone, unreadable or a dangling link: nothing below it to search
+            continue
+        found.append(folder)
+        queue.extend(folder / name for _, name in below)
+    return found
+
+
+def _revisit_note(link: Path) -> str:
+    """One line on a link to a folder `_folders_below` has searched already."""
+    target = Path(os.path.realpath(link))
+    holder = Path(os.path.realpath(link.parent))
+    what = ("a loop: it leads back to a folder holding it" if target == holder
+            or target in holder.parents else "a second way into a folder already searched")
+    return f"data.images: symbolic link {link} -> {target} is {what}; not followed"
+
+
+def _outside_outputs(found: list[Path], outputs: Sequence[Path | None],
+                     notes: list[str]) -> list[Path]:
+    """`found` without the files under the output folders (see `find_images`), noted."""
+    folders = [Path(os.path.realpath(p)) for p in outputs if p is not None]
+    kept, left = [], dict.fromkeys(folders, 0)
+    for path in found:
+        real = Path(os.path.realpath(path))
+        folder = next((f for f in folders if _written_by_builds(real, f)), None)
+        if folder is None:
+            kept.append(path)
+        else:
+            left[folder] += 1
+    for folder, count in left.items():
+        if count:
+            notes.append(f"data.images: {count} file(s) under the output folder {folder} (or "
+                         "its staging copies beside it) left out: a build never reads its own "
+                         "output as input")
+    return kept
+
+
+def _written_by_builds(real: Path, folder: Path) -> bool:
+    """Whether the resolved `real` lies in the output `folder` or in the copies a build
+    writes or retires beside it (.NAME.building-PID, .NAME.old-PID)."""
+    if folder in real.parents:
+        return True
+    if folder.parent not in real.parents:
+        return False
+    first = real.relative_to(folder.parent).parts[0]
+    return any(fnmatch.fnmatchcase(first, f".{folder.name}.{kind}-*") for kind in BUILD_FOLDERS)
 
 
 def mask_for(data: DataSection, image: Path) -> Path | None:
@@ -854,11 +986,15 @@ def _check_files(raw: dict, base: Path, located: _Located) -> list[str]:
     section = DataSection.model_construct(
         images=images, limit=limit if limit and limit > 0 else None,
         masks=str(_absolute(masks, base)) if masks and "{stem}" in masks else None)
-    found = [p for p in find_images(section) if p.is_file()]
+    outputs = _raw_outputs(raw, base)
+    searched, notes = _search_images(section, outputs)  # logged once, when a build reads them
+    found = [p for p in searched if p.is_file()]
     where_images = located.where(("data", "images"))
     if not found and isinstance(images, str):
+        said = "".join(f"; {note.removeprefix('data.images: ')}" for note in notes)
         problems.append(f"{where_images}: data.images: no image matches {images} "
-                        f"(suffixes {', '.join(IMAGE_SUFFIXES)})")
+                        f"(suffixes {', '.join(IMAGE_SUFFIXES)}){said}"
+                        f"{_bracket_hint(section, outputs)}")
     stems: dict[str, Path] = {}
     for image in found:
         if image.stem in stems:
@@ -875,8 +1011,36 @@ def _check_files(raw: dict, base: Path, located: _Located) -> list[str]:
     return problems
 
 
+def _raw_outputs(raw: dict, base: Path) -> list[Path | None]:
+    """output.site and runtime.cache of the raw YAML, as a build resolves them (their
+    defaults when unset; None for a cache set to null or a value of the wrong type)."""
+    folders: list[Path | None] = []
+    for section, key, model in (("output", "site", OutputSection),
+                                ("runtime", "cache", RuntimeSection)):
+        values = raw.get(section) if isinstance(raw.get(section), dict) else {}
+        value = values.get(key, model.model_fields[key].default)
+        folders.append(_absolute(value, base) if isinstance(value, str | Path) else None)
+    return folders
+
+
+def _bracket_hint(section: DataSection, outputs: Sequence[Path | None]) -> str:
+    """For a pattern holding `[` that matched nothing: that brackets are glob syntax, how to
+    escape them, and what the pattern matches with them escaped (a folder `study [2024]`)."""
+    pattern = str(section.images)
+    if "[" not in pattern:
+        return ""
+    escaped = pattern.replace("[", "[[]")
+    literal, _ = _search_images(section.model_copy(update={"images": escaped}), outputs)
+    hint = ("; [ ] * ? are glob syntax ([2024] matches one character: 2, 0 or 4); write [[] "
+            "for a literal [")
+    if literal:
+        hint += (f": with its brackets taken literally, as {escaped}, the pattern matches "
+                 f"{len(literal)} image(s), e.g. {literal[0]}")
+    return hint
+
+
 def spec_summary(spec: Spec) -> str:
-    n = len(find_images(spec.data))
+    n = len(find_images(spec.data, (spec.output.site, spec.runtime.cache)))
     ckpt = spec.model.checkpoint.name if spec.model.checkpoint else "random weights"
     return (f"{spec.model.architecture}/{spec.model.encoder} ({ckpt}), {n} images at "
             f"{spec.model.size[0]}x{spec.model.size[1]}, {len(spec.layers)} layers x "
