@@ -12,6 +12,7 @@ import contextlib
 import pickle
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -24,10 +25,22 @@ from reportgen.errors import CheckpointError
 
 # Keys under which training scripts commonly nest the state dict.
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params")
-# Prefixes added by wrappers: Lightning modules, DataParallel, torch.compile.
-WRAPPER_PREFIXES = ("model.", "net.", "module.", "_orig_mod.")
+# Names wrappers put before the model's keys: Lightning modules, DataParallel, torch.compile;
+# they stack ("model.module." is DataParallel inside a Lightning module).
+WRAPPER_NAMES = ("model", "net", "module", "_orig_mod")
 # smp's EfficientNet drops its classifier; checkpoints of the plain encoder may carry it.
 IGNORED_PREFIXES = ("encoder._fc.",)
+# Tensors that cannot be weights whatever the model: (test, what is wrong). A quantised
+# tensor is refused, not dequantised: the float model it would give is not the quantised
+# model that was validated, nor the float one it came from.
+UNUSABLE_TENSORS: tuple[tuple[Callable[[torch.Tensor], bool], str], ...] = (
+    (lambda t: t.is_meta, "holds meta tensors: no values were saved (the model was on the meta "
+     "device, its weights never loaded or initialised)"),
+    (lambda t: t.is_nested, "holds nested tensors (lists of tensors of different shapes), "
+     "which are no model's weights"),
+    (lambda t: t.is_quantized, "holds quantised tensors: quantised weights are not supported; "
+     "save the state_dict of the float model (before quantisation)"),
+)
 
 
 @dataclass(frozen=True)
@@ -244,37 +257,130 @@ def extract_state_dict(obj: object, source: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not model weights")
 
 
+def _refuse_unusable(state: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Refuse tensors that hold no weights whatever the model (`UNUSABLE_TENSORS`), before
+    anything reads their shape (a nested tensor has none) or copies them."""
+    for is_unusable, reason in UNUSABLE_TENSORS:
+        found = [k for k, v in state.items() if is_unusable(v)]
+        if found:
+            raise CheckpointError(f"{source}: {reason} ({len(found)} of {len(state)} tensors, "
+                                  f"the first '{found[0]}')")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _refuse_casts(path: Path, state: Mapping[str, torch.Tensor],
+                  expected: Mapping[str, torch.Tensor]) -> None:
+    """Refuse integer or complex values where the model has floats. Integers there are
+    quantised weights without their scale and zero point: cast, they would give maps that
+    look valid and mean nothing, which a warning beside the report cannot undo. Complex
+    values would lose their imaginary part. Float into float (fp16 into fp32) keeps the values."""
+    wrong = [k for k, v in expected.items() if k in state and v.is_floating_point()
+             and not state[k].is_floating_point()]
+    if not wrong:
+        return
+    dtypes = "/".join(sorted({_dtype_name(state[k].dtype) for k in wrong}))
+    why = ("casting would drop the imaginary part" if state[wrong[0]].is_complex() else
+           "quantised weights are not supported: without their scale and zero point these "
+           "are not the weights, and cast they would give maps that mean nothing; save the "
+           "state_dict of the float model (before quantisation)")
+    raise CheckpointError(
+        f"{path}: {len(wrong)} of {len(state)} tensors are {dtypes} where the model has "
+        f"{_dtype_name(expected[wrong[0]].dtype)} (first '{wrong[0]}'): {why}")
+
+
 def _fits(keys: set[str], expected: set[str]) -> bool:
     """Exactly the model's keys, not counting tensors smp's encoders drop anyway."""
     return {k for k in keys if not k.startswith(IGNORED_PREFIXES)} == expected
 
 
-def _strip_prefixes(
-    state: dict[str, torch.Tensor], expected: set[str]
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Remove wrapper prefixes while that increases the overlap with the model's keys.
+def _is_wrapper_stack(prefix: str) -> bool:
+    """`module.`, `model.module.`, `_orig_mod.module.`, ...: wrapper names only."""
+    return all(name in WRAPPER_NAMES for name in prefix.removesuffix(".").split("."))
+
+
+def _under(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _prefixes_to_model_keys(keys: list[str], expected: set[str]) -> Counter[str]:
+    """For each leading dotted part of the checkpoint's keys, how many keys are the model's
+    once it is taken off ("model.module." -> 182)."""
+    counts: Counter[str] = Counter()
+    for key in keys:
+        for at, char in enumerate(key):
+            if char == "." and key[at + 1:] in expected:
+                counts[key[:at + 1]] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class Unwrapped:
+    """A state dict taken out of its wrappers: the tensors, the keys of other modules
+    dropped beside the model, and a word on the keys for a mismatch message."""
+
+    state: dict[str, torch.Tensor]
+    dropped: tuple[str, ...] = ()
+    note: str = ""
+
+
+def _unwrap(path: Path, state: dict[str, torch.Tensor], expected: set[str]) -> Unwrapped:
+    """Take off the stack of wrapper prefixes under which the keys fit the model exactly.
 
     A Lightning module also holds its loss and metrics (`loss_fn.pos_weight`, torchmetrics
-    buffers) beside `model.`: when the keys under one wrapper prefix fit the model
-    exactly, the keys without it belong to those other modules. Returns the state dict
-    and the keys dropped for that reason.
+    buffers) beside `model.`: when the keys under one prefix fit the model exactly, the
+    keys without it belong to those other modules. Without an exact fit, the keys are
+    compared without the prefix that most of them share, so that the mismatch message
+    counts like with like, and the message names that prefix.
     """
-    while True:
-        if _fits(set(state), expected):
-            return state, []
-        for prefix in WRAPPER_PREFIXES:
-            inner = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-            if _fits(set(inner), expected):
-                return inner, [k for k in state if not k.startswith(prefix)]
-        best = state
-        overlap = len(expected & set(state))
-        for prefix in WRAPPER_PREFIXES:
-            stripped = {k.removeprefix(prefix): v for k, v in state.items()}
-            if len(expected & set(stripped)) > overlap:
-                best, overlap = stripped, len(expected & set(stripped))
-        if best is state:
-            return state, []
-        state = best
+    if _fits(set(state), expected):
+        return Unwrapped(state)
+    counts = _prefixes_to_model_keys(list(state), expected)
+    fitting = [p for p in counts if _is_wrapper_stack(p) and _fits(set(_under(state, p)), expected)]
+    if fitting:
+        _refuse_different_copies(path, state, fitting)
+        return _without(state, fitting[0], keep_others=False)
+    prefix, fit = counts.most_common(1)[0] if counts else ("", 0)
+    if fit <= len(expected & set(state)):
+        return Unwrapped(state)
+    if _is_wrapper_stack(prefix):
+        return _without(state, prefix, keep_others=True)
+    return Unwrapped(state, note=(
+        f"{_starting_with(state, prefix)} '{prefix}'; without it, {fit} of {len(state)} keys "
+        f"are the model's: save the state_dict of the model inside (only stacks of "
+        f"{', '.join(WRAPPER_NAMES)} are taken off)"))
+
+
+def _starting_with(state: Mapping[str, torch.Tensor], prefix: str) -> str:
+    holding = sum(k.startswith(prefix) for k in state)
+    return ("every key starts with" if holding == len(state)
+            else f"{holding} of {len(state)} keys start with")
+
+
+def _without(state: dict[str, torch.Tensor], prefix: str, keep_others: bool) -> Unwrapped:
+    """The keys under `prefix` without it; the others kept as they are (to be named as
+    unexpected) or dropped (tensors of other modules beside the model)."""
+    others = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    note = f"keys compared without the prefix '{prefix}' ({_starting_with(state, prefix)} it)"
+    if keep_others:
+        return Unwrapped({**others, **_under(state, prefix)}, note=note)
+    return Unwrapped(_under(state, prefix), tuple(others), note)
+
+
+def _refuse_different_copies(path: Path, state: Mapping[str, torch.Tensor],
+                             prefixes: list[str]) -> None:
+    """Two prefixes under which the keys fit (a model and its EMA or teacher): which one a
+    dossier explains is the user's choice; one module registered under two names is not."""
+    first = _under(state, prefixes[0])
+    for prefix in prefixes[1:]:
+        if not all(k in first and v.layout == first[k].layout == torch.strided
+                   and torch.equal(v, first[k]) for k, v in _under(state, prefix).items()):
+            raise CheckpointError(
+                f"{path}: two or more copies of the model, under "
+                f"{', '.join(repr(p) for p in prefixes)}; save the state_dict of the one to "
+                "explain")
 
 
 def read_checkpoint(path: Path, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str]:
@@ -283,8 +389,9 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> tuple[dict[str, t
         raise CheckpointError(f"{path}: checkpoint not found")
     for fmt in FORMATS:
         if fmt.matches(path):
-            obj = fmt.read(path, trust_pickle)
-            return extract_state_dict(obj, path), fmt.name
+            state = extract_state_dict(fmt.read(path, trust_pickle), path)
+            _refuse_unusable(state, path)
+            return state, fmt.name
     raise CheckpointError(f"{path}: not a file or folder")
 
 
@@ -303,8 +410,9 @@ def load_checkpoint(
     """
     state, fmt = read_checkpoint(path, trust_pickle)
     expected = dict(model.state_dict())
-    state, dropped = _strip_prefixes(state, set(expected))
-    state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
+    unwrapped = _unwrap(path, state, set(expected))
+    state = {k: v for k, v in unwrapped.state.items() if not k.startswith(IGNORED_PREFIXES)}
+    _refuse_casts(path, state, expected)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
@@ -313,9 +421,13 @@ def load_checkpoint(
         if k in state and state[k].shape != v.shape
     ]
     if missing or unexpected or wrong_shape:
-        raise CheckpointError(_mismatch_message(path, described_as, expected, state, missing,
-                                                unexpected, wrong_shape))
+        raise CheckpointError(_mismatch_message(path, described_as, expected, state,
+                                                unwrapped.note, (missing, unexpected, wrong_shape)))
+    # Sparse tensors hold the same values densely; with the shapes checked to be the
+    # model's, densifying costs no more memory than the model's own tensors.
+    state = {k: v if v.layout == torch.strided else v.to_dense() for k, v in state.items()}
     model.load_state_dict(state, strict=True)
+    dropped = unwrapped.dropped
     if dropped and notes is not None:
         more = ", ..." if len(dropped) > 3 else ""
         notes.append(f"checkpoint {path.name}: {len(dropped)} tensor(s) of modules other than "
@@ -328,16 +440,18 @@ def _mismatch_message(
     described_as: str,
     expected: Mapping[str, torch.Tensor],
     state: Mapping[str, torch.Tensor],
-    missing: list[str],
-    unexpected: list[str],
-    wrong_shape: list[str],
+    keys_note: str,
+    differences: tuple[list[str], list[str], list[str]],
 ) -> str:
+    missing, unexpected, wrong_shape = differences
     lines = [
         f"{path}: the checkpoint does not fit the model {described_as or ''}".rstrip(),
         f"  model has {len(expected)} tensors, checkpoint {len(state)}; "
         f"{len(missing)} missing, {len(unexpected)} unexpected, "
         f"{len(wrong_shape)} of another shape",
     ]
+    if keys_note:
+        lines.append(f"  {keys_note}")
     if missing:
         lines.append("  missing (first 5): " + ", ".join(missing[:5]))
     if unexpected:
