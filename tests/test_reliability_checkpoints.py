@@ -1,5 +1,6 @@
 """Checkpoints are read for what they hold: tensors without values, quantised or complex
-weights and wrappers stacked on wrappers are named, never cast or loaded in silence."""
+weights and wrappers stacked on wrappers are named, never cast or loaded in silence; and a
+dry forward that runs out of memory says the input is too large, not too small."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from reportgen import cli
-from reportgen.errors import CheckpointError
-from reportgen.models import build_model, load_checkpoint
+from reportgen.errors import CheckpointError, LayerError
+from reportgen.models import build_model, load_checkpoint, resolve_layers
 from tests.helpers import write_images, write_spec
 
 
@@ -206,3 +207,43 @@ def test_two_wrapped_models_in_one_file_are_refused_not_chosen_between(tmp_path,
     assert "two or more copies of the model" in message
     assert "'model.'" in message and "'net.module.'" in message
 
+
+# ---------------------------------------------------------------- the dry forward's size hints
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, MemoryError])
+def test_running_out_of_memory_in_the_dry_forward_says_the_input_is_too_large(
+        monkeypatch, error):
+    model = build_model("Unet", "resnet18", classes=2)
+
+    def forward(*args, **kwargs):  # a real out-of-memory is not reproducible in CI
+        raise error("CUDA out of memory. Tried to allocate 12.00 GiB")
+
+    monkeypatch.setattr(model, "forward", forward)
+    with pytest.raises(LayerError) as info:
+        resolve_layers(model, ["encoder_last"], (64, 64))
+    message = str(info.value)
+    assert message.startswith("a dry forward of Unet at 64x64 (a batch of 1 image) ran out "
+                              "of memory on cpu: the input is too large for this device")
+    assert "Lower model.input_size; a lower runtime.batch_size cannot help" in message
+    assert "Tried to allocate 12.00 GiB" in message
+    assert "large enough" not in message
+
+
+def test_out_of_memory_off_the_cpu_also_suggests_the_cpu(monkeypatch):
+    model = build_model("Unet", "resnet18", classes=2).to("meta")  # meta stands in for a GPU
+
+    def forward(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+
+    monkeypatch.setattr(model, "forward", forward)
+    with pytest.raises(LayerError, match="Lower model.input_size, or set runtime.device: cpu;"):
+        resolve_layers(model, ["encoder_last"], (64, 64))
+
+
+def test_an_input_too_small_for_the_architecture_keeps_its_hint():
+    model = build_model("PAN", "resnet18", classes=2)  # its pyramid pooling needs >= 128 px
+    with pytest.raises(LayerError) as info:
+        resolve_layers(model, ["encoder_last"], (64, 64))
+    assert "is the input size large enough for this architecture?" in str(info.value)
+    assert "out of memory" not in str(info.value)

@@ -9,6 +9,7 @@ stage to explain. Each alias is one entry in `ALIASES` with its own resolver.
 from __future__ import annotations
 
 import difflib
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,15 +89,36 @@ def _dry_forward(model: nn.Module, size: tuple[int, int], in_channels: int) -> N
         with torch.no_grad():
             model(noise.to(device))
     # model code says "wrong size" as it likes: timm's fixed-size encoders assert
-    except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise LayerError(
-            f"a dry forward of {type(model).__name__} at {size[0]}x{size[1]} failed "
-            f"(is the input size large enough for this architecture?): {first_line}"
-        ) from exc
+    except (RuntimeError, AssertionError, ValueError, IndexError, MemoryError) as exc:
+        raise _dry_forward_error(model, size, device, exc) from exc
     finally:
         for module, training in modes:
             module.training = training
+
+
+def _dry_forward_error(model: nn.Module, size: tuple[int, int], device: torch.device,
+                       exc: BaseException) -> LayerError:
+    """Say which way the input size is wrong: out of memory, one image was too large;
+    anything else, most often, too small for the architecture's downsampling."""
+    first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+    where = f"a dry forward of {type(model).__name__} at {size[0]}x{size[1]}"
+    if not _out_of_memory(exc):
+        return LayerError(f"{where} failed (is the input size large enough for this "
+                          f"architecture?): {first_line}")
+    device_hint = "" if device.type == "cpu" else ", or set runtime.device: cpu"
+    return LayerError(
+        f"{where} (a batch of 1 image) ran out of memory on {device}: the input is too large "
+        f"for this device. Lower model.input_size{device_hint}; a lower runtime.batch_size "
+        f"cannot help, this forward holds one image already ({first_line})")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's out-of-memory type (CUDA, XPU) or Python's; the CPU and MPS allocators raise
+    a plain RuntimeError that says it could not allocate."""
+    return isinstance(exc, torch.OutOfMemoryError | MemoryError) or (
+        isinstance(exc, RuntimeError) and re.search(
+            r"out of memory|can't allocate memory|could not allocate|failed to allocate",
+            str(exc), re.IGNORECASE) is not None)
 
 
 def _outermost_last(names: list[str]) -> str | None:
