@@ -8,6 +8,14 @@ manifest says (the spec relative to the site, the rest relative to the spec); an
 input that cannot be found is only noted, since an archived site often travels
 without them.
 
+Nothing outside the site and the declared inputs is read: a link leaving the site
+is a problem (named with where it points), never followed; an input is read only
+when it is a regular file (an smp save_pretrained checkpoint: a folder of at most
+`FOLDER_ENTRIES_MAX` entries), and a folder, device, named pipe or link loop where
+the manifest records a file is an unreadable input. Every field read from a
+manifest is checked for its type in one place (`read_manifest`): one of the wrong
+shape makes the manifest a changed file, never a crash.
+
 A PDF is checked against the manifest embedded in it: the spec and
 `metrics.csv` attachments must hash to the manifest's records, and every
 attachment to the MD5 the PDF stores for it. A signed PDF's signature is
@@ -23,12 +31,17 @@ import codecs
 import hashlib
 import json
 import logging
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from reportgen.errors import UserError
-from reportgen.hashing import sha256_file, sha256_path
-from reportgen.manifest import CHECKSUMS, MANIFEST, parse_checksums, site_files
+from reportgen.hashing import sha256_file
+from reportgen.manifest import CHECKSUMS, MANIFEST, parse_checksums
 
 MANIFEST_ATTACHMENT = "manifest.json"
 METRICS_ATTACHMENT = "metrics.csv"
@@ -85,38 +98,182 @@ def verify(path: Path) -> VerifyReport:
     raise UserError(f"{path}: not a report site folder or a PDF")
 
 
-def _load_manifest(site: Path) -> dict:
+class _Recorded(BaseModel):
+    """An input as the manifest records it: the fields `verify` reads, each of its type
+    (strict: a number is not taken for a path)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    path: str | None = None
+    sha256: str | None = None
+    location: str | None = None
+
+
+class _RecordedCheckpoint(_Recorded):
+    format: str | None = None
+
+
+class _RecordedImage(_Recorded):
+    id: str = "?"
+    mask_sha256: str | None = None
+    mask_location: str | None = None
+
+
+class _RecordedInputs(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    spec: _Recorded | None = None
+    checkpoint: _RecordedCheckpoint | None = None
+    images: list[_RecordedImage] | None = None
+
+
+class RecordedManifest(BaseModel):
+    """What `verify` reads of a manifest (`manifest.write_manifest` writes the whole)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    outputs: dict[str, str] = {}
+    pdf: str | None = None
+    inputs: _RecordedInputs | None = None
+
+
+class _Unreadable(Exception):
+    """A file that is there but cannot be taken for what the records say (the message
+    says why)."""
+
+
+class NotAManifest(ValueError):
+    """The bytes are not a reportgen manifest; the message says where and why."""
+
+
+def read_manifest(data: bytes) -> RecordedManifest:
+    """The manifest in `data`, every field `verify` reads checked for its type in this one
+    place; NotAManifest naming the first field of the wrong shape."""
+    try:
+        return RecordedManifest.model_validate_json(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            raise NotAManifest(f"not readable JSON ({first['msg'].removeprefix('Invalid JSON: ')})"
+                               ) from None
+        where = ".".join(str(key) for key in first["loc"]) or "the whole manifest"
+        found = json.dumps(first["input"])
+        found = found if len(found) <= 40 else found[:37] + "..."
+        raise NotAManifest(f"not a reportgen manifest ({where}: {first['msg'].lower()}, "
+                           f"not {found})") from None
+
+
+@dataclass
+class _SiteTree:
+    """What a site folder holds, found without following a link out of it: its regular
+    files and links to one inside it (paths relative to the site), the links leaving it
+    (-> where they point) and anything else (-> what it is)."""
+
+    files: set[str] = field(default_factory=set)
+    links_out: dict[str, str] = field(default_factory=dict)
+    oddities: dict[str, str] = field(default_factory=dict)
+
+    def beyond_a_link_out(self, name: str) -> bool:
+        return any(name == link or name.startswith(f"{link}/") for link in self.links_out)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _classify(path: Path, root: Path) -> tuple[str, str]:
+    """(file | folder | out | odd, what it is) for one entry of the site (`root` resolved)."""
+    if not path.is_symlink():
+        mode = path.lstat().st_mode
+        if stat.S_ISDIR(mode):
+            return "folder", ""
+        return ("file", "") if stat.S_ISREG(mode) else ("odd", "not a regular file")
+    target = Path(os.path.realpath(path))
+    if not _inside(target, root):
+        return "out", f"points to {target}"
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        return "odd", f"a link that leads nowhere ({error.strerror})"
+    if stat.S_ISREG(mode):
+        return "file", ""  # as sha256sum -c reads it, and it stays inside the site
+    return "odd", f"a link to {target.relative_to(root).as_posix() or '.'} of the site"
+
+
+def _walk_site(site: Path) -> _SiteTree:
+    root = site.resolve()
+    tree = _SiteTree()
+    for folder, folders, names in os.walk(root):  # never descends a link to a folder
+        for name in [*folders, *names]:
+            path = Path(folder, name)
+            kind, detail = _classify(path, root)
+            relative = path.relative_to(root).as_posix()
+            if kind == "file":
+                tree.files.add(relative)
+            elif kind == "out":
+                tree.links_out[relative] = detail.removeprefix("points to ")
+            elif kind == "odd":
+                tree.oddities[relative] = detail
+    return tree
+
+
+def _load_manifest(site: Path, tree: _SiteTree) -> RecordedManifest:
     path = site / MANIFEST
-    if not path.is_file():
+    if MANIFEST.as_posix() not in tree.files:
         raise UserError(f"{site}: not a reportgen site (no {MANIFEST.as_posix()})")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        manifest = read_manifest(path.read_bytes())
+    except OSError as error:
         raise UserError(f"{path}: not a readable manifest ({error})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), dict):
+    except NotAManifest as error:
+        raise UserError(f"{path}: {error}") from None
+    if "outputs" not in manifest.model_fields_set:
         raise UserError(f"{path}: not a reportgen manifest (no outputs)")
     return manifest
 
 
-def _manifest_in_pdf(site: Path) -> tuple[dict | None, PdfReport | None]:
+def _read_checksums(site: Path, tree: _SiteTree, report: VerifyReport) -> dict[str, str] | None:
+    """The site's checksums (path -> sha256), or None (reported) when missing or unreadable."""
+    name = CHECKSUMS.as_posix()
+    if name not in tree.files:
+        report.problems.append(Finding(name, "missing"))
+        return None
+    try:
+        return _decode_checksums((site / CHECKSUMS).read_bytes())
+    except _Unreadable as error:
+        report.problems.append(Finding(name, "changed", str(error)))
+    except OSError as error:
+        report.problems.append(Finding(name, "changed", f"not readable ({error.strerror})"))
+    return None
+
+
+def _decode_checksums(data: bytes) -> dict[str, str]:
+    """The path -> sha256 pairs of a checksums file; _Unreadable when it is not UTF-8."""
+    try:
+        return parse_checksums(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise _Unreadable(f"not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start})") from None
+
+
+def _manifest_in_pdf(site: Path, tree: _SiteTree, listed: dict[str, str] | None
+                     ) -> tuple[RecordedManifest | None, PdfReport | None]:
     """The manifest attached to the site's one PDF (as listed in the checksums), if it
     reads (its "pdf" names that PDF), and that PDF's report, so it is read once."""
-    listed = parse_checksums((site / CHECKSUMS).read_text(encoding="utf-8"))
-    pdfs = [name for name in listed if name.lower().endswith(".pdf")]
-    if len(pdfs) != 1 or not (site / pdfs[0]).is_file():
+    pdfs = [name for name in listed or {} if name.lower().endswith(".pdf")]
+    if len(pdfs) != 1 or pdfs[0] not in tree.files:
         return None, None
     try:
         inner = verify_pdf(site / pdfs[0], within_site=True)
     except UserError:  # unreadable: the site's own check reports the PDF as changed
         return None, None
-    attached = inner.attachments_manifest
     try:
-        manifest = json.loads(attached) if attached is not None else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        manifest = read_manifest(inner.attachments_manifest or b"")
+    except NotAManifest:
         return None, inner
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), dict):
+    if "outputs" not in manifest.model_fields_set:
         return None, inner
-    return {**manifest, "pdf": pdfs[0]}, inner
+    return manifest.model_copy(update={"pdf": pdfs[0]}), inner
 
 
 def verify_site(site: Path) -> VerifyReport:
@@ -124,117 +281,215 @@ def verify_site(site: Path) -> VerifyReport:
 
     A manifest that no longer reads (one changed byte can break its JSON) is itself a
     changed output; the records are then the manifest attached to the site's PDF, or
-    `data/checksums.sha256` alone where there is none.
+    `data/checksums.sha256` alone where there is none. A link that leaves the site is
+    a problem of its own and is never followed; where the records lie beyond one,
+    nothing else is checked.
     """
     report = VerifyReport(str(site), "site")
-    broken = False
-    read_pdf: PdfReport | None = None  # the PDF's report, when already read
+    tree = _walk_site(site)
+    report.problems += [Finding(name, "link out of the site", f"points to {target}")
+                        for name, target in sorted(tree.links_out.items())]
+    if tree.beyond_a_link_out(MANIFEST.as_posix()) or tree.beyond_a_link_out(
+            CHECKSUMS.as_posix()):
+        report.notes.append("the site's records lie beyond a link out of it; nothing "
+                            "else checked")
+        return report
+    listed = _read_checksums(site, tree, report)
+    manifest, broken, read_pdf = _site_records(site, tree, listed, report)
+    expected = _expected_hashes(site, tree, manifest, listed, broken, report)
+    _check_files(site, tree, expected, report)
+    _verify_inputs(site, manifest, report)
+    _check_the_site_pdf(site, tree, manifest, read_pdf, report)
+    return report
+
+
+def _site_records(site: Path, tree: _SiteTree, listed: dict[str, str] | None,
+                  report: VerifyReport) -> tuple[RecordedManifest, bool, PdfReport | None]:
+    """The manifest to check against, whether the site's own is broken, and the PDF's
+    report when it was read for its manifest."""
     try:
-        manifest = _load_manifest(site)
+        return _load_manifest(site, tree), False, None
     except UserError as error:
-        if not (site / MANIFEST).is_file() or not (site / CHECKSUMS).is_file():
+        if MANIFEST.as_posix() not in tree.files or CHECKSUMS.as_posix() not in tree.files:
             raise
-        broken = True
-        report.problems.append(Finding(MANIFEST.as_posix(), "changed",
-                                       "no longer a readable manifest"))
-        manifest, read_pdf = _manifest_in_pdf(site)
-        if manifest is None:
-            manifest = {"outputs": {}}
-            report.notes.append(f"{error}; the other files checked against "
-                                f"{CHECKSUMS.as_posix()} alone")
-        else:
-            report.notes.append(f"{error}; the records are the manifest attached to "
-                                f"{manifest['pdf']}")
-    expected: dict[str, str | None] = dict(manifest["outputs"])
-    checksums_path = site / CHECKSUMS
-    if checksums_path.is_file():
-        listed = parse_checksums(checksums_path.read_text(encoding="utf-8"))
-        for name, digest in listed.items():
-            if name in expected and expected[name] != digest:
-                if (site / name).is_file() and sha256_file(site / name) == expected[name]:
-                    # the file is as the manifest records it: the checksums line changed
-                    report.problems.append(Finding(
-                        CHECKSUMS.as_posix(), "changed",
-                        f"its line for {name} differs from the manifest, which the file "
-                        "matches"))
-                    continue
-                report.problems.append(Finding(name, "changed", "the manifest and "
-                                               f"{CHECKSUMS.as_posix()} disagree"))
-            expected[name] = digest
-        if broken:
-            expected[MANIFEST.as_posix()] = None  # reported above
-    else:
-        report.problems.append(Finding(CHECKSUMS.as_posix(), "missing"))
+        reason = str(error).removeprefix(f"{site / MANIFEST}: ")
+        report.problems.append(Finding(MANIFEST.as_posix(), "changed", reason))
+    manifest, read_pdf = _manifest_in_pdf(site, tree, listed)
+    if manifest is None:
+        report.notes.append(f"the other files checked against {CHECKSUMS.as_posix()} alone")
+        return RecordedManifest(), True, read_pdf
+    report.notes.append(f"the records are the manifest attached to {manifest.pdf}")
+    return manifest, True, read_pdf
+
+
+def _expected_hashes(site: Path, tree: _SiteTree, manifest: RecordedManifest,
+                     listed: dict[str, str] | None, broken: bool,
+                     report: VerifyReport) -> dict[str, str | None]:
+    """Every file the records name -> its sha256 (None: present, but not hashed here)."""
+    expected: dict[str, str | None] = dict(manifest.outputs)
+    if listed is None:  # missing or unreadable, as reported: the manifest is the record
         expected[MANIFEST.as_posix()] = None
-        if manifest.get("pdf"):
-            expected[manifest["pdf"]] = None
-    present = set(site_files(site))
+        if manifest.pdf:
+            expected[manifest.pdf] = None
+        return expected
+    for name, digest in listed.items():
+        if name in expected and expected[name] != digest:
+            if name in tree.files and sha256_file(site / name) == expected[name]:
+                # the file is as the manifest records it: the checksums line changed
+                report.problems.append(Finding(
+                    CHECKSUMS.as_posix(), "changed",
+                    f"its line for {name} differs from the manifest, which the file matches"))
+                continue
+            report.problems.append(Finding(name, "changed", "the manifest and "
+                                           f"{CHECKSUMS.as_posix()} disagree"))
+        expected[name] = digest
+    if broken:
+        expected[MANIFEST.as_posix()] = None  # reported already
+    return expected
+
+
+def _check_files(site: Path, tree: _SiteTree, expected: dict[str, str | None],
+                 report: VerifyReport) -> None:
     for name in sorted(expected):
-        if name not in present:
-            report.problems.append(Finding(name, "missing"))
+        if name not in tree.files:
+            if not tree.beyond_a_link_out(name):  # a link out is reported as such
+                report.problems.append(Finding(name, "missing", tree.oddities.get(name, "")))
             continue
         report.checked += 1
         digest = expected[name]
         if digest is not None and sha256_file(site / name) != digest:
             report.problems.append(Finding(name, "changed", "sha256 differs from the record"))
-    for name in sorted(present - set(expected) - {CHECKSUMS.as_posix()}):
+    for name in sorted(tree.files - set(expected) - {CHECKSUMS.as_posix()}):
         report.problems.append(Finding(name, "extra", "not in the records"))
-    _verify_inputs(site, manifest, report)
-    pdf_name = manifest.get("pdf")
-    if pdf_name and (site / pdf_name).is_file():
-        try:
-            inner = (read_pdf if read_pdf is not None
-                     else verify_pdf(site / pdf_name, within_site=True))
-        except UserError as error:  # a damaged PDF in a site is a changed file of it
-            if not any(f.path == pdf_name for f in report.problems):
-                report.problems.append(Finding(pdf_name, "changed", str(error)))
-            return report
-        report.problems += [Finding(f"{pdf_name}:{f.path}", f.problem, f.detail)
-                            for f in inner.problems]
-        report.notes += [f"{pdf_name}: {note}" for note in inner.notes]
-        report.signature = inner.signature
-        site_manifest = (site / MANIFEST).read_bytes()
-        if inner.attachments_manifest is not None and inner.attachments_manifest != site_manifest:
-            report.problems.append(Finding(f"{pdf_name}:{MANIFEST_ATTACHMENT}", "changed",
-                                           "differs from the site's data/manifest.json"))
-    return report
+    for name in sorted(set(tree.oddities) - set(expected)):
+        report.problems.append(Finding(name, "extra", f"{tree.oddities[name]}; not in the "
+                                       "records"))
 
 
-def _check_input(report: VerifyReport, label: str, path: Path, digest: str | None) -> None:
+def _check_the_site_pdf(site: Path, tree: _SiteTree, manifest: RecordedManifest,
+                        read_pdf: PdfReport | None, report: VerifyReport) -> None:
+    pdf_name = manifest.pdf
+    if not pdf_name or pdf_name not in tree.files:
+        return  # a PDF that is not there is reported missing with the other files
+    try:
+        inner = read_pdf if read_pdf is not None else verify_pdf(site / pdf_name,
+                                                                 within_site=True)
+    except UserError as error:  # a damaged PDF in a site is a changed file of it
+        if not any(f.path == pdf_name for f in report.problems):
+            report.problems.append(Finding(pdf_name, "changed", str(error)))
+        return
+    report.problems += [Finding(f"{pdf_name}:{f.path}", f.problem, f.detail)
+                        for f in inner.problems]
+    report.notes += [f"{pdf_name}: {note}" for note in inner.notes]
+    report.signature = inner.signature
+    site_manifest = (site / MANIFEST).read_bytes()
+    if inner.attachments_manifest is not None and inner.attachments_manifest != site_manifest:
+        report.problems.append(Finding(f"{pdf_name}:{MANIFEST_ATTACHMENT}", "changed",
+                                       "differs from the site's data/manifest.json"))
+
+
+# An smp save_pretrained checkpoint is a folder of a few files (config, weights, a
+# README); the name is the one `models.checkpoints.FORMATS` records in the manifest.
+PRETRAINED_FOLDER = "smp save_pretrained folder"
+FOLDER_ENTRIES_MAX = 100
+
+
+def _regular_file_digest(path: Path) -> str:
+    # O_NONBLOCK: a named pipe put there after the check must not stall the read
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise _Unreadable("not a regular file")
+        digest = hashlib.sha256()
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_digest(folder: Path) -> str:
+    """`hashing.sha256_path` of a checkpoint folder, as the build took it (its regular
+    files, links to folders not descended), refusing a folder of more entries than a
+    save_pretrained folder holds before reading any file."""
+    children: list[Path] = []
+    entries = 0
+    for parent, folders, names in os.walk(folder):
+        entries += len(folders) + len(names)
+        if entries > FOLDER_ENTRIES_MAX:
+            raise _Unreadable(f"a folder of more than {FOLDER_ENTRIES_MAX} entries, where the "
+                              f"manifest records an {PRETRAINED_FOLDER} (a few files)")
+        children += [Path(parent, name).relative_to(folder) for name in names
+                     if Path(parent, name).is_file()]
+    digest = hashlib.sha256()
+    for child in sorted(children):
+        digest.update(f"{child.as_posix()}\0{_regular_file_digest(folder / child)}\n".encode())
+    return digest.hexdigest()
+
+
+def _input_digest(path: Path, folder_allowed: bool) -> str:
+    """sha256 of a declared input, reading only a regular file (or a bounded checkpoint
+    folder); FileNotFoundError when it is not there, _Unreadable when it is not a file."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(path) from None
+    except OSError as error:  # a link loop, no permission
+        raise _Unreadable(error.strerror or str(error)) from None
+    if stat.S_ISDIR(mode):
+        if not folder_allowed:
+            raise _Unreadable("a folder, where the manifest records a file")
+        return _folder_digest(path)
+    if not stat.S_ISREG(mode):
+        raise _Unreadable("not a regular file (a device, a named pipe or a socket)")
+    return _regular_file_digest(path)
+
+
+def _check_input(report: VerifyReport, label: str, path: Path, digest: str | None,
+                 folder_allowed: bool = False) -> bool:
+    """Re-hash one input against its record; False when it is there but cannot be read."""
     if not digest:
-        return
-    if not path.exists():
+        return True
+    try:
+        found = _input_digest(path, folder_allowed)
+    except FileNotFoundError:
         report.notes.append(f"{label} not found at {path}; not checked")
-        return
+        return True
+    except (_Unreadable, OSError) as error:
+        report.problems.append(Finding(str(path), "input unreadable", f"{label}: {error}"))
+        return False
     report.checked += 1
-    if sha256_path(path) != digest:
+    if found != digest:
         report.problems.append(Finding(str(path), "input changed",
                                        f"{label}: sha256 differs from the manifest"))
+    return True
 
 
-def _verify_inputs(site: Path, manifest: dict, report: VerifyReport) -> None:
-    inputs = manifest.get("inputs") or {}
-    spec = inputs.get("spec") or {}
-    location = spec.get("location")
-    if not location:
+def _verify_inputs(site: Path, manifest: RecordedManifest, report: VerifyReport) -> None:
+    inputs = manifest.inputs or _RecordedInputs()
+    spec = inputs.spec or _Recorded()
+    if not spec.location:
         report.notes.append("the manifest records no input locations; inputs not checked")
         return
-    spec_path = site / location
-    if not spec_path.is_file():
+    spec_path = site / spec.location
+    try:
+        spec_path.stat()
+    except (FileNotFoundError, NotADirectoryError):
         report.notes.append(f"spec not found at {spec_path}; inputs not checked")
         return
-    _check_input(report, "spec", spec_path, spec.get("sha256"))
-    base = spec_path.resolve().parent
-    checkpoint = inputs.get("checkpoint") or {}
-    if checkpoint.get("location"):
-        _check_input(report, "checkpoint", base / checkpoint["location"], checkpoint.get("sha256"))
-    for image in inputs.get("images") or []:
-        if image.get("location"):
-            _check_input(report, f"image {image['id']}", base / image["location"],
-                         image.get("sha256"))
-        if image.get("mask_location"):
-            _check_input(report, f"mask of {image['id']}", base / image["mask_location"],
-                         image.get("mask_sha256"))
+    except OSError:
+        pass  # there, but unreadable: reported as such below
+    if not _check_input(report, "spec", spec_path, spec.sha256):
+        return
+    base = Path(os.path.realpath(spec_path)).parent
+    checkpoint = inputs.checkpoint or _RecordedCheckpoint()
+    if checkpoint.location:
+        _check_input(report, "checkpoint", base / checkpoint.location, checkpoint.sha256,
+                     folder_allowed=checkpoint.format == PRETRAINED_FOLDER)
+    for image in inputs.images or []:
+        if image.location:
+            _check_input(report, f"image {image.id}", base / image.location, image.sha256)
+        if image.mask_location:
+            _check_input(report, f"mask of {image.id}", base / image.mask_location,
+                         image.mask_sha256)
 
 
 @dataclass
@@ -265,35 +520,25 @@ def verify_pdf(pdf: Path, within_site: bool = False) -> PdfReport:
         attachments = {a.name: a for a in reader.attachment_list}
     except (PdfReadError, OSError, ValueError, KeyError) as error:
         record = None if within_site else _site_record(pdf)
-        if record is None or record[1] is None:
+        if record is None or record.digest is None:
             raise UserError(f"{pdf}: not a readable PDF ({error})") from None
         # a file of its site that no longer reads: changed, as `verify SITE` says
-        report.problems.append(Finding(record[0], "changed", f"not a readable PDF ({error})"))
+        report.problems.append(Finding(record.path, "changed", f"not a readable PDF ({error})"))
         return report
     finally:
         pypdf_log.setLevel(level)
     if MANIFEST_ATTACHMENT not in attachments:
         raise UserError(f"{pdf}: not a reportgen report (no embedded {MANIFEST_ATTACHMENT})")
-    contents: dict[str, bytes] = {}
-    for name, attachment in sorted(attachments.items()):
-        data = attachment.content
-        contents[name] = data
-        report.checked += 1
-        stored = _raw_bytes(attachment.checksum, MD5_BYTES)
-        if stored is not None and stored.hex() != hashlib.md5(
-                data, usedforsecurity=False).hexdigest():
-            report.problems.append(Finding(name, "attachment changed",
-                                           "content differs from the MD5 stored with it"))
+    contents = _attachment_contents(attachments, report)
     report.attachments_manifest = contents[MANIFEST_ATTACHMENT]
     try:
-        manifest = json.loads(contents[MANIFEST_ATTACHMENT])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        report.problems.append(Finding(MANIFEST_ATTACHMENT, "attachment changed",
-                                       "not readable JSON"))
+        manifest = read_manifest(contents[MANIFEST_ATTACHMENT])
+    except NotAManifest as error:
+        report.problems.append(Finding(MANIFEST_ATTACHMENT, "attachment changed", str(error)))
         return report
-    spec = (manifest.get("inputs") or {}).get("spec") or {}
-    expected = {spec.get("path") or "spec": spec.get("sha256"),
-                METRICS_ATTACHMENT: (manifest.get("outputs") or {}).get(METRICS_OUTPUT)}
+    spec = (manifest.inputs.spec if manifest.inputs else None) or _Recorded()
+    expected = {spec.path or "spec": spec.sha256,
+                METRICS_ATTACHMENT: manifest.outputs.get(METRICS_OUTPUT)}
     for name, digest in expected.items():
         if name not in contents:
             report.problems.append(Finding(name, "missing", "attachment not in the PDF"))
@@ -313,19 +558,44 @@ def verify_pdf(pdf: Path, within_site: bool = False) -> PdfReport:
     return report
 
 
-def _site_record(pdf: Path) -> tuple[str, str | None] | None:
-    """(the PDF's path in its site, the sha256 the site's checksums record for it, None if
-    they list it not), or None when the PDF lies in no site."""
+def _attachment_contents(attachments: dict, report: PdfReport) -> dict[str, bytes]:
+    """Each attachment's bytes by name, each checked against the MD5 stored with it."""
+    contents: dict[str, bytes] = {}
+    for name, attachment in sorted(attachments.items()):
+        data = attachment.content
+        contents[name] = data
+        report.checked += 1
+        stored = _raw_bytes(attachment.checksum, MD5_BYTES)
+        if stored is not None and stored.hex() != hashlib.md5(
+                data, usedforsecurity=False).hexdigest():
+            report.problems.append(Finding(name, "attachment changed",
+                                           "content differs from the MD5 stored with it"))
+    return contents
+
+
+class _SiteRecord(NamedTuple):
+    """The PDF's path in its site, the sha256 the site's checksums record for it (None if
+    they list it not), and why those checksums cannot be read, if they cannot."""
+
+    path: str
+    digest: str | None
+    unreadable: str = ""
+
+
+def _site_record(pdf: Path) -> _SiteRecord | None:
+    """What the PDF's site records of it, or None when the PDF lies in no site."""
     for site in pdf.resolve().parents:
         checksums = site / CHECKSUMS
         if not checksums.is_file():
             continue
-        try:
-            listed = parse_checksums(checksums.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
-            return None
         relative = pdf.resolve().relative_to(site).as_posix()
-        return relative, listed.get(relative)
+        try:
+            listed = _decode_checksums(checksums.read_bytes())
+        except OSError as error:
+            return _SiteRecord(relative, None, f"not readable ({error.strerror})")
+        except _Unreadable as error:
+            return _SiteRecord(relative, None, str(error))
+        return _SiteRecord(relative, listed.get(relative))
     return None
 
 
@@ -338,7 +608,11 @@ def _check_pages_against_the_site(pdf: Path, report: PdfReport) -> None:
                             "checked; the pages are covered by a signature (build --sign) or "
                             f"by the site's {CHECKSUMS.as_posix()}")
         return
-    relative, digest = record
+    relative, digest, unreadable = record
+    if unreadable:
+        report.problems.append(Finding(CHECKSUMS.as_posix(), "changed", f"{unreadable}; "
+                                       "the PDF's pages cannot be checked against it"))
+        return
     if digest is None:
         report.problems.append(Finding(relative, "extra", f"not in its site's "
                                        f"{CHECKSUMS.as_posix()}"))
