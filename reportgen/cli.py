@@ -8,7 +8,6 @@ spec, input or checkpoint: a message naming the file, no traceback unless
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -322,33 +321,10 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import functools
-    import http.server
+    from reportgen.serve import open_server, site_folder
 
-    root = args.dir.resolve()
-    if not root.exists():
-        raise UserError(f"{root}: no such folder; give the site folder that `reportgen build` "
-                        "wrote (output.site in the spec)")
-    if not root.is_dir():
-        raise UserError(f"{root}: not a folder; give the site folder that holds index.html")
-    if not (root / "index.html").is_file():
-        raise UserError(f"{root}: no index.html here (build a report first)")
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, message_format: str, *args: object) -> None:
-            # through logging, so that --quiet hides the request lines
-            log.info("%s %s", self.address_string(), message_format % args)
-
-    handler = functools.partial(Handler, directory=str(root))
-    try:
-        # Loopback only: a report may hold patient images.
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise UserError(f"port {args.port} is already in use on 127.0.0.1: stop the other "
-                            "server or pick another port with --port") from exc
-        raise UserError(f"cannot serve on 127.0.0.1:{args.port} ({exc.strerror or exc}): "
-                        "pick another port with --port") from exc
+    root = site_folder(args.dir)
+    server = open_server(root, args.port)
     with server:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
         if args.json:
