@@ -5,18 +5,22 @@ Rules (recorded per image in `Sample.notes`, and so in the manifest):
   their own min..max (`minmax`). DICOM pixel data get the file's rescale slope and
   intercept, then its VOI window (centre/width or LUT), then min..max of the window.
 - Grayscale is replicated to the model's input channels; an alpha channel is dropped;
-  palette images are expanded to RGB.
+  palette images are expanded to RGB; CMYK TIFFs are converted to RGB. An animated PNG or
+  GIF gives its first frame, and says so.
 - Images and masks are resized to the model's input size (images bilinear, masks
   nearest); an image whose aspect ratio this changes says so, since every map and
   metric is then computed on the stretched image. A mask is foreground where > 0 when
   its values are {0, 1} or {0, 255}; any other values are binarised at half their
-  maximum. A colour mask is foreground where any channel is. A mask whose aspect ratio
+  maximum. A colour mask is foreground where any channel is; a mask of one colour whose
+  alpha channel holds the shape is read from its alpha. A mask whose aspect ratio
   differs from its image's is refused (it cannot be the same field of view); one of
   another size but the same aspect ratio is resized like the image.
 - Zero-byte, truncated and undecodable files (a non-image with an image extension)
   are refused with the file named; so are non-finite pixels, images over `MAX_PIXELS`
   (measured from the file's header, before any pixel is decoded) and stacks (a
-  multi-page TIFF, a multi-frame DICOM): a page is one [H, W] or [H, W, C] image.
+  multi-page TIFF, a multi-frame DICOM): a page is one [H, W] or [H, W, C] image. So are,
+  from the header before the file is read, a raster file far larger than its pixels can
+  need (a padded tail) and an image beyond the sizes OpenCV decodes.
 - An EXIF (or TIFF) orientation tag is applied to images and masks as viewers apply
   it, so a mask drawn on the image as shown lines up with the pixels the model sees.
 - A mask given with `mask_label=k` is a label map of class indices: the ground truth
@@ -29,6 +33,7 @@ with keep-going it sets them aside as excluded inputs, each with its reason.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -149,8 +154,9 @@ def _apply_orientation(image: np.ndarray, orientation: int,
     return np.ascontiguousarray(ORIENTATIONS[orientation](image))
 
 
-def _raster_header(path: Path, signature: bytes) -> tuple[tuple[int, int], int]:
-    """([H, W], EXIF orientation) from the file's header, without decoding pixels."""
+def _raster_header(path: Path, signature: bytes) -> tuple[tuple[int, int], int, str | None]:
+    """([H, W], EXIF orientation, the note of an animation) from the file's header, without
+    decoding pixels; OpenCV reads an animation's first frame only."""
     parser = next((p for s, p in HEADER_PARSERS.items() if signature.startswith(s)), None)
     try:
         with warnings.catch_warnings():
@@ -161,7 +167,10 @@ def _raster_header(path: Path, signature: bytes) -> tuple[tuple[int, int], int]:
             # them, Pillow would decode the whole image
             orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1) if (
                 "exif" in image.info) else 1
-            return (image.height, image.width), int(orientation)
+            frames = getattr(image, "n_frames", 1)  # read from the header (a PNG's acTL)
+            animated = (f"animated {image.format}: {frames} frames, only the first is read"
+                        if frames > 1 else None)
+            return (image.height, image.width), int(orientation), animated
     except Image.DecompressionBombError as exc:  # a format without a parser above
         raise DataError(f"{path}: image too large ({exc})") from exc
     except Exception as exc:  # Pillow raises SyntaxError, OSError, struct.error, ...
@@ -180,14 +189,74 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, list[str]]:
             shape = tuple(series.shape)
             _check_single_image(path, shape[:-3] + shape[-2:] + shape[-3:-2] if planar else shape)
             image = series.asarray()
-            tag = tiff.pages[0].tags.get("Orientation")
+            page = tiff.pages[0]
+            tag = page.tags.get("Orientation")
+            inks = page.tags.get("InkSet")  # 1 (or none): CMYK; 2: other inks, named
+            separated = page.photometric == tifffile.PHOTOMETRIC.SEPARATED
     except DataError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
         raise DataError(f"{path}: not a readable TIFF image ({exc})") from exc
     if planar:
         image = np.moveaxis(image, -3, -1)
+    if separated:  # ink coverages: read as RGB(A) they would show the negative colours
+        if (inks and inks.value != 1) or image.ndim != 3 or image.shape[2] != 4:
+            raise DataError(f"{path}: a TIFF of ink separations other than CMYK (shape "
+                            f"{image.shape}): not convertible to RGB; save it as RGB")
+        image = _cmyk_to_rgb(image)
+        notes.append("CMYK: converted to RGB (R = (1 - C)(1 - K), likewise G and B)")
     return _apply_orientation(image, int(tag.value) if tag else 1, notes), notes
+
+
+def _cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
+    """RGB of CMYK ink coverages, in their own type: R = (1 - C)(1 - K), G = (1 - M)(1 - K),
+    B = (1 - Y)(1 - K), the conversion without a colour profile (Pillow's and libjpeg's)."""
+    top = np.iinfo(cmyk.dtype).max if np.issubdtype(cmyk.dtype, np.integer) else 1.0
+    ink = cmyk.astype(np.float64) / top
+    rgb = (1.0 - ink[:, :, :3]) * (1.0 - ink[:, :, 3:]) * top
+    return (np.rint(rgb) if np.issubdtype(cmyk.dtype, np.integer) else rgb).astype(cmyk.dtype)
+
+
+# The most bytes an image of H x W pixels needs in a raster file: 16-bit RGBA (8 bytes a
+# pixel) stored uncompressed with a PNG's filter byte a row, twice over for formats'
+# overheads, plus room for metadata (ICC profiles, EXIF thumbnails, text). A file far
+# beyond it holds something else (a tail of padding), and is not read into memory.
+METADATA_ALLOWANCE = 64 * 2**20
+
+
+def _check_file_size(path: Path, size: tuple[int, int]) -> None:
+    height, width = size
+    most = 2 * height * (8 * width + 1) + METADATA_ALLOWANCE
+    actual = path.stat().st_size
+    if actual > most:
+        raise DataError(f"{path}: file of {actual / 1e9:.1f} GB, but a {width}x{height} image "
+                        f"needs at most {most / 1e6:.0f} MB even uncompressed: the rest is not "
+                        "image data (padding, or a damaged file), so it is not read; re-save "
+                        "the image")
+
+
+# What OpenCV decodes: its CV_IO_MAX_IMAGE_* settings (environment variables, these
+# defaults), and for a PNG libpng's own limit of 1,000,000 pixels a side. Beyond them
+# libpng prints errors to stderr and OpenCV returns nothing, as for a truncated file.
+OPENCV_LIMITS = (("CV_IO_MAX_IMAGE_WIDTH", 1 << 20), ("CV_IO_MAX_IMAGE_HEIGHT", 1 << 20),
+                 ("CV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+PNG_MAX_SIDE = 1_000_000
+
+
+def _check_decoder_limits(path: Path, size: tuple[int, int], png: bool) -> None:
+    height, width = size
+    most_wide, most_high, most_pixels = (
+        int(os.environ[name]) if os.environ.get(name, "").isdigit() else default
+        for name, default in OPENCV_LIMITS)
+    side = PNG_MAX_SIDE if png else max(most_wide, most_high)
+    if max(width, height) > side or width > most_wide or height > most_high or (
+            width * height > most_pixels):
+        raise DataError(
+            f"{path}: image of {width}x{height} pixels ({width * height} in all) is beyond "
+            f"what OpenCV reads: at most {most_wide} wide (CV_IO_MAX_IMAGE_WIDTH), {most_high} "
+            f"high (CV_IO_MAX_IMAGE_HEIGHT) and {most_pixels} pixels (CV_IO_MAX_IMAGE_PIXELS)"
+            + (f", and a PNG {PNG_MAX_SIDE} a side (libpng's limit)" if png else "")
+            + "; crop or tile it")
 
 
 def _read_raster(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, list[str]]:
@@ -198,12 +267,16 @@ def _read_raster(path: Path, palette_indices: bool = False) -> tuple[np.ndarray,
     """
     if path.suffix.lower() in TIFF_SUFFIXES:
         return _read_tiff(path)
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0:
+    with path.open("rb") as file:
+        start = file.read(26)  # the signature, and a PNG's IHDR up to its colour type
+    if not start:
         raise DataError(f"{path}: empty file (0 bytes)")
-    size, orientation = _raster_header(path, raw[:8].tobytes())
+    size, orientation, animated = _raster_header(path, start[:8])
     _check_single_image(path, size)
-    palette = raw[:8].tobytes() == PNG_SIGNATURE and raw.size > 25 and raw[25] == PNG_PALETTE
+    _check_file_size(path, size)  # before the whole file is read into memory
+    _check_decoder_limits(path, size, start.startswith(PNG_SIGNATURE))
+    raw = np.fromfile(path, dtype=np.uint8)
+    palette = start.startswith(PNG_SIGNATURE) and len(start) > 25 and start[25] == PNG_PALETTE
     try:
         if palette and palette_indices:
             with Image.open(path) as indexed:
@@ -214,7 +287,7 @@ def _read_raster(path: Path, palette_indices: bool = False) -> tuple[np.ndarray,
         raise DataError(f"{path}: {UNREADABLE} ({exc})") from exc
     if image is None:
         raise DataError(f"{path}: {UNREADABLE}")
-    notes = []
+    notes = [animated] if animated else []
     if palette and not palette_indices:
         notes.append("palette (indexed colour): expanded to RGB")
     if image.ndim == 3 and image.shape[2] >= 3:
@@ -239,8 +312,9 @@ def is_dicom(path: Path) -> bool:
         return file.read(132)[128:] == b"DICM"
 
 
-def read_image(path: Path, intensity: str = "dtype") -> tuple[np.ndarray, list[str]]:
-    """Read an image as float32 [H, W, C] in [0, 1] (C = 1 or 3), with conversion notes."""
+def _read_values(path: Path, intensity: str) -> tuple[np.ndarray, list[str]]:
+    """An image as float32 [H, W, C] in [0, 1] with every channel it has (alpha too), and
+    its conversion notes."""
     _check_file(path)
     if is_dicom(path):
         values, notes = _read_dicom(path)
@@ -263,16 +337,20 @@ def read_image(path: Path, intensity: str = "dtype") -> tuple[np.ndarray, list[s
         else:
             raise DataError(f"{path}: unsupported pixel type {image.dtype}")
     _check_single_image(path, values.shape)
-    if values.ndim == 2:
-        values = values[:, :, None]
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: image holds non-finite pixel values")
+    return (values[:, :, None] if values.ndim == 2 else values), notes
+
+
+def read_image(path: Path, intensity: str = "dtype") -> tuple[np.ndarray, list[str]]:
+    """Read an image as float32 [H, W, C] in [0, 1] (C = 1 or 3), with conversion notes."""
+    values, notes = _read_values(path, intensity)
     if values.shape[2] == 4:
         values = values[:, :, :3]
         notes.append("alpha channel dropped")
     elif values.shape[2] == 2:
         values = values[:, :, :1]
         notes.append("gray+alpha: alpha dropped")
-    if not np.isfinite(values).all():
-        raise DataError(f"{path}: image holds non-finite pixel values")
     return values, notes
 
 
@@ -324,14 +402,15 @@ def read_mask(path: Path, size: tuple[int, int], image_size: tuple[int, int] | N
     so this equals comparing a nearest-resized label map, and no label is interpolated.
     """
     if mask_label is None:
-        values, read_notes = read_image(path, "dtype")
+        values, read_notes = _read_values(path, "dtype")  # alpha kept: it may hold the mask
     else:
         if mask_label < 0 or (mask_classes is not None and mask_label >= mask_classes):
             raise ValueError(f"mask_label {mask_label} is not one of {mask_classes} classes")
         labels, read_notes = _read_label_map(path, mask_classes)
         values = labels[:, :, None]
-    # the intensity notes are moot for a mask; its orientation is not
-    notes = [f"mask {path.name}: {note}" for note in read_notes if note.startswith("EXIF")]
+    # the intensity notes are moot for a mask; its orientation and frames are not
+    notes = [f"mask {path.name}: {note}" for note in read_notes
+             if note.startswith(("EXIF", "animated"))]
     if image_size is not None and values.shape[:2] != image_size:
         (mh, mw), (ih, iw) = values.shape[:2], image_size
         if abs(mw / mh - iw / ih) > ASPECT_TOLERANCE * (iw / ih):
@@ -346,9 +425,7 @@ def read_mask(path: Path, size: tuple[int, int], image_size: tuple[int, int] | N
             notes.append(f"mask {path.name}: {WITHOUT_TARGET} {mask_label} (labels present: "
                          f"{', '.join(map(str, others))})")
         return _resize_mask(binary, size, path, notes)
-    if values.shape[2] > 1:
-        notes.append(f"mask {path.name}: colour mask, foreground where any channel is set")
-    gray = values.max(axis=2)
+    gray = _mask_plane(values, path.name, notes)
     levels = np.unique(gray)
     allowed = np.array([0.0, 1.0 / 255.0, 1.0 / 65535.0, 1.0])
     if np.all(np.abs(levels[:, None] - allowed[None, :]).min(axis=1) < 1e-6):
@@ -357,6 +434,25 @@ def read_mask(path: Path, size: tuple[int, int], image_size: tuple[int, int] | N
         binary = gray >= gray.max() / 2.0
         notes.append(f"mask {path.name}: {len(levels)} grey levels, binarised at half maximum")
     return _resize_mask(binary, size, path, notes)
+
+
+def _mask_plane(values: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
+    """The [H, W] plane a binary mask [H, W, C] is drawn in: its colour (any channel), or its
+    alpha channel when the colour is the same everywhere and the alpha is not (a shape
+    drawn as transparency, which the colour alone would read as an empty mask)."""
+    colour, alpha = values, None
+    if values.shape[2] in (2, 4):  # gray+alpha, RGBA
+        colour, alpha = values[:, :, :-1], values[:, :, -1]
+    if alpha is not None and np.ptp(alpha) > 0:
+        if np.ptp(colour) == 0:
+            notes.append(f"mask {name}: one colour everywhere, the shape in its alpha channel: "
+                         "the alpha channel used")
+            return alpha
+        notes.append(f"mask {name}: its alpha channel varies but was ignored: the colour "
+                     "channels hold the mask")
+    if colour.shape[2] > 1:
+        notes.append(f"mask {name}: colour mask, foreground where any channel is set")
+    return colour.max(axis=2)
 
 
 def _resize_mask(binary: np.ndarray, size: tuple[int, int], path: Path,

@@ -8,16 +8,20 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import tifffile
+from PIL import Image
 
 from reportgen import cli
-from reportgen.errors import SpecError
-from reportgen.spec import DataSection, find_images, load_spec
+from reportgen.data import load_sample, read_image, sample_refs
+from reportgen.errors import DataError, SpecError
+from reportgen.spec import IMAGENET, DataSection, find_images, load_spec
 from tests.helpers import write_images, write_spec
 
 FAST = {"metrics": ["dice"], "layers": ["encoder_last"], "methods": ["gradcam"],
@@ -103,3 +107,115 @@ def test_a_bracket_pattern_matching_nothing_says_how_to_escape_brackets(tmp_path
     message = str(info.value)
     assert "no image matches" in message and "[[]" in message
     assert "glob syntax" in message and f"{tmp_path / 'study [2024]'}" in message
+
+
+# ---------------------------------------------------------------- pixels
+
+def _cmyk_by_pillow(path: Path, rgb: np.ndarray) -> None:
+    Image.fromarray(rgb).convert("CMYK").save(path)
+
+
+def _cmyk_with_black_ink(path: Path, rgb: np.ndarray) -> None:
+    """CMYK as a print shop makes it: the grey part of each colour in the black ink."""
+    value = rgb.astype(np.float64) / 255
+    black = 1 - value.max(axis=2, keepdims=True)
+    inks = (1 - value - black) / np.maximum(1 - black, 1e-9)
+    cmyk = np.concatenate([inks, black], axis=2)
+    tifffile.imwrite(path, np.rint(cmyk * 255).astype(np.uint8), photometric="separated")
+
+
+@pytest.mark.parametrize("writer", [_cmyk_by_pillow, _cmyk_with_black_ink],
+                         ids=["pillow", "tifffile with black ink"])
+def test_a_cmyk_tiff_is_read_in_its_true_colours(tmp_path: Path, writer):
+    rgb = _colours()
+    writer(tmp_path / "photo.tif", rgb)
+    values, notes = read_image(tmp_path / "photo.tif")
+    assert np.abs(values * 255 - rgb).max() <= 2  # rounding of the inks only
+    assert any("CMYK" in note for note in notes) and not any("alpha" in n for n in notes), notes
+
+
+def _mask_case(tmp_path: Path, mask: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    write_images(tmp_path, count=0, size=SIZE)
+    cv2.imwrite(str(tmp_path / "images" / "scan.png"), _colours()[:, :, 0])
+    Image.fromarray(mask).save(tmp_path / "masks" / "scan.png")
+    spec = load_spec(write_spec(tmp_path / "spec.yaml"))
+    sample = load_sample(sample_refs(spec.data)[0], (SIZE, SIZE), 3, IMAGENET)
+    return sample.gt_mask, sample.notes
+
+
+@pytest.mark.parametrize("colour", [0, 255], ids=["black", "white"])
+def test_a_mask_drawn_only_in_its_alpha_channel_is_read_from_alpha(tmp_path: Path, colour):
+    mask = np.dstack([np.full((SIZE, SIZE), colour, np.uint8)] * 3
+                     + [_disc().astype(np.uint8) * 255])
+    gt_mask, notes = _mask_case(tmp_path, mask)
+    assert (gt_mask == _disc()).all()
+    assert any("alpha channel" in note and "used" in note for note in notes), notes
+
+
+def test_a_colour_mask_whose_alpha_holds_another_shape_says_alpha_was_ignored(tmp_path: Path):
+    square = np.zeros((SIZE, SIZE), np.uint8)
+    square[:16, :16] = 255
+    mask = np.dstack([_disc().astype(np.uint8) * 255] * 3 + [255 - square])
+    gt_mask, notes = _mask_case(tmp_path, mask)
+    assert (gt_mask == _disc()).all()
+    assert any("alpha channel" in note and "ignored" in note for note in notes), notes
+
+
+@pytest.mark.parametrize("suffix", [".png", ".gif"])
+def test_an_animation_is_read_from_its_first_frame_and_says_so(tmp_path: Path, suffix):
+    first = Image.fromarray(_colours())
+    path = tmp_path / f"cine{suffix}"
+    later = [Image.fromarray(255 - _colours()), Image.fromarray(_colours() // 2)]
+    first.save(path, save_all=True, append_images=later)
+    values, notes = read_image(path)
+    if suffix == ".png":  # a GIF's palette gives the colours only approximately
+        assert np.abs(values * 255 - _colours()).max() == 0
+    assert any("3 frames" in note and "first" in note for note in notes), notes
+
+
+def test_a_png_padded_to_20_gb_is_refused_from_its_header_without_reading_it(tmp_path: Path):
+    padded, small_tail = tmp_path / "padded.png", tmp_path / "small_tail.png"
+    Image.fromarray(_colours()).save(padded)
+    Image.fromarray(_colours()).save(small_tail)
+    with padded.open("r+b") as file:
+        file.truncate(20 * 2**30)  # sparse: costs no disk
+    with small_tail.open("ab") as file:
+        file.write(b"\0" * 4096)  # such tails (a few bytes to kilobytes) are common
+    # under a memory limit of 1 GiB more than the process holds, so reading it all would fail
+    script = textwrap.dedent(f"""
+        import resource, sys, time
+        from pathlib import Path
+        from reportgen.data import read_image
+        from reportgen.errors import DataError
+        pages = int(open("/proc/self/statm").read().split()[0])
+        limit = pages * resource.getpagesize() + 2**30
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        started = time.monotonic()
+        print(read_image(Path({str(small_tail)!r}))[0].shape)
+        try:
+            read_image(Path({str(padded)!r}))
+        except DataError as exc:
+            print("refused:", exc)
+        print(f"seconds: {{time.monotonic() - started:.1f}}")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"({SIZE}, {SIZE}, 3)"
+    assert lines[1].startswith(f"refused: {padded}: ") and "64x64" in lines[1], lines
+    assert "GB" in lines[1]
+    assert float(lines[2].split()[1]) < 5
+
+
+@pytest.mark.parametrize("suffix,width,limit", [(".png", 1_000_001, "1000000"),
+                                                (".bmp", 2**20 + 1, "CV_IO_MAX_IMAGE_WIDTH")])
+def test_an_image_wider_than_opencv_reads_names_the_limit_not_truncation(tmp_path: Path, capfd,
+                                                                         suffix, width, limit):
+    path = tmp_path / f"strip{suffix}"
+    Image.fromarray(np.zeros((1, width), np.uint8)).save(path)
+    with pytest.raises(DataError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert f"{width}x1" in message and limit in message and "truncated" not in message
+    assert "libpng" not in capfd.readouterr().err
