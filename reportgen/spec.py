@@ -67,23 +67,38 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+# Lengths of the spec's text fields. A label is printed whole on the cover, in page
+# headers and tables; free text (Markdown) runs on over pages, and its long words get
+# break opportunities (`render.viewmodel.breakable`) so layout time stays linear.
+LABEL_CHARS = 200
+ID_CHARS = 64
+FREE_TEXT_CHARS = 50_000
+Label = Annotated[str, Field(max_length=LABEL_CHARS)]
+
+
 class Reviewer(Strict):
-    name: str
-    role: str = ""
+    name: Label
+    role: Label = ""
 
 
 class ReportSection(Strict):
     """Who the report is for and what it claims; shown on the site's index and the PDF cover."""
 
-    title: str = "Class-activation-map validation report"
-    id: str = Field("REPORT", description="Report identifier, printed in every page's header")
-    author: str = Field("", description="Author, shown on the cover")
+    title: str = Field("Class-activation-map validation report", max_length=LABEL_CHARS,
+                       description=f"Title (at most {LABEL_CHARS} characters)")
+    id: str = Field("REPORT", max_length=ID_CHARS, description="Report identifier, printed in "
+                    f"every page's header (at most {ID_CHARS} characters)")
+    author: str = Field("", max_length=LABEL_CHARS,
+                        description=f"Author, shown on the cover (at most {LABEL_CHARS})")
     date: str | None = Field(None, description="Report date, YYYY-MM-DD; default: the build "
                              "date")
-    description: str = Field("", description="Free text (Markdown) for the index and the "
-                             "PDF's summary")
-    intended_use: str = Field("", description="Model-card section: what the model is for")
-    limitations: str = Field("", description="Model-card section: known limitations")
+    description: str = Field("", max_length=FREE_TEXT_CHARS, description="Free text "
+                             "(Markdown) for the index and the PDF's summary (at most "
+                             f"{FREE_TEXT_CHARS} characters, as are the two below)")
+    intended_use: str = Field("", max_length=FREE_TEXT_CHARS,
+                              description="Model-card section: what the model is for")
+    limitations: str = Field("", max_length=FREE_TEXT_CHARS,
+                             description="Model-card section: known limitations")
     reviewers: list[Reviewer] = Field(default_factory=list,
                                       description="[{name, role}] for the PDF's sign-off block")
 
@@ -136,7 +151,7 @@ class ModelSection(Strict):
         "save_pretrained folder; omitted = random weights (reported as such)",
     )
     classes: int = Field(1, ge=1, description="output channels of the model")
-    class_names: list[str] | None = Field(None, description="one name per class")
+    class_names: list[Label] | None = Field(None, description="one name per class")
     activation: Literal["sigmoid", "softmax"] | None = Field(
         None, description="default: sigmoid for 1 class, softmax otherwise"
     )
@@ -875,8 +890,8 @@ def _matches(folder: Path, part: str, notes: list[str]) -> list[Path]:
     pattern starting with a dot, as in glob); the entry named `part` itself when it exists."""
     if os.path.lexists(folder / part):
         # a name on disk means itself: `study [2024]` is not the set of characters 2, 0 and 4
-        note = (f"data.images: {folder / part} exists as written, so its {part!r} is taken "
-                "as that name, not as glob syntax ([[] matches a literal [ in a pattern)")
+        note = (f"data.images: {folder / part} exists, so {part!r} in the pattern is that "
+                "name, not glob syntax ([[] stands for a literal [ in a pattern)")
         if note not in notes:
             notes.append(note)
         return [folder / part]
@@ -1031,7 +1046,7 @@ def _bracket_hint(section: DataSection, outputs: Sequence[Path | None]) -> str:
         return ""
     escaped = pattern.replace("[", "[[]")
     literal, _ = _search_images(section.model_copy(update={"images": escaped}), outputs)
-    hint = ("; [ ] * ? are glob syntax ([2024] matches one character: 2, 0 or 4); write [[] "
+    hint = ("; [ ] * ? are glob syntax ([abc] matches one character: a, b or c); write [[] "
             "for a literal [")
     if literal:
         hint += (f": with its brackets taken literally, as {escaped}, the pattern matches "
