@@ -151,15 +151,6 @@ def test_int8_safetensors_are_refused_not_cast_into_meaningless_weights(tmp_path
     assert torch.equal(model.encoder.conv1.weight, before)  # nothing was cast into the model
 
 
-def test_integer_buffers_of_the_model_itself_still_load(tmp_path, trained, probe):
-    # BatchNorm's num_batches_tracked is int64 in model and checkpoint alike: not quantised
-    path = tmp_path / "plain.pth"
-    torch.save(trained.state_dict(), path)
-    model = fresh()
-    load_checkpoint(model, path)
-    assert_computes_like(model, trained, probe)
-
-
 # ---------------------------------------------------------------- wrappers stacked on wrappers
 
 STACKS = ["module.module.", "model.module.", "_orig_mod.module.", "model._orig_mod.module.",
