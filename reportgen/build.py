@@ -65,9 +65,12 @@ from reportgen.models import build_model, load_checkpoint, resolve_layers
 from reportgen.models.build import parameter_count
 from reportgen.models.layers import ALIASES
 from reportgen.output import (
+    check_cache_folder,
     check_output_folder,
+    name_in_site,
     output_lock,
     pdf_in_site,
+    site_folder,
     staging_folder,
     swap_in,
 )
@@ -147,8 +150,9 @@ def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildRe
     started = time.perf_counter()
     spec_path = Path(spec_path)
     spec, text = parse_spec(spec_path)
-    site = spec.output.site
+    site = site_folder(spec.output.site)  # a link's target: the link stays
     check_output_folder(site, spec_path.resolve().parent, options.force)
+    check_cache_folder(spec.runtime.cache, site)
     pdf_rel = None if spec.output.pdf is None else pdf_in_site(site, spec.output.pdf)
     if options.sign is not None:  # a key that cannot sign must not cost a whole build
         if pdf_rel is None:
@@ -168,10 +172,13 @@ def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildRe
             warnings, count = _build_into(staging, spec, text, spec_path, options, pdf_rel,
                                           refs, excluded)
             swap_in(staging, site)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError):
+                name_in_site(exc, staging, site)
             raise
-    return BuildResult(site, site / pdf_rel if pdf_rel else None, count,
+    shown = spec.output.site  # as the user named it, a link included
+    return BuildResult(shown, shown / pdf_rel if pdf_rel else None, count,
                        time.perf_counter() - started, warnings)
 
 
