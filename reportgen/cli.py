@@ -24,7 +24,7 @@ from rich.table import Table
 
 from reportgen import __version__
 from reportgen.errors import LayerError, SpecError, UserError
-from reportgen.output import STOP
+from reportgen.output import STOP, environment_problem
 
 log = logging.getLogger("reportgen")
 out = Console(highlight=False, soft_wrap=True)
@@ -78,10 +78,11 @@ def _port(value: str) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from reportgen.output import pdf_in_site
+    from reportgen.output import check_cache_folder, pdf_in_site
     from reportgen.spec import load_spec, spec_summary
 
     spec = load_spec(args.spec)
+    check_cache_folder(spec.runtime.cache, spec.output.site)
     if spec.output.pdf is not None:
         pdf_in_site(spec.output.site, spec.output.pdf)
     # validate stays fast by not building the model, so it cannot vouch for module paths
@@ -459,6 +460,12 @@ def _without_traceback(record: logging.LogRecord) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # checked before torch is imported: it aborts without one
+        err.print("error: the current folder no longer exists; cd to an existing folder",
+                  markup=False)
+        return 2
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
     handler = RichHandler(console=err, show_path=False, show_time=False)
@@ -482,6 +489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except OSError as exc:  # a full disk, a read-only folder: the machine's, not a bug
+        problem = environment_problem(exc)
+        if problem is None or args.debug:
+            raise
+        err.print(f"error: {problem}", markup=False)
+        return 2
 
 
 if __name__ == "__main__":
