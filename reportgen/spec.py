@@ -72,13 +72,12 @@ class Strict(BaseModel):
 # break opportunities (`render.viewmodel.breakable`) so layout time stays linear.
 LABEL_CHARS = 200
 ID_CHARS = 64
-FREE_TEXT_CHARS = 50_000
-Label = Annotated[str, Field(max_length=LABEL_CHARS)]
+FREE_TEXT_CHARS = 20_000
 
 
 class Reviewer(Strict):
-    name: Label
-    role: Label = ""
+    name: str = Field(max_length=LABEL_CHARS)
+    role: str = Field("", max_length=LABEL_CHARS)
 
 
 class ReportSection(Strict):
@@ -89,16 +88,19 @@ class ReportSection(Strict):
     id: str = Field("REPORT", max_length=ID_CHARS, description="Report identifier, printed in "
                     f"every page's header (at most {ID_CHARS} characters)")
     author: str = Field("", max_length=LABEL_CHARS,
-                        description=f"Author, shown on the cover (at most {LABEL_CHARS})")
+                        description=f"Author, shown on the cover (at most {LABEL_CHARS} "
+                        "characters)")
     date: str | None = Field(None, description="Report date, YYYY-MM-DD; default: the build "
                              "date")
     description: str = Field("", max_length=FREE_TEXT_CHARS, description="Free text "
                              "(Markdown) for the index and the PDF's summary (at most "
-                             f"{FREE_TEXT_CHARS} characters, as are the two below)")
+                             f"{FREE_TEXT_CHARS} characters)")
     intended_use: str = Field("", max_length=FREE_TEXT_CHARS,
-                              description="Model-card section: what the model is for")
+                              description="Model-card section: what the model is for "
+                              f"(Markdown, at most {FREE_TEXT_CHARS} characters)")
     limitations: str = Field("", max_length=FREE_TEXT_CHARS,
-                             description="Model-card section: known limitations")
+                             description="Model-card section: known limitations "
+                             f"(Markdown, at most {FREE_TEXT_CHARS} characters)")
     reviewers: list[Reviewer] = Field(default_factory=list,
                                       description="[{name, role}] for the PDF's sign-off block")
 
@@ -151,7 +153,8 @@ class ModelSection(Strict):
         "save_pretrained folder; omitted = random weights (reported as such)",
     )
     classes: int = Field(1, ge=1, description="output channels of the model")
-    class_names: list[Label] | None = Field(None, description="one name per class")
+    class_names: list[str] | None = Field(None, description="one name per class (at most "
+                                          f"{LABEL_CHARS} characters each)")
     activation: Literal["sigmoid", "softmax"] | None = Field(
         None, description="default: sigmoid for 1 class, softmax otherwise"
     )
@@ -194,6 +197,10 @@ class ModelSection(Strict):
 
     @model_validator(mode="after")
     def _class_names(self) -> ModelSection:
+        long = [n for n in self.class_names or () if len(n) > LABEL_CHARS]
+        if long:
+            raise ValueError(f"class name {long[0][:40]!r}... has {len(long[0])} characters; "
+                             f"a class name has at most {LABEL_CHARS}")
         if self.class_names is not None and len(self.class_names) != self.classes:
             raise ValueError(f"class_names has {len(self.class_names)} names for "
                              f"{self.classes} classes")

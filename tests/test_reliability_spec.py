@@ -3,6 +3,8 @@ means it; never a traceback."""
 
 from __future__ import annotations
 
+import re
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,29 @@ def test_a_key_written_twice_beside_a_merge_is_still_a_duplicate(spec: Path, cap
                                         "    layers: [decoder_last]\n"))
     code, message = run_validate(spec, capsys)
     assert code == 2 and "duplicate key 'layers'" in message
+
+
+@pytest.mark.parametrize(("section", "key", "limit"), [
+    ("report", "author", 200), ("report", "title", 200), ("report", "id", 64),
+    ("report", "description", 20_000)])
+def test_text_beyond_its_documented_length_is_refused_naming_the_field(
+        spec: Path, capsys, section: str, key: str, limit: int):
+    spec.write_text(spec.read_text() + f"{section}:\n  {key}: {'x' * (limit + 1)}\n")
+    code, message = run_validate(spec, capsys)
+    assert code == 2 and f"{section}.{key}" in message and f"at most {limit}" in message
+
+
+def test_a_class_name_beyond_the_label_length_is_refused(spec: Path, capsys):
+    spec.write_text(spec.read_text().replace("input_size: 64", "input_size: 64\n  class_names: "
+                                             f"[{'c' * 201}]"))
+    code, message = run_validate(spec, capsys)
+    assert code == 2 and "model" in message and "at most 200" in message
+
+
+def test_long_words_in_free_text_get_a_break_opportunity_every_30_characters():
+    from reportgen.render.viewmodel import markdown
+
+    html = str(markdown("see `" + "p/" * 40 + "` and " + "<x>" * 3000 + " end"))
+    runs = re.split(r"<wbr>|\s", re.sub(r"</?(p|code)>", " ", html))
+    assert max(len(unescape(run)) for run in runs) == 30
+    assert "&lt;x&gt;" in html and "<x>" not in html  # still escaped, split between entities

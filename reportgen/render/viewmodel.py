@@ -8,13 +8,14 @@ page that shows it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import quote
 
 import numpy as np
 from markdown_it import MarkdownIt
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from reportgen import __version__
 from reportgen.cam.normalise import FLAG_REASONS
@@ -99,8 +100,42 @@ def _safe_link(url: str) -> bool:
     return url.strip().lower().startswith(("https://", "http://", "mailto:"))
 
 
+BREAK_EVERY = 30
+_LONG_RUN = re.compile(rf"\S{{{BREAK_EVERY + 1},}}")
+
+
+def breakable(text: str) -> Markup:
+    """`text` escaped, with a line-break opportunity (`<wbr>`) every `BREAK_EVERY`
+    characters of a run without spaces (a pasted hash, URL or path).
+
+    CSS `overflow-wrap: anywhere` would wrap it too, but WeasyPrint then searches the whole
+    remaining run for every line it breaks: a 20,000-character word took minutes to lay
+    out, growing with the square of its length (1,000 characters: 6 s; 4,000: 125 s).
+    `<wbr>` keeps copied text and the PDF's text layer free of invisible characters."""
+    pieces: list[str] = []
+    last = 0
+    for run in _LONG_RUN.finditer(text):
+        pieces.append(escape(text[last:run.start()]))
+        word = run.group()
+        pieces.append(Markup("<wbr>").join(escape(word[i:i + BREAK_EVERY])
+                                           for i in range(0, len(word), BREAK_EVERY)))
+        last = run.end()
+    pieces.append(escape(text[last:]))
+    return Markup("").join(pieces)
+
+
+def _breakable_token(self, tokens, idx, options, env) -> str:  # markdown-it's rule signature
+    return breakable(tokens[idx].content)
+
+
+def _breakable_code(self, tokens, idx, options, env) -> str:
+    return f"<code>{breakable(tokens[idx].content)}</code>"
+
+
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).disable("image")
 _MARKDOWN.validateLink = _safe_link
+_MARKDOWN.add_render_rule("text", _breakable_token)
+_MARKDOWN.add_render_rule("code_inline", _breakable_code)
 
 
 def markdown(text: str, top: int = 3) -> Markup:
