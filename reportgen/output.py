@@ -38,14 +38,24 @@ previous site, so an interrupt always keeps the previous site."""
 SITE_FOLDERS = ("assets", "data", "figures", "images", "plots", "thumbs")
 
 
-def check_output_folder(site: Path, spec_dir: Path, force: bool) -> None:
-    """Refuse outputs that would destroy something that is not a previous report."""
+def holds_the_spec(site: Path, spec_dir: Path) -> str | None:
+    """Why `site` may not be an output folder when it holds the spec's folder (or the home
+    folder, or /), else None."""
     site = site.resolve()
     spec_dir = spec_dir.resolve()
     if site == spec_dir or site in spec_dir.parents or site in (Path.home().resolve(),
                                                                 Path("/")):
-        raise UserError(f"output.site {site} contains the spec's folder; a build replaces the "
-                        "whole output folder, so choose a folder of its own (e.g. site/)")
+        return (f"output.site {site} contains the spec's folder; a build replaces the whole "
+                "output folder, so choose a folder of its own (e.g. site/)")
+    return None
+
+
+def check_output_folder(site: Path, spec_dir: Path, force: bool) -> None:
+    """Refuse outputs that would destroy something that is not a previous report."""
+    problem = holds_the_spec(site, spec_dir)
+    if problem:
+        raise UserError(problem)
+    site = site.resolve()
     system = any(site == s or s in site.parents for s in SYSTEM_FOLDERS)
     if system and not force:
         raise UserError(f"output.site {site} is in a system folder; pass --force to write there")

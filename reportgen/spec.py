@@ -1009,6 +1009,14 @@ def _check_files(raw: dict, base: Path, located: _Located) -> list[str]:
         images=images, limit=limit if limit and limit > 0 else None,
         masks=str(_absolute(masks, base)) if masks and "{stem}" in masks else None)
     outputs = _raw_outputs(raw, base)
+    site = outputs[0]
+    if site is not None:
+        from reportgen.output import holds_the_spec
+
+        problem = holds_the_spec(site, base)
+        if problem:  # said once, at output.site; its inputs are not "the build's own output"
+            problems.append(f"{located.where(('output', 'site'))}: {problem}")
+            outputs[0] = None
     searched, notes = _search_images(section, outputs)  # logged once, when a build reads them
     found = [p for p in searched if p.is_file()]
     where_images = located.where(("data", "images"))
