@@ -371,3 +371,28 @@ def test_a_deleted_current_folder_is_named_before_anything_runs(project: Path, c
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip() == ("error: the current folder no longer exists; cd to an "
                                   "existing folder")
+
+
+@pytest.mark.parametrize("name", ["r#1 <b>.pdf", "100% ready?.pdf"])
+def test_the_site_links_a_pdf_whatever_its_name_holds(project: Path, name: str):
+    """'#' would start a fragment, '%' an escape and '?' a query: each is encoded."""
+    from html.parser import HTMLParser
+    from urllib.parse import unquote, urlsplit
+
+    spec = write_spec(project / "spec.yaml", **{**FAST, "output": {"pdf": f"site/{name}"}},
+                      report={"title": "first"})
+    build(spec, BuildOptions())
+    links: dict[str, str] = {}
+
+    class Links(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            self.href = dict(attrs).get("href") if tag == "a" else None
+
+        def handle_data(self, data):
+            if getattr(self, "href", None):
+                links[data.strip()] = self.href
+
+    Links().feed((project / "site" / "index.html").read_text(encoding="utf-8"))
+    url = urlsplit(links["Archival report (PDF)"])
+    assert not url.fragment and not url.query and not url.scheme
+    assert (project / "site" / unquote(url.path)).read_bytes().startswith(b"%PDF")

@@ -150,8 +150,11 @@ def markdown(text: str, top: int = 3) -> Markup:
 
 
 def href(path: str) -> str:
-    """A relative URL for a site path (percent-encoded, '/' kept)."""
-    return quote(path, safe="/#")
+    """A relative URL for a site path, percent-encoded with '/' kept ('#' too: a PDF named
+    `r#1.pdf` is a file, not a fragment), or for a fragment of this page (`#image-x`)."""
+    if path.startswith("#"):
+        return "#" + quote(path[1:], safe="")
+    return quote(path, safe="/")
 
 
 # --------------------------------------------------------------------------- small views
