@@ -4,6 +4,7 @@ validation cannot send a request."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from reportgen import cli
 from reportgen.build import BuildOptions, build
 from reportgen.errors import SpecError
+from reportgen.offline import OFFLINE_SWITCHES
 from tests.helpers import write_images, write_spec
 
 HUB_NAMES = ["tu-hf-hub:timm/resnet18.a1_in1k", "hf-hub:timm/resnet18.a1_in1k",
@@ -27,19 +29,31 @@ import socket, sys
 attempts = []
 def refuse(*args, **kwargs):
     attempts.append(args[:2])
-    raise OSError("network access")
+    raise RuntimeError("network access")  # not an OSError: no client retries it
 socket.getaddrinfo = refuse
 socket.socket.connect = refuse
 socket.create_connection = refuse
 {imports}
-import timm
-try:
-    timm.create_model("hf-hub:timm/resnet18.a1_in1k", pretrained=False)
-    print("built")
+from huggingface_hub import hf_hub_download
+try:  # what timm does for an hf-hub: model name, even without weights
+    hf_hub_download("timm/resnet18.a1_in1k", "config.json")
+    print("fetched")
 except Exception as exc:
     print(type(exc).__name__)
 print("attempts", len(attempts))
 """
+
+
+# This process imported reportgen, which set the offline switches: a child must start
+# without them to show that importing reportgen sets them.
+ONLINE = {key: value for key, value in os.environ.items() if key not in OFFLINE_SWITCHES}
+
+
+def test_without_reportgen_the_hub_library_would_try_the_network():
+    """The guard of the two tests below sees a connection when nothing stops one."""
+    result = subprocess.run([sys.executable, "-c", GUARDED.format(imports="")],
+                            capture_output=True, text=True, timeout=120, env=ONLINE)
+    assert int(result.stdout.split()[-1]) > 0, result.stdout + result.stderr
 
 
 @pytest.fixture
@@ -88,9 +102,10 @@ def test_an_unknown_timm_encoder_is_refused_with_the_names_near_it(tmp_path: Pat
                                      "import huggingface_hub\nimport reportgen"],
                          ids=["reportgen first", "hub library imported before reportgen"])
 def test_the_hub_libraries_are_offline_once_reportgen_is_imported(imports: str):
-    """The second line of defence: a hub name reaching timm fails without a DNS query."""
+    """The second line of defence: a hub name reaching timm fails without a DNS query (the
+    download timm asks huggingface_hub for is made here, without importing torch)."""
     result = subprocess.run([sys.executable, "-c", GUARDED.format(imports=imports)],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, env=ONLINE)
     lines = result.stdout.split()
     assert result.returncode == 0, result.stderr
-    assert "built" not in lines and lines[-1] == "0", result.stdout + result.stderr
+    assert "fetched" not in lines and lines[-1] == "0", result.stdout + result.stderr
