@@ -77,7 +77,7 @@ def random_checkpoint(path: Path, architecture: str, encoder: str, seed: int = 0
     """A state_dict of a freshly initialised smp model (random weights)."""
     import torch
 
-    from reportgen.models import build_model
+    from reportgen.compute.models import build_model
 
     torch.manual_seed(seed)
     torch.save(build_model(architecture, encoder, 1, 3).state_dict(), path)
@@ -219,8 +219,8 @@ def run_baseline(spec_path: Path, images: int, out: Path) -> dict[str, object]:
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
-    from reportgen.data import sample_refs
-    from reportgen.models import build_model, load_checkpoint, resolve_layers
+    from reportgen.compute.data import sample_refs
+    from reportgen.compute.models import build_model, load_checkpoint, resolve_layers
     from reportgen.spec import parse_spec
 
     classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM,

@@ -32,7 +32,7 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
-from reportgen.cam import CamEngine, SegmentationTarget
+from reportgen.compute.cam import CamEngine, SegmentationTarget
 
 LIBRARY_CLASSES = {
     "gradcam": GradCAM,

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import segmentation_models_pytorch as smp
 import torch
 
-from reportgen.cam import CamEngine, SegmentationTarget
-from reportgen.metrics import MetricInputs, MetricSettings, evaluate_image, sanity_check
+from reportgen.compute.cam import CamEngine, SegmentationTarget
+from reportgen.compute.metrics import MetricInputs, MetricSettings, evaluate_image, sanity_check
 
 LAYERS = {"encoder_last": "encoder.layer4", "decoder_last": "decoder.blocks.4"}
 METHODS = ["gradcam", "gradcam++", "layercam"]

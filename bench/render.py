@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reportgen.build import MAPS_COMPRESSION  # noqa: E402
 from reportgen.hashing import write_npz  # noqa: E402
 from reportgen.render.site import SiteWriter  # noqa: E402
-from reportgen.report import Cell, ImageResult, LayerRow, MethodRow, ShownValue  # noqa: E402
+from reportgen.report.results import Cell, ImageResult, LayerRow, MethodRow, ShownValue  # noqa: E402
 from tests.site_fixtures import METRICS, disc, make_context  # noqa: E402
 
 LAYERS = {"encoder_early": 160, "encoder_mid": 40, "encoder_last": 20, "decoder_last": 0,

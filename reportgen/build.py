@@ -26,10 +26,10 @@ import torch
 
 from reportgen import __version__
 from reportgen.cache import GB, RANDOM_METHODS, ResultCache
-from reportgen.cam import CamEngine
-from reportgen.cam.engine import resolve_device
-from reportgen.cam.scorecam import arithmetic
-from reportgen.data import (
+from reportgen.compute.cam import CamEngine
+from reportgen.compute.cam.engine import resolve_device
+from reportgen.compute.cam.scorecam import arithmetic
+from reportgen.compute.data import (
     Sample,
     SampleRef,
     aspect_change,
@@ -39,17 +39,8 @@ from reportgen.data import (
     load_samples,
     sample_refs,
 )
-from reportgen.errors import UserError
-from reportgen.executors import computed_batches
-from reportgen.hashing import package_versions, sha256_path, write_npz
-from reportgen.manifest import (
-    git_commit,
-    relative_location,
-    shown_location,
-    source_date,
-    write_checksums,
-)
-from reportgen.metrics import (
+from reportgen.compute.executors import computed_batches
+from reportgen.compute.metrics import (
     METRICS,
     MetricInputs,
     MetricRow,
@@ -61,20 +52,10 @@ from reportgen.metrics import (
     write_metrics_csv,
     write_metrics_json,
 )
-from reportgen.models import build_model, load_checkpoint, resolve_layers
-from reportgen.models.build import parameter_count
-from reportgen.models.layers import ALIASES
-from reportgen.output import (
-    check_cache_folder,
-    check_output_folder,
-    name_in_site,
-    output_lock,
-    pdf_in_site,
-    site_folder,
-    staging_folder,
-    swap_in,
-)
-from reportgen.pipeline import (
+from reportgen.compute.models import build_model, load_checkpoint, resolve_layers
+from reportgen.compute.models.build import parameter_count
+from reportgen.compute.models.layers import ALIASES
+from reportgen.compute.pipeline import (
     ImageOutput,
     Pipeline,
     Plan,
@@ -85,7 +66,26 @@ from reportgen.pipeline import (
     segmentation_target,
     verdict_bands,
 )
-from reportgen.report import (
+from reportgen.errors import UserError
+from reportgen.hashing import package_versions, sha256_path, write_npz
+from reportgen.manifest import (
+    git_commit,
+    relative_location,
+    shown_location,
+    source_date,
+    write_checksums,
+)
+from reportgen.output import (
+    check_cache_folder,
+    check_output_folder,
+    name_in_site,
+    output_lock,
+    pdf_in_site,
+    site_folder,
+    staging_folder,
+    swap_in,
+)
+from reportgen.report.results import (
     LayerRow,
     MethodRow,
     MetricDefinition,
@@ -280,7 +280,7 @@ def _computed_batches(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clo
                       options: BuildOptions, cache: ResultCache | None = None,
                       ) -> Iterator[tuple[list[Sample], list[ImageOutput]]]:
     """Load and compute the images batch by batch, in the spec's order, ahead of the
-    caller (`reportgen.executors`: a background thread, or Ray workers); with a cache,
+    caller (`reportgen.compute.executors`: a background thread, or Ray workers); with a cache,
     only the images that miss it are computed."""
     m, batch = spec.model, spec.runtime.batch_size
 
@@ -436,7 +436,7 @@ def sanity_rows(result: SanityResult, keys: Iterable[tuple[str, str]]) -> list[S
 def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, infos, plan,
              samples: list[SampleRef], device: torch.device,
              warnings: list[str]) -> ReportContext:
-    from reportgen.cam.methods import get_method
+    from reportgen.compute.cam.methods import get_method
 
     m = spec.model
     norm = m.normalize if isinstance(m.normalize, str) else (
@@ -559,7 +559,7 @@ def check_spec(spec_path: Path, device: str | None = None
     """Every requested layer x method on the first image (`reportgen check`): one row per
     cell, and the warnings of loading the model (random weights, NaN weights, tensors of
     other modules dropped from a checkpoint), which a build would print too."""
-    from reportgen.cam import check_methods
+    from reportgen.compute.cam import check_methods
 
     spec, _ = parse_spec(Path(spec_path))
     dev = resolve_device(device or spec.runtime.device)

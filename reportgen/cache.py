@@ -44,19 +44,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from reportgen.data import Sample, SampleRef
+from reportgen.compute.data import Sample, SampleRef
+from reportgen.compute.metrics import MetricRow
 from reportgen.errors import UserError
 from reportgen.hashing import package_versions, sha256_file, write_npz
-from reportgen.metrics import MetricRow
-from reportgen.report import Cell, ImageResult, ShownValue
+from reportgen.report.results import Cell, ImageResult, ShownValue
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2
 DEFAULT_FOLDER = ".reportgen-cache"
-# Modules whose code cannot change a computed result: presentation and bookkeeping.
-PRESENTATION = ("render", "templates", "assets", "cli.py", "verify.py", "manifest.py",
-                "output.py")
 # Methods that draw random numbers: which images come from the cache would change
 # what the others draw, so a spec using one is never cached.
 RANDOM_METHODS = ("randomcam",)
@@ -69,13 +66,12 @@ CachedImage = tuple[ImageResult, list[MetricRow], dict[str, np.ndarray], torch.T
 
 
 def code_version() -> str:
-    """sha256 over the source of every module that computes maps or metrics."""
-    package = Path(__file__).resolve().parent
+    """sha256 over the source of `reportgen.compute`, everything that computes maps or
+    metrics: a change of presentation (render, report, templates) keeps the cache."""
+    package = Path(__file__).resolve().parent / "compute"
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         relative = path.relative_to(package).as_posix()
-        if relative.split("/")[0] in PRESENTATION:
-            continue
         digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

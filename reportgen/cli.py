@@ -107,7 +107,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _layer_model(args: argparse.Namespace):
-    from reportgen.models.build import build_model
+    from reportgen.compute.models.build import build_model
 
     if args.spec:
         from reportgen.spec import load_spec
@@ -124,7 +124,12 @@ def _layer_model(args: argparse.Namespace):
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    from reportgen.models.layers import ALIASES, all_module_shapes, describe_layers, resolve_layers
+    from reportgen.compute.models.layers import (
+        ALIASES,
+        all_module_shapes,
+        describe_layers,
+        resolve_layers,
+    )
 
     model, size, in_channels, layers = _layer_model(args)
     problems: dict[str, str] = {}  # layer -> why it does not resolve; the others are listed
@@ -186,7 +191,7 @@ def _stride(stride: float | None) -> str:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from reportgen.cam.methods import list_methods
+    from reportgen.compute.cam.methods import list_methods
 
     rows = [r._asdict() for r in list_methods()]
     if args.json:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reportgen.data import SampleRef
+from reportgen.compute.data import SampleRef
 from reportgen.hashing import sha256_file
 from reportgen.spec import Spec
 

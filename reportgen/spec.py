@@ -32,8 +32,8 @@ from pydantic import (
 
 from reportgen.errors import SpecError
 
-# The alias and metric-group names of the registries in reportgen.models.layers and
-# reportgen.metrics.registry, spelled out so that reading a spec imports no torch; the
+# The alias and metric-group names of the registries in reportgen.compute.models.layers and
+# reportgen.compute.metrics.registry, spelled out so that reading a spec imports no torch; the
 # tests pin them equal to the registries.
 LAYER_ALIASES = ("encoder_early", "encoder_mid", "encoder_last", "decoder_last", "seg_head")
 METRIC_GROUPS = ("attention", "dice", "localisation", "faithfulness", "sanity")
@@ -51,14 +51,14 @@ COLORMAPS = ("viridis", "cividis", "inferno", "magma", "plasma", "turbo", "jet")
 
 def method_names() -> list[str]:
     """Every CAM method name the engine knows (the engine's registry is the source)."""
-    from reportgen.cam.methods import METHODS
+    from reportgen.compute.cam.methods import METHODS
 
     return list(METHODS)
 
 
 def architecture_names() -> list[str]:
     """Every smp architecture a spec may name (smp's own list is the source)."""
-    from reportgen.models.build import ARCHITECTURES
+    from reportgen.compute.models.build import ARCHITECTURES
 
     return list(ARCHITECTURES)
 
@@ -177,7 +177,7 @@ class ModelSection(Strict):
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, value: str) -> str:
-        from reportgen.models.build import check_encoder_name
+        from reportgen.compute.models.build import check_encoder_name
 
         problem = check_encoder_name(value)
         if problem:
@@ -278,7 +278,7 @@ class TargetSection(Strict):
 
 class VerdictBands(Strict):
     """Attention-ratio verdict bands: above excellent "excellent", from good "good", from
-    fair "fair", else "concerning" (reportgen.metrics.VerdictBands applies them)."""
+    fair "fair", else "concerning" (reportgen.compute.metrics.VerdictBands applies them)."""
 
     excellent: float = 5.0
     good: float = 2.0
@@ -561,7 +561,7 @@ class Spec(Strict):
 
     @property
     def mask_reading(self) -> dict[str, int | None]:
-        """How the masks are read: `reportgen.data.read_mask`'s keyword arguments."""
+        """How the masks are read: `reportgen.compute.data.read_mask`'s keyword arguments."""
         label = self.mask_label
         return {"mask_label": label, "mask_classes": None if label is None else self.model.classes}
 

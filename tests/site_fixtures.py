@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reportgen.report import (
+from reportgen.report.results import (
     AggregateRow,
     Cell,
     ImageResult,

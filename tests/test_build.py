@@ -23,7 +23,7 @@ from reportgen.build import (
     build,
     versions,
 )
-from reportgen.data import load_samples
+from reportgen.compute.data import load_samples
 from reportgen.errors import DataError, UserError
 from reportgen.manifest import git_commit, shown_location
 from reportgen.output import SITE_FOLDERS
@@ -87,7 +87,7 @@ def test_every_link_and_image_of_a_built_site_resolves_inside_it(built: Path):
 def test_metric_definitions_printed_come_from_the_registry(built: Path):
     import html
 
-    from reportgen.metrics import METRICS
+    from reportgen.compute.metrics import METRICS
 
     index = html.unescape((built / "site" / "index.html").read_text())  # beside each table
     shown = [m for m in METRICS.values() if m.group in FAST["metrics"]]
@@ -97,9 +97,9 @@ def test_metric_definitions_printed_come_from_the_registry(built: Path):
 
 
 def test_the_spec_bands_decide_the_verdicts(tmp_path: Path):
-    from reportgen.metrics.attention import VerdictBands
-    from reportgen.metrics.attention import verdict as ratio_verdict
-    from reportgen.pipeline import verdict_bands
+    from reportgen.compute.metrics.attention import VerdictBands
+    from reportgen.compute.metrics.attention import verdict as ratio_verdict
+    from reportgen.compute.pipeline import verdict_bands
 
     write_images(tmp_path, count=1)
     bands = {"fair": 20, "good": 50, "excellent": 100}
@@ -252,7 +252,7 @@ def test_score_cam_compiles_when_the_work_repays_it(tmp_path: Path, images, size
 
     import torch
 
-    from reportgen.pipeline import _compile_pays
+    from reportgen.compute.pipeline import _compile_pays
     from reportgen.spec import load_spec
 
     write_images(tmp_path, count=1)
@@ -291,7 +291,7 @@ def test_sanity_rows_show_the_mean_absolute_correlation_the_verdict_compares():
     import torch
 
     from reportgen.build import sanity_rows
-    from reportgen.metrics import SanityLevel, SanityResult
+    from reportgen.compute.metrics import SanityLevel, SanityResult
 
     key = ("encoder_last", "gradcam++")
     levels = (SanityLevel("segmentation_head", {key: torch.tensor([0.9, -0.8])},
@@ -307,7 +307,7 @@ def test_sanity_rows_show_the_mean_absolute_correlation_the_verdict_compares():
 def test_the_audit_trail_says_what_arithmetic_a_precision_setting_meant():
     import torch
 
-    from reportgen.cam.scorecam import arithmetic
+    from reportgen.compute.cam.scorecam import arithmetic
 
     cuda = torch.device("cuda")  # only named: nothing runs on it
     assert arithmetic("auto", torch.device("cpu")).startswith("float32 (on the CPU")
@@ -328,7 +328,7 @@ def test_manifest_and_audit_page_record_the_arithmetic_of_precision_auto(built: 
 def test_a_cuda_index_the_machine_lacks_is_a_user_error(monkeypatch):
     import torch
 
-    from reportgen.cam.engine import resolve_device
+    from reportgen.compute.cam.engine import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -338,7 +338,7 @@ def test_a_cuda_index_the_machine_lacks_is_a_user_error(monkeypatch):
 
 
 def test_the_ratio_definition_prints_the_spec_bands(built: Path):
-    from reportgen.metrics.attention import VerdictBands
+    from reportgen.compute.metrics.attention import VerdictBands
 
     methods = (built / "site" / "methods.html").read_text()
     assert "P = predicted mask; verdict: above 5 excellent, 2–5 good, 1–2 fair, below 1 " \

@@ -23,9 +23,9 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
-from reportgen.cam import CamEngine, SegmentationTarget
-from reportgen.cam.normalise import normalise
-from reportgen.models import build_model, resolve_layers
+from reportgen.compute.cam import CamEngine, SegmentationTarget
+from reportgen.compute.cam.normalise import normalise
+from reportgen.compute.models import build_model, resolve_layers
 from tests.cam_fixtures import LAYERS, pearson, synthetic_shapes, trained_unetpp
 
 GRADIENT_METHODS = {

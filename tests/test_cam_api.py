@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.cam import CamEngine, SegmentationTarget, check_methods, compute_cam
+from reportgen.compute.cam import CamEngine, SegmentationTarget, check_methods, compute_cam
 from reportgen.errors import UserError
 from tests.cam_fixtures import LAYERS, synthetic_shapes
 
@@ -147,8 +147,8 @@ def test_cuda_without_a_gpu_is_a_user_error_as_in_the_cli(model):
 def test_resolved_layer_paths_cost_no_dry_forward(monkeypatch):
     """The build hands the engine resolved paths (`:nhwc` ones too): a fixed-size model
     (Swin) must not be probed at another size."""
-    from reportgen.models import build_model
-    from reportgen.models import layers as layer_module
+    from reportgen.compute.models import build_model
+    from reportgen.compute.models import layers as layer_module
 
     model = build_model("Unet", "tu-mambaout_femto", classes=1)
 
@@ -162,7 +162,7 @@ def test_resolved_layer_paths_cost_no_dry_forward(monkeypatch):
 
 
 def test_an_element_of_the_encoders_list_is_explained_as_the_module_that_made_it():
-    from reportgen.models import build_model
+    from reportgen.compute.models import build_model
 
     torch.manual_seed(0)
     model = build_model("Unet", "resnet18", classes=1)
@@ -178,7 +178,7 @@ def test_an_element_of_the_encoders_list_is_explained_as_the_module_that_made_it
 
 
 def test_pytorch_grad_cam_methods_that_ignore_the_layout_refuse_a_channels_last_layer():
-    from reportgen.models import build_model
+    from reportgen.compute.models import build_model
 
     model = build_model("Unet", "tu-mambaout_femto", classes=1)
     images = torch.randn(1, 3, 64, 64)

@@ -10,7 +10,7 @@ import torch
 from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import nn
 
-from reportgen.cam import (
+from reportgen.compute.cam import (
     METHODS,
     CamEngine,
     SegmentationTarget,
@@ -18,9 +18,9 @@ from reportgen.cam import (
     compute_cam,
     list_methods,
 )
-from reportgen.cam.hooks import ActivationRecorder
-from reportgen.cam.normalise import normalise
-from reportgen.cam.scorecam import _fp32_switches, strict_fp32
+from reportgen.compute.cam.hooks import ActivationRecorder
+from reportgen.compute.cam.normalise import normalise
+from reportgen.compute.cam.scorecam import _fp32_switches, strict_fp32
 from reportgen.errors import LayerError, UserError
 from tests.cam_fixtures import LAYERS, pearson, synthetic_shapes
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reportgen.cam import CamEngine, SegmentationTarget
-from reportgen.cam.scorecam import CPU_CHUNK, MAX_CHUNK, auto_chunk
+from reportgen.compute.cam import CamEngine, SegmentationTarget
+from reportgen.compute.cam.scorecam import CPU_CHUNK, MAX_CHUNK, auto_chunk
 from tests.cam_fixtures import LAYERS, pearson, synthetic_shapes, trained_unetpp
 
 pytestmark = [

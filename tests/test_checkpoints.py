@@ -13,8 +13,8 @@ import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import save_file
 
+from reportgen.compute.models import build_model, load_checkpoint
 from reportgen.errors import CheckpointError
-from reportgen.models import build_model, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +287,7 @@ def test_numpy_callables_in_a_checkpoint_cannot_build_objects_from_its_bytes(tmp
         "import numpy as np, torch\n"
         "from pathlib import Path\n"
         "from reportgen.errors import CheckpointError\n"
-        "from reportgen.models.checkpoints import _read_torch\n"
+        "from reportgen.compute.models.checkpoints import _read_torch\n"
         "class Objects:\n"
         "    def __reduce__(self):\n"
         "        return (np.ndarray, ((1,), np.dtype('O'), b'A' * 8))\n"

@@ -196,7 +196,7 @@ def test_check_warns_of_random_and_nan_weights_as_build_does(project, capsys):
     assert warning.startswith("no checkpoint: the model has RANDOM weights")
     assert run(capsys, "check", "-q", str(spec)) == (0, "", "")  # warnings are not failures
 
-    from reportgen.models import build_model
+    from reportgen.compute.models import build_model
 
     model = build_model("UnetPlusPlus", "efficientnet-b0")
     state = model.state_dict()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from reportgen.data import load_samples
-from reportgen.metrics import dice
-from reportgen.models import build_model, load_checkpoint
+from reportgen.compute.data import load_samples
+from reportgen.compute.metrics import dice
+from reportgen.compute.models import build_model, load_checkpoint
 from reportgen.spec import find_images, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
-from reportgen.data import (
+from reportgen.compute.data import (
     MAX_PIXELS,
     PNG_SIGNATURE,
     SampleRef,

@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
+from reportgen.compute.models import ALIASES, build_model, describe_layers, resolve_layers
+from reportgen.compute.models.build import ARCHITECTURES
 from reportgen.errors import LayerError, UserError
-from reportgen.models import ALIASES, build_model, describe_layers, resolve_layers
-from reportgen.models.build import ARCHITECTURES
 
 SIZE = (64, 64)
 FAMILIES = ["efficientnet-b0", "timm-efficientnet-b0", "resnet18", "mobilenet_v2", "tu-resnet18"]

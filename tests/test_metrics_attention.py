@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from reportgen.metrics import (
+from reportgen.compute.metrics import (
     VerdictBands,
     attention_mean,
     attention_ratio,

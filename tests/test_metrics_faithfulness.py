@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
+from reportgen.compute.metrics import baseline_image, deletion_insertion, target_score_fn
 from reportgen.errors import UserError
-from reportgen.metrics import baseline_image, deletion_insertion, target_score_fn
 
 SIZE = 20
 

@@ -10,8 +10,8 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
-from reportgen.cam import CamEngine, SegmentationTarget
-from reportgen.metrics import (
+from reportgen.compute.cam import CamEngine, SegmentationTarget
+from reportgen.compute.metrics import (
     GROUPS,
     METRICS,
     MetricInputs,

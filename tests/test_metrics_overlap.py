@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from reportgen.metrics import dice, energy_pointing_game, iou, pointing_game
+from reportgen.compute.metrics import dice, energy_pointing_game, iou, pointing_game
 
 SIZE = 32
 

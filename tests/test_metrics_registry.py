@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.metrics import (
+from reportgen.compute.metrics import (
     GROUPS,
     METRICS,
     MetricInputs,

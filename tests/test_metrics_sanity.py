@@ -5,7 +5,7 @@ import segmentation_models_pytorch as smp
 import torch
 from scipy.stats import spearmanr
 
-from reportgen.metrics import (
+from reportgen.compute.metrics import (
     SanityLevel,
     SanityResult,
     cascade_order,

@@ -18,8 +18,8 @@ import pytest
 from pypdf import PdfReader
 
 from reportgen.build import BuildOptions, build
+from reportgen.compute.metrics.registry import GROUPS, METRICS
 from reportgen.manifest import TIME_FIELDS
-from reportgen.metrics.registry import GROUPS, METRICS
 from reportgen.render.pdf import (
     METRIC_COLUMN_MM,
     METRIC_LABELS_MM,
@@ -32,7 +32,7 @@ from reportgen.render.pdf import (
 )
 from reportgen.render.pdf_figures import PRINT_URL, SITE_URL, PrintFigures, pixels_for
 from reportgen.render.viewmodel import Definition, Footnotes, value_view, verdict_view
-from reportgen.report import ShownValue
+from reportgen.report.results import ShownValue
 from reportgen.verify import verify_pdf
 from tests.helpers import write_images, write_spec
 from tests.pdf_fixtures import REPORT, build_project
@@ -511,7 +511,7 @@ def test_an_image_section_without_ratios_explains_its_approximate_rows(tmp_path:
     """With localisation only, no grid cell has a ratio to mark; the metric rows of the
     approximate map are marked all the same, so the section says what the mark means."""
     from reportgen.render.pdf import image_section
-    from reportgen.render.stats import ImageSummary
+    from reportgen.report.statistics import ImageSummary
     from tests.site_fixtures import make_context
 
     context = make_context()  # approximate: encoder_last x gradcam++

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from reportgen.metrics.attention import VerdictBands
+from reportgen.compute.metrics.attention import VerdictBands
 from reportgen.render.figures import png_size
 from reportgen.render.plots import (
     TICK_CROWDING,
@@ -25,8 +25,8 @@ from reportgen.render.plots import (
     ratio_ticks,
     sanity_plot,
 )
-from reportgen.render.stats import DatasetStats, ImageSummary
-from reportgen.report import SanityRow
+from reportgen.report.results import SanityRow
+from reportgen.report.statistics import DatasetStats, ImageSummary
 
 LAYERS = ["encoder_last", "decoder_last", "seg_head"]
 METHODS = ["gradcam", "gradcam++", "layercam"]

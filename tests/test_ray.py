@@ -42,7 +42,7 @@ def test_report_built_on_local_ray_workers_equals_the_single_process_report(
         tmp_path: Path, caplog: pytest.LogCaptureFixture):
     write_images(tmp_path, count=5)  # 3 batches over 2 workers: one worker computes two
     single = _build(tmp_path, "single")
-    with caplog.at_level(logging.INFO, logger="reportgen.executors"):
+    with caplog.at_level(logging.INFO, logger="reportgen.compute.executors"):
         sharded = _build(tmp_path, "sharded", executor="ray", workers=2)
     assert "computing on 2 Ray worker(s)" in caplog.text
 

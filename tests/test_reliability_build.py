@@ -28,9 +28,9 @@ from pypdf import PdfReader
 from reportgen import build as build_module
 from reportgen import cli
 from reportgen.build import BuildOptions, build
-from reportgen.data import safe_id
+from reportgen.compute.data import safe_id
+from reportgen.compute.models import build_model
 from reportgen.errors import UserError
-from reportgen.models import build_model
 from reportgen.output import inside, pdf_in_site
 from tests.helpers import write_images, write_spec
 
@@ -320,7 +320,7 @@ def test_render_workers_change_no_byte_and_a_failing_one_leaves_no_site(
 
 def test_out_of_memory_halves_batches_keeps_the_numbers_and_is_in_the_manifest(
         tmp_path: Path, monkeypatch):
-    from reportgen.metrics import registry
+    from reportgen.compute.metrics import registry
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1738281600")
     write_images(tmp_path, count=3)
@@ -389,7 +389,7 @@ def test_sanity_levels_start_from_the_batch_size_that_fitted(tmp_path: Path, mon
 
 def _engine_oom_above_one_image(monkeypatch) -> None:
     """Every engine batch of more than one image fails as a CUDA out-of-memory would."""
-    from reportgen.cam import CamEngine
+    from reportgen.compute.cam import CamEngine
 
     original = CamEngine._explain_batch
 

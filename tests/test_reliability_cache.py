@@ -14,8 +14,8 @@ import torch
 
 from reportgen import cache, cli
 from reportgen.build import BuildOptions, build
-from reportgen.cam import CamEngine
-from reportgen.pipeline import Pipeline
+from reportgen.compute.cam import CamEngine
+from reportgen.compute.pipeline import Pipeline
 from tests.helpers import write_images, write_spec
 
 FAST = {"metrics": ["attention", "dice", "localisation"],
@@ -224,7 +224,7 @@ def test_a_build_prunes_the_cache_to_runtime_cache_max_gb(tmp_path: Path, explai
 
 def test_compilation_is_decided_on_the_images_the_cache_lacks(tmp_path: Path, monkeypatch):
     """Adding a few images to a cached build must not pay a compilation sized for all."""
-    from reportgen import pipeline
+    from reportgen.compute import pipeline
 
     decided: list[int] = []
     monkeypatch.setattr(pipeline, "_compile_pays",

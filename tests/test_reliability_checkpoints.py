@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from reportgen import cli
+from reportgen.compute.models import build_model, load_checkpoint, resolve_layers
 from reportgen.errors import CheckpointError, LayerError
-from reportgen.models import build_model, load_checkpoint, resolve_layers
 from tests.helpers import write_images, write_spec
 
 

@@ -19,7 +19,7 @@ import tifffile
 from PIL import Image
 
 from reportgen import cli
-from reportgen.data import load_sample, read_image, sample_refs
+from reportgen.compute.data import load_sample, read_image, sample_refs
 from reportgen.errors import DataError, SpecError
 from reportgen.spec import IMAGENET, DataSection, find_images, load_spec
 from tests.helpers import write_images, write_spec
@@ -185,7 +185,7 @@ def test_a_png_padded_to_20_gb_is_refused_from_its_header_without_reading_it(tmp
     script = textwrap.dedent(f"""
         import resource, sys, time
         from pathlib import Path
-        from reportgen.data import read_image
+        from reportgen.compute.data import read_image
         from reportgen.errors import DataError
         pages = int(open("/proc/self/statm").read().split()[0])
         limit = pages * resource.getpagesize() + 2**30

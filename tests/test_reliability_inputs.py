@@ -14,7 +14,7 @@ from PIL import Image
 
 from reportgen import cli
 from reportgen.build import BuildOptions, build
-from reportgen.data import check_inputs, sample_refs
+from reportgen.compute.data import check_inputs, sample_refs
 from reportgen.errors import DataError
 from reportgen.spec import IMAGENET, load_spec
 from tests.helpers import write_images, write_spec
@@ -176,7 +176,7 @@ def test_convertible_input_is_read_and_its_rule_recorded(tmp_path: Path, case, i
     assert excluded == [] and len(usable) == 1
     if note is not None:
         assert any(note in n for n in usable[0].notes), usable[0].notes
-    from reportgen.data import load_sample
+    from reportgen.compute.data import load_sample
 
     sample = load_sample(usable[0], (SIZE, SIZE), 3, IMAGENET)
     assert sample.tensor.shape == (3, SIZE, SIZE) and sample.display.shape == (SIZE, SIZE, 3)

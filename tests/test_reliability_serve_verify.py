@@ -21,9 +21,9 @@ import torch
 
 from reportgen import cli
 from reportgen.build import BuildOptions, build
+from reportgen.compute.models import build_model
 from reportgen.hashing import sha256_file
 from reportgen.manifest import write_checksums
-from reportgen.models import build_model
 from reportgen.verify import verify
 from tests.helpers import write_images, write_spec
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reportgen.metrics.attention import VerdictBands
-from reportgen.metrics.export import AggregateRow
+from reportgen.compute.metrics.attention import VerdictBands
+from reportgen.compute.metrics.export import AggregateRow
 from reportgen.render import figures as fig
-from reportgen.render.stats import CURVE_POINTS, DatasetStats, standardised_ranks
 from reportgen.render.viewmodel import (
     Footnotes,
     ValueView,
@@ -37,7 +36,8 @@ from reportgen.render.viewmodel import (
     verdict_view,
     worst_verdict,
 )
-from reportgen.report import ShownValue
+from reportgen.report.results import ShownValue
+from reportgen.report.statistics import CURVE_POINTS, DatasetStats, standardised_ranks
 from tests.site_fixtures import (
     LAYERS,
     METHODS,
@@ -441,7 +441,7 @@ def test_the_headline_names_only_maps_it_counted() -> None:
     """A map with no verdict (n/a) is not counted by the median, so it is not named among
     the counted approximate or sanity-failing maps either."""
     from reportgen.render.viewmodel import SummaryCell, SummaryRow, overall_verdict
-    from reportgen.report import SanityRow
+    from reportgen.report.results import SanityRow
 
     context = make_context()  # approximate: encoder_last x gradcam++
     na, good = ValueView("n/a", 1, missing=True), ValueView("3.000")

@@ -239,8 +239,8 @@ def test_an_attachment_whose_md5_pypdf_reads_as_text_still_verifies(tmp_path: Pa
 
 def test_a_key_that_cannot_sign_stops_the_build_before_any_work(tmp_path: Path, monkeypatch):
     from reportgen.build import BuildOptions, build
+    from reportgen.compute.pipeline import Pipeline
     from reportgen.errors import UserError
-    from reportgen.pipeline import Pipeline
     from tests.pdf_fixtures import write_project
 
     spec = write_project(tmp_path)

@@ -63,7 +63,6 @@ from reportgen.errors import UserError
 from reportgen.hashing import sha256_file
 from reportgen.manifest import MANIFEST, shown_location
 from reportgen.render.pdf_figures import SITE_URL, PrintFigures
-from reportgen.render.stats import RANK_SIZE, DatasetStats, ImageSummary
 from reportgen.render.viewmodel import (
     OUTSIDE_LIMITS,
     RATIO_METRIC,
@@ -88,7 +87,8 @@ from reportgen.render.viewmodel import (
     value_view,
     verdict_view,
 )
-from reportgen.report import AggregateRow, ReportContext, SanityRow, ShownValue
+from reportgen.report.results import AggregateRow, ReportContext, SanityRow, ShownValue
+from reportgen.report.statistics import RANK_SIZE, DatasetStats, ImageSummary
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +471,7 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
 def template_environment() -> jinja2.Environment:
     """The Jinja2 environment of the print templates (autoescaping, strict undefined)."""
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("reportgen", "templates/pdf"),
+        loader=jinja2.PackageLoader("reportgen.templates", "pdf"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
         lstrip_blocks=True, keep_trailing_newline=True)
     return environment
@@ -746,7 +746,8 @@ def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Pat
         raise UserError(f"{spec_path} changed during the build; build again")
     when = document_date(context.date)
     stamp = when.isoformat().replace("+00:00", "Z")
-    css = resources.files("reportgen").joinpath("assets", "pdf.css").read_text(encoding="utf-8")
+    css = resources.files("reportgen.templates").joinpath("assets", "pdf.css").read_text(
+        encoding="utf-8")
     chunk_images = CHUNK_IMAGES if chunk_images is None else chunk_images
 
     def attachment(data: bytes, name: str, description: str, relationship: str) -> Attachment:

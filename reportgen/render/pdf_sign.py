@@ -23,7 +23,7 @@ from pyhanko.sign.validation.status import SignatureCoverageLevel
 from pyhanko_certvalidator import ValidationContext
 
 from reportgen.errors import UserError
-from reportgen.report import ReportContext
+from reportgen.report.results import ReportContext
 
 if TYPE_CHECKING:
     from reportgen.verify import SignatureState

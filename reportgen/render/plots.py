@@ -21,11 +21,11 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
-from reportgen.metrics.attention import VerdictBands
-from reportgen.metrics.faithfulness import Baseline
+from reportgen.compute.metrics.attention import VerdictBands
+from reportgen.compute.metrics.faithfulness import Baseline
 from reportgen.render.figures import encode_png
-from reportgen.render.stats import CURVE_POINTS, DatasetStats
-from reportgen.report import SanityRow
+from reportgen.report.results import SanityRow
+from reportgen.report.statistics import CURVE_POINTS, DatasetStats
 
 DPI = 100
 STYLE = {

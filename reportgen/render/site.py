@@ -34,7 +34,6 @@ from markupsafe import Markup
 from reportgen.output import inside
 from reportgen.render import figures as fig
 from reportgen.render import plots
-from reportgen.render.stats import RANK_SIZE, DatasetStats
 from reportgen.render.viewmodel import (
     NavItem,
     PlotView,
@@ -51,7 +50,8 @@ from reportgen.render.viewmodel import (
     page_view,
     summarise_verdicts,
 )
-from reportgen.report import AggregateRow, ImageResult, ReportContext, SanityRow
+from reportgen.report.results import AggregateRow, ImageResult, ReportContext, SanityRow
+from reportgen.report.statistics import RANK_SIZE, DatasetStats
 
 CELL_SIZE = 320  # longest side of a grid figure, px
 MAIN_SIZE = 512  # longest side of input / ground truth / prediction, px
@@ -82,7 +82,7 @@ class PreparedImage:
 def template_environment() -> jinja2.Environment:
     """The Jinja2 environment of the site templates (autoescaping on, strict undefined)."""
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("reportgen", "templates/site"),
+        loader=jinja2.PackageLoader("reportgen.templates", "site"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -93,7 +93,8 @@ def template_environment() -> jinja2.Environment:
 
 def asset_text(name: str) -> str:
     """The text of a packaged asset (site.css, site.js)."""
-    return resources.files("reportgen").joinpath("assets", name).read_text(encoding="utf-8")
+    return resources.files("reportgen.templates").joinpath("assets", name).read_text(
+        encoding="utf-8")
 
 
 class SiteWriter:

@@ -18,11 +18,10 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
 
 from reportgen import __version__
-from reportgen.cam.normalise import FLAG_REASONS
-from reportgen.metrics.attention import verdict as ratio_verdict
+from reportgen.compute.cam.normalise import FLAG_REASONS
+from reportgen.compute.metrics.attention import verdict as ratio_verdict
 from reportgen.render.figures import OVERLAY_VARIANTS
-from reportgen.render.stats import DatasetStats, ImageSummary, PairAgreement, metric_float
-from reportgen.report import (
+from reportgen.report.results import (
     AggregateRow,
     Cell,
     ImageResult,
@@ -31,6 +30,7 @@ from reportgen.report import (
     SanityRow,
     ShownValue,
 )
+from reportgen.report.statistics import DatasetStats, ImageSummary, PairAgreement, metric_float
 
 VERDICT_LABELS: dict[str, str] = {
     "excellent": "Excellent",

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from reportgen.cam.target import SegmentationTarget
+from reportgen.compute.cam.target import SegmentationTarget
+from reportgen.compute.metrics.values import as_mask, non_finite_maps
 from reportgen.errors import UserError
-from reportgen.metrics.values import as_mask, non_finite_maps
 
 log = logging.getLogger(__name__)
 

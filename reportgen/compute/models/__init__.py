@@ -1,8 +1,8 @@
 """Model stage: build any smp architecture, load checkpoints, resolve layers."""
 
-from reportgen.models.build import ARCHITECTURES, build_model, encoder_names
-from reportgen.models.checkpoints import load_checkpoint
-from reportgen.models.layers import ALIASES, LayerInfo, describe_layers, resolve_layers
+from reportgen.compute.models.build import ARCHITECTURES, build_model, encoder_names
+from reportgen.compute.models.checkpoints import load_checkpoint
+from reportgen.compute.models.layers import ALIASES, LayerInfo, describe_layers, resolve_layers
 
 __all__ = [
     "ALIASES",

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from reportgen.cam import CamEngine, SegmentationTarget
-from reportgen.cam.methods import METHODS
-from reportgen.cam.normalise import FLAG_REASONS
-from reportgen.data import Sample
-from reportgen.metrics import (
+from reportgen.compute.cam import CamEngine, SegmentationTarget
+from reportgen.compute.cam.methods import METHODS
+from reportgen.compute.cam.normalise import FLAG_REASONS
+from reportgen.compute.data import Sample
+from reportgen.compute.metrics import (
     METRICS,
     FaithfulnessCurves,
     MetricInputs,
@@ -33,8 +33,8 @@ from reportgen.metrics import (
     evaluate_image,
     verdict,
 )
-from reportgen.models import LayerInfo, describe_layers, resolve_layers
-from reportgen.report import Cell, ImageResult, ShownValue
+from reportgen.compute.models import LayerInfo, describe_layers, resolve_layers
+from reportgen.report.results import Cell, ImageResult, ShownValue
 from reportgen.spec import Spec
 
 UNDEFINED_FLAGS = ("empty_target", "non_finite")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reportgen.metrics.attention import VerdictBands
-from reportgen.metrics.export import AggregateRow
+from reportgen.compute.metrics.attention import VerdictBands
+from reportgen.compute.metrics.export import AggregateRow
 
 __all__ = ["AggregateRow", "Cell", "CellKey", "ImageResult", "LayerRow", "MethodRow",
            "MetricDefinition", "ShownValue", "ModelCard", "ReportContext", "SanityRow"]
@@ -24,7 +24,7 @@ CellKey = tuple[str, str]  # (layer name as in the spec, method name)
 class ShownValue:
     """A metric value as the report shows it: one number, or n/a with the reason (never a
     NaN shown as a number). Built from an exported row (`of_row`); the metrics' own
-    `reportgen.metrics.MetricValue` also carries the status."""
+    `reportgen.compute.metrics.MetricValue` also carries the status."""
 
     value: float | None
     reason: str = ""

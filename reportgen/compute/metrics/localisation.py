@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from reportgen.metrics.values import (
+from reportgen.compute.metrics.values import (
     NON_FINITE_MAP,
     ZERO_MAP,
     MetricValue,

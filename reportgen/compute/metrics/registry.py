@@ -17,23 +17,23 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from reportgen.metrics.attention import (
+from reportgen.compute.metrics.attention import (
     VerdictBands,
     attention_mean,
     attention_ratio,
     attention_std,
 )
-from reportgen.metrics.faithfulness import (
+from reportgen.compute.metrics.faithfulness import (
     Activation,
     Baseline,
     FaithfulnessCurves,
     deletion_insertion,
     target_score_fn,
 )
-from reportgen.metrics.localisation import energy_pointing_game, pointing_game
-from reportgen.metrics.sanity import DEFAULT_THRESHOLD, SanityResult
-from reportgen.metrics.segmentation import dice, iou
-from reportgen.metrics.values import NON_FINITE_MAP, MapKey, MetricValue, Status, per_map
+from reportgen.compute.metrics.localisation import energy_pointing_game, pointing_game
+from reportgen.compute.metrics.sanity import DEFAULT_THRESHOLD, SanityResult
+from reportgen.compute.metrics.segmentation import dice, iou
+from reportgen.compute.metrics.values import NON_FINITE_MAP, MapKey, MetricValue, Status, per_map
 
 Group = Literal["attention", "dice", "localisation", "faithfulness", "sanity"]
 Direction = Literal["higher", "lower", "n/a"]

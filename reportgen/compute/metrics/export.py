@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from reportgen.metrics.registry import METRICS, MetricRow
+from reportgen.compute.metrics.registry import METRICS, MetricRow
 
 _STATISTICS = ("mean", "std", "median", "min", "max")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from reportgen.metrics.values import MetricValue, as_mask, per_map
+from reportgen.compute.metrics.values import MetricValue, as_mask, per_map
 
 
 def _count(masks: Tensor) -> Tensor:

@@ -20,21 +20,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from reportgen.cam.adapter import adapter_maps
-from reportgen.cam.hooks import (
+from reportgen.compute.cam.adapter import adapter_maps
+from reportgen.compute.cam.hooks import (
     ActivationRecorder,
     LayerSpec,
     channels_last_layers,
     list_elements,
     resolve_layers,
 )
-from reportgen.cam.methods import MethodEntry, get_method
-from reportgen.cam.normalise import FLAG_REASONS, normalise
-from reportgen.cam.scorecam import auto_chunk, resolve_precision, score_cam, strict_fp32
-from reportgen.cam.target import SegmentationTarget, logits_of
+from reportgen.compute.cam.methods import MethodEntry, get_method
+from reportgen.compute.cam.normalise import FLAG_REASONS, normalise
+from reportgen.compute.cam.scorecam import auto_chunk, resolve_precision, score_cam, strict_fp32
+from reportgen.compute.cam.target import SegmentationTarget, logits_of
+from reportgen.compute.models.layers import ALIASES, PROBE_SIZE, module_of
+from reportgen.compute.models.layers import resolve_layers as resolve_layer_names
 from reportgen.errors import LayerError, UserError
-from reportgen.models.layers import ALIASES, PROBE_SIZE, module_of
-from reportgen.models.layers import resolve_layers as resolve_layer_names
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Metrics of segmentation predictions and their class-activation maps.
 
-    from reportgen.metrics import MetricInputs, evaluate_image, aggregate, write_metrics_csv
+    from reportgen.compute.metrics import MetricInputs, evaluate_image, aggregate, write_metrics_csv
     rows = evaluate_image(MetricInputs("img-001", maps=result_maps, prediction=mask,
                                        ground_truth=truth, image=x, model=model))
     write_metrics_csv(rows, "metrics.csv")
@@ -10,7 +10,7 @@ Every metric is one entry of `METRICS` (name, title, formula, direction,
 reference, unit, needs, group); the report prints definitions from there.
 """
 
-from reportgen.metrics.attention import (
+from reportgen.compute.metrics.attention import (
     Verdict,
     VerdictBands,
     attention_mean,
@@ -18,21 +18,21 @@ from reportgen.metrics.attention import (
     attention_std,
     verdict,
 )
-from reportgen.metrics.export import (
+from reportgen.compute.metrics.export import (
     AggregateRow,
     aggregate,
     write_metrics_csv,
     write_metrics_json,
 )
-from reportgen.metrics.faithfulness import (
+from reportgen.compute.metrics.faithfulness import (
     FaithfulnessCurves,
     ScoreFn,
     baseline_image,
     deletion_insertion,
     target_score_fn,
 )
-from reportgen.metrics.localisation import energy_pointing_game, pointing_game
-from reportgen.metrics.registry import (
+from reportgen.compute.metrics.localisation import energy_pointing_game, pointing_game
+from reportgen.compute.metrics.registry import (
     GROUPS,
     METRICS,
     MetricInputs,
@@ -42,7 +42,7 @@ from reportgen.metrics.registry import (
     evaluate_image,
     metrics_of,
 )
-from reportgen.metrics.sanity import (
+from reportgen.compute.metrics.sanity import (
     DEFAULT_THRESHOLD,
     ExplainFn,
     SanityLevel,
@@ -55,8 +55,8 @@ from reportgen.metrics.sanity import (
     spearman,
     ssim,
 )
-from reportgen.metrics.segmentation import dice, iou
-from reportgen.metrics.values import MapKey, MetricValue, Status
+from reportgen.compute.metrics.segmentation import dice, iou
+from reportgen.compute.metrics.values import MapKey, MetricValue, Status
 
 __all__ = [
     "DEFAULT_THRESHOLD",

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from reportgen.metrics.attention import VerdictBands
-from reportgen.report import CellKey, ImageResult
+from reportgen.compute.metrics.attention import VerdictBands
+from reportgen.report.results import CellKey, ImageResult
 
 RANK_SIZE = 64
 """Maps are compared at most RANK_SIZE x RANK_SIZE (area-downscaled) to keep ranking cheap."""

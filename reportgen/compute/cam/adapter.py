@@ -13,8 +13,8 @@ import importlib
 import torch
 from torch import nn
 
-from reportgen.cam.methods import MethodEntry
-from reportgen.cam.target import RegionTarget, SegmentationTarget
+from reportgen.compute.cam.methods import MethodEntry
+from reportgen.compute.cam.target import RegionTarget, SegmentationTarget
 from reportgen.errors import UserError
 
 # pytorch-grad-cam methods that ignore reshape_transform for the activations they use

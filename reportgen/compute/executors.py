@@ -31,12 +31,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from reportgen.compute.models import build_model
+from reportgen.compute.pipeline import (
+    ImageOutput,
+    Pipeline,
+    Stopwatch,
+    plan_layers,
+    seed_everything,
+)
 from reportgen.errors import UserError
-from reportgen.models import build_model
-from reportgen.pipeline import ImageOutput, Pipeline, Stopwatch, plan_layers, seed_everything
 
 if TYPE_CHECKING:
-    from reportgen.data import Sample
+    from reportgen.compute.data import Sample
     from reportgen.spec import Spec
 
 log = logging.getLogger(__name__)

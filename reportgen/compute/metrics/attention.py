@@ -13,7 +13,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from reportgen.metrics.values import (
+from reportgen.compute.metrics.values import (
     NON_FINITE_MAP,
     ZERO_MAP,
     MetricValue,

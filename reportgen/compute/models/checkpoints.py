@@ -512,7 +512,7 @@ def guess_model(state: Mapping[str, torch.Tensor]) -> ModelGuess | None:
     """
     from segmentation_models_pytorch.encoders import get_encoder
 
-    from reportgen.models.build import ARCHITECTURES, encoder_names
+    from reportgen.compute.models.build import ARCHITECTURES, encoder_names
 
     enc_sig = {k.removeprefix("encoder."): s for k, s in _signature(state, "encoder.").items()}
     if not enc_sig:

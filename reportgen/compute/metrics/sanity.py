@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reportgen.metrics.values import MapKey
+from reportgen.compute.metrics.values import MapKey
 
 ExplainFn = Callable[[nn.Module], Mapping[MapKey, Tensor]]
 """model -> {(layer, method): maps [N, H, W]} for a fixed set of N images."""

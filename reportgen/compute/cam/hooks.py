@@ -17,8 +17,8 @@ from collections.abc import Collection, Mapping
 import torch
 from torch import nn
 
+from reportgen.compute.models.layers import element_of, module_of, split_element, split_layout
 from reportgen.errors import LayerError
-from reportgen.models.layers import element_of, module_of, split_element, split_layout
 
 LayerSpec = Mapping[str, str | nn.Module]
 

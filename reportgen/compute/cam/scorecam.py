@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reportgen.cam.target import SegmentationTarget, logits_of
+from reportgen.compute.cam.target import SegmentationTarget, logits_of
 from reportgen.errors import UserError
 
 log = logging.getLogger(__name__)
