@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -649,13 +650,54 @@ def _raw_bytes(value: object, length: int | None = None) -> bytes | None:
 
 
 def signature_state(pdf: Path) -> SignatureState:
-    """The state of the PDF's last signature: unsigned, valid, modified or invalid."""
+    """The state of the PDF's last signature: unsigned, valid, modified or invalid
+    (unchecked when pyHanko, the `sign` extra, is not installed)."""
     data = pdf.read_bytes()
     if b"/ByteRange" not in data:
         return SignatureState("unsigned")
-    try:
-        from reportgen.render.pdf_sign import validate_signature
-    except ImportError:
+    if importlib.util.find_spec("pyhanko") is None:  # the optional `sign` extra
         return SignatureState("unchecked", detail="the PDF is signed; install reportgen[sign] "
                               "(pyHanko) to check the signature")
-    return validate_signature(pdf)
+    return _validated_signature(pdf)
+
+
+def _validated_signature(pdf: Path) -> SignatureState:
+    """The state of the last signature of `pdf`, checked with pyHanko.
+
+    valid: the signed bytes are intact and cover the whole file; modified: bytes
+    changed or were appended after signing; invalid: the signature itself does not
+    check. Whether the signer is trusted is reported in the detail (a self-signed
+    certificate is valid but not trusted).
+    """
+    # pyHanko is the optional `sign` extra: imported only for a signed PDF
+    from pyhanko.pdf_utils.reader import PdfFileReader
+    from pyhanko.sign.validation import validate_pdf_signature
+    from pyhanko.sign.validation.errors import SignatureValidationError
+    from pyhanko.sign.validation.status import SignatureCoverageLevel
+    from pyhanko_certvalidator import ValidationContext
+
+    with pdf.open("rb") as f:
+        try:
+            reader = PdfFileReader(f, strict=False)
+            signatures = reader.embedded_signatures
+        except Exception as error:  # pyHanko raises many types on damaged files
+            return SignatureState("invalid", detail=f"the signature cannot be read: {error}")
+        if not signatures:
+            return SignatureState("unsigned")
+        signature = signatures[-1]
+        try:
+            context = ValidationContext(trust_roots=[], allow_fetching=False)
+            status = validate_pdf_signature(signature, context)
+        except (SignatureValidationError, ValueError) as error:
+            return SignatureState("invalid", detail=str(error))
+        signer = status.signing_cert.subject.human_friendly if status.signing_cert else ""
+        when = status.signer_reported_dt.isoformat() if status.signer_reported_dt else ""
+        trust = "trusted" if status.trusted else "signer not trusted here (self-signed or " \
+                                                 "unknown authority)"
+        if not status.intact or not status.valid:
+            return SignatureState("modified" if not status.intact else "invalid", signer, when,
+                                  "the signed bytes do not match the signature")
+        if status.coverage != SignatureCoverageLevel.ENTIRE_FILE:
+            return SignatureState("modified", signer, when,
+                                  f"the file was changed after signing ({status.coverage.name})")
+        return SignatureState("valid", signer, when, f"intact, covers the whole file; {trust}")

@@ -4,29 +4,21 @@ The signature is added as an incremental update after the PDF/A file is written:
 the original bytes stay untouched, an invisible signature field is appended, and
 PDF/A-3 allows signatures, so the file remains PDF/A as far as the appended
 objects go. Any later change, to a page, to an attachment or appended after the
-signature, is detected by `validate_signature`. A signature carries the signing
-time, so a signed PDF is, by design, not byte-identical between builds.
+signature, is detected by `reportgen verify` (`reportgen.verify.signature_state`). A
+signature carries the signing time, so a signed PDF is, by design, not byte-identical
+between builds. This module only signs; checking a signature belongs to verify.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
-from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign import fields, signers
-from pyhanko.sign.validation import validate_pdf_signature
-from pyhanko.sign.validation.errors import SignatureValidationError
-from pyhanko.sign.validation.status import SignatureCoverageLevel
-from pyhanko_certvalidator import ValidationContext
 
 from reportgen.errors import UserError
 from reportgen.report.results import ReportContext
-
-if TYPE_CHECKING:
-    from reportgen.verify import SignatureState
 
 log = logging.getLogger(__name__)
 
@@ -68,40 +60,3 @@ def sign_pdf(pdf: Path, pkcs12: Path, password: str | None, context: ReportConte
         data = signed.getvalue()
     pdf.write_bytes(data)
     log.info("signed %s with %s", pdf.name, pkcs12.name)
-
-
-def validate_signature(pdf: Path) -> SignatureState:
-    """The state of the last signature of `pdf` (a `verify.SignatureState`).
-
-    valid: the signed bytes are intact and cover the whole file; modified: bytes
-    changed or were appended after signing; invalid: the signature itself does not
-    check. Whether the signer is trusted is reported in the detail (a self-signed
-    certificate is valid but not trusted).
-    """
-    from reportgen.verify import SignatureState
-
-    with pdf.open("rb") as f:
-        try:
-            reader = PdfFileReader(f, strict=False)
-            signatures = reader.embedded_signatures
-        except Exception as error:  # pyHanko raises many types on damaged files
-            return SignatureState("invalid", detail=f"the signature cannot be read: {error}")
-        if not signatures:
-            return SignatureState("unsigned")
-        signature = signatures[-1]
-        try:
-            context = ValidationContext(trust_roots=[], allow_fetching=False)
-            status = validate_pdf_signature(signature, context)
-        except (SignatureValidationError, ValueError) as error:
-            return SignatureState("invalid", detail=str(error))
-        signer = status.signing_cert.subject.human_friendly if status.signing_cert else ""
-        when = status.signer_reported_dt.isoformat() if status.signer_reported_dt else ""
-        trust = "trusted" if status.trusted else "signer not trusted here (self-signed or " \
-                                                 "unknown authority)"
-        if not status.intact or not status.valid:
-            return SignatureState("modified" if not status.intact else "invalid", signer, when,
-                                  "the signed bytes do not match the signature")
-        if status.coverage != SignatureCoverageLevel.ENTIRE_FILE:
-            return SignatureState("modified", signer, when,
-                                  f"the file was changed after signing ({status.coverage.name})")
-        return SignatureState("valid", signer, when, f"intact, covers the whole file; {trust}")
