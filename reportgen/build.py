@@ -64,7 +64,6 @@ from reportgen.compute.pipeline import (
     plan_layers,
     seed_everything,
     segmentation_target,
-    verdict_bands,
 )
 from reportgen.errors import UserError
 from reportgen.hashing import package_versions, sha256_path, write_npz
@@ -450,7 +449,7 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
                 "scored" if approximate_layers else "")
         methods.append(MethodRow(name, entry.family, entry.cost, entry.reference,
                                  entry.description, bool(note), note))
-    bands = verdict_bands(spec)
+    bands = spec.metric_options.attention.bands
     definitions = [MetricDefinition(
         s.name, s.title,
         s.formula + (f"; verdict: {bands.text}"

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from reportgen.compute.verdict_bands import VerdictBands
 from reportgen.errors import SpecError
 
 # The alias and metric-group names of the registries in reportgen.compute.models.layers and
@@ -274,21 +275,6 @@ class TargetSection(Strict):
         "prediction", description="pixels whose logits are summed: the model's prediction, the "
         "ground-truth mask, or the whole image")
     threshold: float = Field(0.5, gt=0, lt=1, description="sigmoid threshold of the prediction")
-
-
-class VerdictBands(Strict):
-    """Attention-ratio verdict bands: above excellent "excellent", from good "good", from
-    fair "fair", else "concerning" (reportgen.compute.metrics.VerdictBands applies them)."""
-
-    excellent: float = 5.0
-    good: float = 2.0
-    fair: float = 1.0
-
-    @model_validator(mode="after")
-    def _ordered(self) -> VerdictBands:
-        if not self.excellent > self.good > self.fair > 0:
-            raise ValueError("bands must satisfy excellent > good > fair > 0")
-        return self
 
 
 class AttentionOptions(Strict):

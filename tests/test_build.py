@@ -99,13 +99,12 @@ def test_metric_definitions_printed_come_from_the_registry(built: Path):
 def test_the_spec_bands_decide_the_verdicts(tmp_path: Path):
     from reportgen.compute.metrics.attention import VerdictBands
     from reportgen.compute.metrics.attention import verdict as ratio_verdict
-    from reportgen.compute.pipeline import verdict_bands
 
     write_images(tmp_path, count=1)
     bands = {"fair": 20, "good": 50, "excellent": 100}
     spec = load_spec(write_spec(tmp_path / "spec.yaml",
                                 metric_options={"attention": {"bands": bands}}))
-    chosen = verdict_bands(spec)
+    chosen = spec.metric_options.attention.bands
     assert chosen == VerdictBands(fair=20.0, good=50.0, excellent=100.0)
     # a ratio of 30: excellent by the default bands, fair by these
     assert ratio_verdict(30.0, VerdictBands()) == "excellent"

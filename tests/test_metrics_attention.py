@@ -95,5 +95,5 @@ def test_verdict_bands_are_configurable_and_validated():
     strict = VerdictBands(excellent=10, good=4, fair=2)
     assert [verdict(r, strict) for r in (11, 5, 3, 1.5)] == [
         "excellent", "good", "fair", "concerning"]
-    with pytest.raises(ValueError, match="fair <= good <= excellent"):
+    with pytest.raises(ValueError, match="excellent > good > fair > 0"):
         VerdictBands(excellent=1, good=2, fair=3)

@@ -29,7 +29,6 @@ from reportgen.compute.metrics import (
     MetricInputs,
     MetricRow,
     MetricSettings,
-    VerdictBands,
     evaluate_image,
     verdict,
 )
@@ -93,11 +92,6 @@ def seed_everything(seed: int, device: torch.device) -> list[str]:
         notes.append("CUDA: bilinear upsampling backward and atomics-based reductions have no "
                      "deterministic kernel; maps may differ in the last bits between runs")
     return notes
-
-
-def verdict_bands(spec: Spec) -> VerdictBands:
-    """The attention-ratio verdict bands the spec asks for (metric_options.attention.bands)."""
-    return VerdictBands(**spec.metric_options.attention.bands.model_dump())
 
 
 @dataclass
@@ -241,7 +235,7 @@ class Pipeline:
                 scorecam_max_channels=score.max_channels, scorecam_chunk=score.chunk_size,
                 scorecam_compile=self.scorecam_compiled))
         self.settings = MetricSettings(
-            bands=verdict_bands(spec),
+            bands=spec.metric_options.attention.bands,
             faithfulness_steps=spec.metric_options.faithfulness.steps,
             faithfulness_baseline=spec.metric_options.faithfulness.baseline,
             sanity_threshold=spec.metric_options.sanity.threshold,

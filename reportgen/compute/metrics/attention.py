@@ -8,7 +8,6 @@ the image.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor
@@ -23,44 +22,12 @@ from reportgen.compute.metrics.values import (
     per_map,
     zero_maps,
 )
+from reportgen.compute.verdict_bands import DEFAULT_BANDS, VerdictBands
 
 Verdict = Literal["excellent", "good", "fair", "concerning", "n/a", "invalid"]
 
 
-@dataclass(frozen=True)
-class VerdictBands:
-    """Lower bounds of the attention-ratio verdicts.
-
-    ratio > excellent: "excellent"; good <= ratio <= excellent: "good";
-    fair <= ratio < good: "fair"; ratio < fair: "concerning".
-    Defaults are the original report's bands (5, 2, 1).
-    """
-
-    excellent: float = 5.0
-    good: float = 2.0
-    fair: float = 1.0
-
-    @property
-    def lines(self) -> tuple[float, float, float]:
-        """The bounds (fair, good, excellent), low to high, as drawn on ratio plots."""
-        return (self.fair, self.good, self.excellent)
-
-    @property
-    def text(self) -> str:
-        """The bands in words, e.g. "above 5 excellent, 2–5 good, 1–2 fair, below 1
-        concerning"."""
-        return (f"above {self.excellent:g} excellent, {self.good:g}–{self.excellent:g} good, "
-                f"{self.fair:g}–{self.good:g} fair, below {self.fair:g} concerning")
-
-    def __post_init__(self) -> None:
-        if not self.fair <= self.good <= self.excellent:
-            raise ValueError(
-                f"verdict bands must satisfy fair <= good <= excellent, got "
-                f"fair={self.fair}, good={self.good}, excellent={self.excellent}"
-            )
-
-
-def verdict(ratio: float | None, bands: VerdictBands = VerdictBands(), *,
+def verdict(ratio: float | None, bands: VerdictBands = DEFAULT_BANDS, *,
             status: Status = "ok") -> Verdict:
     """The verdict for an attention ratio under `bands`.
 
