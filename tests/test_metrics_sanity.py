@@ -15,6 +15,7 @@ from reportgen.compute.metrics import (
     spearman,
     ssim,
 )
+from reportgen.compute.metrics.sanity import standardised_ranks
 
 
 def small_unet() -> torch.nn.Module:
@@ -36,6 +37,15 @@ def test_spearman_sees_ranks_only_and_is_undefined_for_constant_maps():
     assert spearman(maps, maps**3).tolist() == pytest.approx([1.0, 1.0])
     assert spearman(maps, 1 - maps).tolist() == pytest.approx([-1.0, -1.0])
     assert spearman(maps, torch.zeros(2, 16, 16)).isnan().all()
+
+
+def test_ranks_standardised_once_give_spearman_by_a_dot_product():
+    generator = torch.Generator().manual_seed(1)
+    first = torch.randint(0, 5, (3, 10, 10), generator=generator).double()
+    second = torch.rand(3, 10, 10, generator=generator).double()
+    dots = (standardised_ranks(first) * standardised_ranks(second)).sum(dim=1)
+    assert dots.tolist() == pytest.approx(spearman(first, second).tolist())
+    assert standardised_ranks(torch.zeros(1, 4, 4)).isnan().all()
 
 
 def test_ssim_is_one_for_equal_maps_and_low_for_unrelated_ones():

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import torch
 
 from reportgen.compute.metrics.attention import VerdictBands
+from reportgen.compute.metrics.sanity import standardised_ranks as rank_vectors
 from reportgen.report.results import CellKey, ImageResult
 
 RANK_SIZE = 64
@@ -41,25 +43,18 @@ def usable_map(values: np.ndarray | None, flags: Iterable[str]) -> bool:
 
 
 def standardised_ranks(values: np.ndarray, size: int = RANK_SIZE) -> np.ndarray | None:
-    """Average ranks of the map's pixels (ties share their mean rank), centred and
-    scaled to unit norm, so that the dot product of two of them is Spearman's rho.
-
-    None when every pixel ties (rho is undefined for a constant map).
+    """The map's standardised ranks (`compute.metrics.sanity.standardised_ranks`: the dot
+    product of two of them is Spearman's rho) after area-downscaling it to at most
+    `size` x `size`. None when every pixel ties (rho is undefined for a constant map).
     """
     height, width = values.shape
     scale = size / max(height, width)
     if scale < 1.0:
         shape = (max(1, round(width * scale)), max(1, round(height * scale)))
         values = cv2.resize(values.astype(np.float32), shape, interpolation=cv2.INTER_AREA)
-    flat = values.astype(np.float64).ravel()
-    _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-    start = np.cumsum(counts) - counts
-    ranks = (start + (counts - 1) / 2.0)[inverse]
-    centred = ranks - ranks.mean()
-    norm = float(np.sqrt(np.dot(centred, centred)))
-    if norm == 0.0:
-        return None
-    return centred / norm
+    flat = torch.from_numpy(values.astype(np.float64).ravel())
+    standardised = rank_vectors(flat[None])[0].numpy()
+    return None if np.isnan(standardised).any() else standardised
 
 
 @dataclass

@@ -139,15 +139,35 @@ def _average_ranks(values: Tensor) -> Tensor:
     return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
 
 
+def _centred_ranks(maps: Tensor) -> Tensor:
+    """The average ranks of each map's pixels [N, P], less their mean."""
+    ranks = _average_ranks(maps.flatten(1))
+    return ranks - ranks.mean(dim=1, keepdim=True)
+
+
 def spearman(first: Tensor, second: Tensor) -> Tensor:
     """Spearman rank correlation ρ per pair of maps [N, H, W] (Spearman, 1904):
     the Pearson correlation of the pixels' ranks, ties given their mean rank.
     NaN where either map is constant."""
-    ranks = [_average_ranks(maps.flatten(1)) for maps in (first, second)]
-    centred = [r - r.mean(dim=1, keepdim=True) for r in ranks]
+    centred = [_centred_ranks(maps) for maps in (first, second)]
     covariance = (centred[0] * centred[1]).sum(dim=1)
     norms = centred[0].norm(dim=1) * centred[1].norm(dim=1)
     return (covariance / norms).where(norms > 0, float("nan"))
+
+
+def standardised_ranks(maps: Tensor) -> Tensor:
+    """Each map's pixel ranks [N, P] as in `spearman`, centred and scaled to unit length,
+    so that the dot product of two rows is their Spearman ρ: ranking each map once serves
+    every pair it is compared in. NaN rows for constant maps (ρ is undefined there)."""
+    centred = _centred_ranks(maps)
+    # The sum of squares of half-integer ranks is exact; its root is taken with
+    # math.sqrt, which rounds correctly (torch's vectorised sqrt can be 1 ulp off), and
+    # divided by elementwise (torch multiplies by the reciprocal of a single number), so
+    # the same map gives the same bits on any platform.
+    squares = centred.square().sum(dim=1).tolist()
+    length = torch.tensor([math.sqrt(total) for total in squares], dtype=centred.dtype,
+                          device=centred.device)[:, None].expand_as(centred)
+    return (centred / length).where(length > 0, float("nan"))
 
 
 def _gaussian_window(size: int, sigma: float, like: Tensor) -> Tensor:
