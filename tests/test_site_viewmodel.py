@@ -16,7 +16,6 @@ from reportgen.render.viewmodel import (
     Footnotes,
     ValueView,
     agreement_shade,
-    cell_figure_name,
     definitions_for,
     dice_summary,
     downloads,
@@ -36,6 +35,7 @@ from reportgen.render.viewmodel import (
     verdict_view,
     worst_verdict,
 )
+from reportgen.report.layout import cell_figure_name
 from reportgen.report.results import ShownValue
 from reportgen.report.statistics import CURVE_POINTS, DatasetStats, standardised_ranks
 from tests.site_fixtures import (

@@ -61,7 +61,7 @@ import pydyf
 from reportgen import __version__
 from reportgen.errors import UserError
 from reportgen.hashing import sha256_file
-from reportgen.manifest import MANIFEST, shown_location
+from reportgen.manifest import shown_location
 from reportgen.render.pdf_figures import SITE_URL, PrintFigures
 from reportgen.render.viewmodel import (
     OUTSIDE_LIMITS,
@@ -77,7 +77,6 @@ from reportgen.render.viewmodel import (
     VerdictView,
     approximate_at,
     audit_view,
-    cell_figure_name,
     definitions_for,
     format_count,
     index_view,
@@ -87,13 +86,14 @@ from reportgen.render.viewmodel import (
     value_view,
     verdict_view,
 )
+from reportgen.report import layout
+from reportgen.report.layout import cell_figure_name
 from reportgen.report.results import AggregateRow, ReportContext, SanityRow, ShownValue
 from reportgen.report.statistics import RANK_SIZE, DatasetStats, ImageSummary
 
 log = logging.getLogger(__name__)
 
 PDF_VARIANT = "pdf/a-3u"
-METRICS_CSV = "data/metrics.csv"
 LANG = "en"
 PAGE_CONTENT_MM = 174.0  # A4 width (210 mm) minus 18 mm margins
 GRID_LABEL_MM = 26.0  # the layer-name column of an image's grid
@@ -310,7 +310,6 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
             by_cell.setdefault((row["layer"], row["method"]), {})[row["metric"]] = shown
         else:
             image_level[row["metric"]] = shown
-    folder = f"figures/{summary.id}"
     source = summary.source_name
     main = []
     for name, caption, alt in (
@@ -318,7 +317,7 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
             ("ground_truth", "Ground truth", f"Ground-truth mask outlined in magenta on {source}"),
             ("prediction", "Prediction",
              f"Predicted {context.model.target_class} mask outlined in white on {source}")):
-        src = figures.get(f"{folder}/{name}.png", MAIN_FIGURE_MM)
+        src = figures.get(layout.figure(summary.id, name, "png"), MAIN_FIGURE_MM)
         placeholder = "" if src else ("No ground truth" if name == "ground_truth"
                                       else "Figure not drawn")
         main.append(PrintFigure(src, alt, caption, placeholder))
@@ -332,9 +331,9 @@ def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[
             metrics = by_cell.get((layer, method), {})
             src = None
             for variant in GRID_VARIANTS:
-                for suffix in ("jpg", "png"):
-                    src = src or figures.get(f"{folder}/{cell_figure_name(r, c, variant)}."
-                                             f"{suffix}", cell_mm)
+                name = cell_figure_name(r, c, variant)
+                src = src or figures.get(
+                    layout.figure(summary.id, name, layout.figure_suffix(name)), cell_mm)
             ratio = metrics.get(RATIO_METRIC)
             reason = "not computed" if not metrics else (
                 (ratio.reason if ratio is not None and not ratio.ok else "") or "map not drawn")
@@ -395,7 +394,7 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
     """The PDF's view model; the image sections are produced lazily while rendering."""
     plots = []
     for name, title in PLOTS:
-        src = figures.get(f"plots/{name}.png", PLOT_MM)
+        src = figures.get(layout.plot(name), PLOT_MM)
         if src:
             caption = (plot_captions or {}).get(name, "")
             plots.append(PrintFigure(src, f"Plot: {title}",
@@ -406,7 +405,7 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
     layers = [(row.name, row.path, "—" if row.channels is None else format_count(row.channels),
                "—" if row.stride is None else f"{row.stride:g}", row.meaning)
               for row in context.layers]
-    metric_rows = read_metric_rows(site / METRICS_CSV)
+    metric_rows = read_metric_rows(site / layout.METRICS_CSV)
     summaries = list(stats.summaries)
     input_notes = {image["id"]: list(image.get("notes") or [])
                    for image in manifest.get("inputs", {}).get("images", [])}
@@ -459,7 +458,7 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
         reviewers=reviewers, decisions=DECISIONS,
         images=sections(),
         image_toc=[(f"image-{s.id}", f"Image {s.id} — {s.source_name}") for s in summaries],
-        colorbar=figures.get("figures/colorbar.png", 60.0),
+        colorbar=figures.get(layout.COLORBAR, 60.0),
         colormap=context.colormap,
         sections=sections,
     )
@@ -758,10 +757,10 @@ def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Pat
         "pdf_variant": PDF_VARIANT,
         "attachments": [
             attachment(spec_bytes, spec_path.name, "The report's spec, as given", "Source"),
-            attachment((site / MANIFEST).read_bytes(), "manifest.json",
+            attachment((site / layout.MANIFEST).read_bytes(), "manifest.json",
                        "Audit manifest: inputs, versions, device, timings, output hashes",
                        "Data"),
-            attachment((site / METRICS_CSV).read_bytes(), "metrics.csv",
+            attachment((site / layout.METRICS_CSV).read_bytes(), "metrics.csv",
                        "Every metric value of every image, layer and method", "Data"),
         ],
         "pdf_identifier": pdf_identifier(context.report_id),

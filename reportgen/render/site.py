@@ -38,7 +38,6 @@ from reportgen.render.viewmodel import (
     NavItem,
     PlotView,
     audit_view,
-    cell_figure_name,
     cell_problem,
     gallery_items,
     href,
@@ -50,6 +49,8 @@ from reportgen.render.viewmodel import (
     page_view,
     summarise_verdicts,
 )
+from reportgen.report import layout
+from reportgen.report.layout import cell_figure_name
 from reportgen.report.results import AggregateRow, ImageResult, ReportContext, SanityRow
 from reportgen.report.statistics import RANK_SIZE, DatasetStats
 
@@ -126,8 +127,8 @@ class SiteWriter:
             self._single_parts = tempfile.TemporaryFile("w+", encoding="utf-8")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for name in ASSETS:
-            self._write_text(f"assets/{name}", asset_text(name))
-        self._write_bytes("figures/colorbar.png", fig.encode_png(fig.colour_bar(self._lut)))
+            self._write_text(layout.asset(name), asset_text(name))
+        self._write_bytes(layout.COLORBAR, fig.encode_png(fig.colour_bar(self._lut)))
 
     # ------------------------------------------------------------------ files
 
@@ -170,12 +171,12 @@ class SiteWriter:
         sources = self._figures(result)
         view = image_page_view(self.context, result, sources, position, len(self.image_ids),
                                previous, following)
-        self._write_text(f"images/{result.id}.html", self._render("image.html", view=view,
-                                                                  page=view.page))
+        self._write_text(layout.image_page(result.id),
+                         self._render("image.html", view=view, page=view.page))
         small = fig.fit(fig.as_rgb(result.display), THUMB_SIZE)
         thumb = fig.draw_outline(small, fig.fit_mask(result.prediction, small.shape[:2]),
                                  fig.PREDICTION_COLOUR)
-        self._write_bytes(f"thumbs/{result.id}.jpg", fig.encode_jpeg(thumb, 85))
+        self._write_bytes(layout.thumb(result.id), fig.encode_jpeg(thumb, 85))
         single = (self._single_section(result, position, previous, following)
                   if self.single_file else None)
         verdict = summarise_verdicts({key: cell.verdict for key, cell in result.cells.items()},
@@ -194,15 +195,14 @@ class SiteWriter:
 
     def _figures(self, result: ImageResult) -> dict[str, str]:
         """Write the figures of one image; return figure name -> src relative to its page."""
-        folder = f"figures/{result.id}"
         sources: dict[str, str] = {}
         for name, image in self._composed(result, MAIN_SIZE, CELL_SIZE, with_variants=True):
-            if name.startswith("cell-"):
-                data, suffix = fig.encode_jpeg(image, GRID_JPEG_QUALITY, full_chroma=True), "jpg"
-            else:
-                data, suffix = fig.encode_png(image), "png"
-            self._write_bytes(f"{folder}/{name}.{suffix}", data)
-            sources[name] = href(f"../{folder}/{name}.{suffix}")
+            suffix = layout.figure_suffix(name)
+            data = (fig.encode_jpeg(image, GRID_JPEG_QUALITY, full_chroma=True)
+                    if suffix == "jpg" else fig.encode_png(image))
+            path = layout.figure(result.id, name, suffix)
+            self._write_bytes(path, data)
+            sources[name] = href(f"../{path}")
         return sources
 
     def _composed(self, result: ImageResult, main_size: int, cell_size: int,
@@ -265,7 +265,7 @@ class SiteWriter:
 
         drawn = self._plots(sanity)
         self.plot_captions = {name: plot.caption for name, plot in drawn.items()}
-        page_plots = {name: PlotView(p.title, href(f"plots/{p.name}.png") if p.png else None,
+        page_plots = {name: PlotView(p.title, href(layout.plot(p.name)) if p.png else None,
                                      p.alt, p.caption, p.reason,
                                      *(fig.png_size(p.png) if p.png else (0, 0)))
                       for name, p in drawn.items()}
@@ -282,10 +282,9 @@ class SiteWriter:
         layers = layers_view(self.context, self.stats, aggregates, pick(("layers",), page_plots),
                              RANK_SIZE)
         audit = audit_view(self.context, self.stats)
-        for name, view in (("index", index), ("methods", methods), ("layers", layers),
-                           ("audit", audit)):
-            self._write_text(f"{name}.html", self._render(f"{name}.html", view=view,
-                                                          page=view.page))
+        for page, view in ((layout.INDEX, index), (layout.METHODS, methods),
+                           (layout.LAYERS, layers), (layout.AUDIT, audit)):
+            self._write_text(page, self._render(page, view=view, page=view.page))
         if self._single_parts is not None:
             self._write_single(self._single_parts, drawn, aggregates, sanity)
             self._single_parts = None
@@ -307,13 +306,13 @@ class SiteWriter:
         ]
         for plot in drawn:
             if plot.png is not None:
-                self._write_bytes(f"plots/{plot.name}.png", plot.png)
+                self._write_bytes(layout.plot(plot.name), plot.png)
         return {plot.name: plot for plot in drawn}
 
     def _write_missing(self, image_id: str) -> None:
         """A page for an image that was announced but never added, so no link breaks."""
         view = page_view(self.context, f"Image {image_id}", "", "../")
-        self._write_text(f"images/{image_id}.html",
+        self._write_text(layout.image_page(image_id),
                          self._render("missing.html", page=view, image_id=image_id))
 
     def _write_single(self, parts: IO[str], drawn: dict[str, plots.Plot],
@@ -345,7 +344,7 @@ class SiteWriter:
             css=Markup(asset_text("site.css")), js=Markup(asset_text("site.js")),
             marker=Markup(SECTIONS_MARKER))
         head, tail = html.split(SECTIONS_MARKER)
-        path = self.out_dir / "report-single.html"
+        path = self.out_dir / layout.SINGLE
         parts.seek(0)
         with path.open("w", encoding="utf-8", newline="\n") as out:
             out.write(head)

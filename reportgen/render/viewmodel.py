@@ -21,6 +21,8 @@ from reportgen import __version__
 from reportgen.compute.cam.normalise import FLAG_REASONS
 from reportgen.compute.metrics.attention import verdict as ratio_verdict
 from reportgen.render.figures import OVERLAY_VARIANTS
+from reportgen.report import layout
+from reportgen.report.layout import cell_figure_name
 from reportgen.report.results import (
     AggregateRow,
     Cell,
@@ -44,16 +46,6 @@ VERDICT_LABELS: dict[str, str] = {
 
 VERDICT_ORDER: tuple[str, ...] = ("invalid", "concerning", "fair", "good", "excellent", "n/a")
 """Verdicts from worst to best; n/a (nothing to judge) comes last."""
-
-DATA_FILES: tuple[tuple[str, str], ...] = (
-    ("data/metrics.csv", "Metrics per image (CSV)"),
-    ("data/metrics.json", "Metrics per image (JSON)"),
-    ("data/metrics_summary.csv", "Metrics over the data set (CSV)"),
-    ("data/manifest.json", "Manifest: input and output hashes (JSON)"),
-    ("data/checksums.sha256", "Checksums of every file (sha256sum -c)"),
-)
-"""Files the build writes next to the site pages, linked from the index and the audit
-(with the PDF, when there is one: `downloads`)."""
 
 RATIO_METRIC = "attention_ratio"
 OUTSIDE_LIMITS = "not computed: outside the limits set by the spec"
@@ -363,8 +355,8 @@ class PageView:
     approximate_note: str  # what "≈" means, shown under tables holding it ("" when unused)
 
 
-NAV = (("index.html", "Summary"), ("index.html#images", "Images"),
-       ("methods.html", "Methods"), ("layers.html", "Layers"), ("audit.html", "Audit"))
+NAV = ((layout.INDEX, "Summary"), (f"{layout.INDEX}#images", "Images"),
+       (layout.METHODS, "Methods"), (layout.LAYERS, "Layers"), (layout.AUDIT, "Audit"))
 
 
 def page_view(context: ReportContext, title: str, current: str, root: str = "") -> PageView:
@@ -373,7 +365,7 @@ def page_view(context: ReportContext, title: str, current: str, root: str = "") 
     footer = f"{context.report_id} · {context.date} · reportgen {__version__}"
     return PageView(title=title, report_title=context.title, report_id=context.report_id,
                     root=root, nav=nav, bounds=list(context.bounds), footer=footer,
-                    stylesheet=root + "assets/site.css", script=root + "assets/site.js",
+                    stylesheet=root + layout.STYLESHEET, script=root + layout.SCRIPT,
                     approximate_note=context.approximate_note)
 
 
@@ -476,11 +468,6 @@ class ImagePageView:
     colormap: str
     alpha: str
     aspect: str  # CSS aspect-ratio of the figures, "W / H"
-
-
-def cell_figure_name(row: int, column: int, variant: str) -> str:
-    """The name of one figure of the grid cell at (row, column)."""
-    return f"cell-{row}-{column}-{variant}"
 
 
 def cell_problem(cell: Cell | None) -> str:
@@ -596,7 +583,7 @@ def image_page_view(context: ReportContext, result: ImageResult, figures: dict[s
         metric_columns=columns,
         metric_rows=metric_rows,
         footnotes=notes.notes,
-        colorbar=figures.get("colorbar", root + "figures/colorbar.png"),
+        colorbar=figures.get("colorbar", root + layout.COLORBAR),
         colormap=context.colormap,
         alpha=f"{context.alpha:.2f}",
         aspect=f"{result.display.shape[1]} / {result.display.shape[0]}",
@@ -852,24 +839,20 @@ def dice_summary(summaries: Sequence[ImageSummary], context: ReportContext) -> t
 
 def downloads(context: ReportContext) -> list[Link]:
     """Links to the data files, and to the PDF where the spec asked for one."""
-    links = [Link(path, label) for path, label in DATA_FILES]
+    links = [Link(path, label) for path, label in layout.DATA_FILES]
     if context.pdf:
         links.append(Link(href(context.pdf), "Archival report (PDF)"))
     return links
 
 
-IMAGE_LINK = "images/{id}.html"
-"""Where an image's page is, from the site root ({id} is replaced)."""
-
-
 def gallery_items(stats: DatasetStats, thumbs: dict[str, str],
-                  link: str = IMAGE_LINK) -> list[GalleryItem]:
+                  link: str = layout.IMAGE_PAGE) -> list[GalleryItem]:
     """The thumbnail index in build order; `link` formats each image's href."""
     items = []
     for order, summary in enumerate(stats.summaries):
         items.append(GalleryItem(
             order=order, id=summary.id, href=href(link.format(id=summary.id)),
-            thumb=thumbs.get(summary.id, href(f"thumbs/{summary.id}.jpg")),
+            thumb=thumbs.get(summary.id, href(layout.thumb(summary.id))),
             alt=f"Thumbnail of {summary.source_name} with the predicted mask outlined",
             source_name=summary.source_name,
             dice=format_number(summary.dice) if summary.dice is not None else "n/a",
@@ -893,7 +876,7 @@ def index_view(context: ReportContext, stats: DatasetStats, aggregates: Sequence
     marked = (any(cell.median_ratio.approximate for row in summary for cell in row.cells)
               or any(row.approximate for table in tables for row in table.rows))
     return IndexView(
-        page=noted(page_view(context, "Summary", "index.html"), marked),
+        page=noted(page_view(context, "Summary", layout.INDEX), marked),
         author=context.author, date=context.date,
         description=markdown(context.description, text_headings),
         intended_use=markdown(context.intended_use, text_headings),
@@ -1075,7 +1058,7 @@ def methods_view(context: ReportContext, stats: DatasetStats, plots: list[PlotVi
     marked = (means is not None and any(v.approximate for _, values in means.rows
                                         for v in values)
               or shows_approximate(context, stats))  # the matrices label such methods
-    return MethodsView(noted(page_view(context, "Methods", "methods.html"), marked), methods, means,
+    return MethodsView(noted(page_view(context, "Methods", layout.METHODS), marked), methods, means,
                        definitions, plots, matrices, rank_size,
                        sanity_views(sanity, sanity_notes), notes.notes, matrix_notes.notes,
                        sanity_notes.notes)
@@ -1148,7 +1131,7 @@ def layers_view(context: ReportContext, stats: DatasetStats, aggregates: Sequenc
     matrices = layer_agreement(context, stats, matrix_notes)
     marked = (any(v.approximate for table in tables for _, values in table.rows for v in values)
               or shows_approximate(context, stats))  # the matrices label such layers
-    return LayersView(noted(page_view(context, "Layers", "layers.html"), marked), layers, tables,
+    return LayersView(noted(page_view(context, "Layers", layout.LAYERS), marked), layers, tables,
                       plots, matrices, rank_size, notes.notes, matrix_notes.notes)
 
 
@@ -1193,7 +1176,7 @@ def sanity_views(rows: Sequence[SanityRow], notes: Footnotes) -> list[SanityRowV
 
 
 def audit_view(context: ReportContext, stats: DatasetStats,
-               link: str = IMAGE_LINK) -> AuditView:
+               link: str = layout.IMAGE_PAGE) -> AuditView:
     """Spec, hashes, software, device, timings, warnings and exclusions."""
     card = context.model
     runtime = [("Device", context.device), ("Precision", context.precision),
@@ -1203,7 +1186,7 @@ def audit_view(context: ReportContext, stats: DatasetStats,
     images = [(Link(href(link.format(id=s.id)), s.id), s.source_name, s.mask_name or "none")
               for s in stats.summaries]
     return AuditView(
-        page=page_view(context, "Audit", "audit.html"),
+        page=page_view(context, "Audit", layout.AUDIT),
         spec_name=context.spec_name, spec_text=context.spec_text,
         hashes=[("Checkpoint", card.checkpoint_name),
                 ("Checkpoint SHA-256", card.checkpoint_sha256),
