@@ -92,6 +92,7 @@ from reportgen.report.results import (
     ReportContext,
     SanityRow,
 )
+from reportgen.report.wording import verdict_note
 from reportgen.spec import Spec, parse_spec
 
 if TYPE_CHECKING:
@@ -482,7 +483,7 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
         warnings=warnings, bounds=plan.bounds, approximate=plan.approximate,
         approximate_note=plan.approximate_note,
-        verdict_layers=spec.verdict_layers, verdict_note=spec.verdict_note,
+        verdict_layers=spec.verdict_layers, verdict_note=verdict_note(spec),
         verdict_bands=bands)
 
 

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -25,6 +26,9 @@ from rich.table import Table
 from reportgen import __version__
 from reportgen.errors import LayerError, SpecError, UserError
 from reportgen.output import STOP, environment_problem
+
+if TYPE_CHECKING:
+    from reportgen.spec import Spec
 
 log = logging.getLogger("reportgen")
 out = Console(highlight=False, soft_wrap=True)
@@ -79,7 +83,7 @@ def _port(value: str) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from reportgen.output import check_cache_folder, pdf_in_site
-    from reportgen.spec import load_spec, spec_summary
+    from reportgen.spec import load_spec
 
     spec = load_spec(args.spec)
     check_cache_folder(spec.runtime.cache, spec.output.site)
@@ -90,17 +94,28 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     note = (f"module paths ({', '.join(paths)}) are checked when the model is built: run "
             f"`reportgen check {args.spec}`") if paths else ""
     if args.json:
-        result = {"ok": True, "summary": spec_summary(spec)}
+        result = {"ok": True, "summary": _spec_summary(spec)}
         out.print_json(json.dumps({**result, "note": note} if note else result))
     elif not args.quiet:  # quiet: the exit code says it
-        out.print(f"ok: {spec_summary(spec)}", markup=False)
+        out.print(f"ok: {_spec_summary(spec)}", markup=False)
         if note:
             out.print(f"note: {note}", markup=False)
     return 0
 
 
+def _spec_summary(spec: Spec) -> str:
+    """One line on what the spec asks for (`reportgen validate`)."""
+    from reportgen.compute.discovery import find_images
+
+    n = len(find_images(spec.data, (spec.output.site, spec.runtime.cache)))
+    ckpt = spec.model.checkpoint.name if spec.model.checkpoint else "random weights"
+    return (f"{spec.model.architecture}/{spec.model.encoder} ({ckpt}), {n} images at "
+            f"{spec.model.size[0]}x{spec.model.size[1]}, {len(spec.layers)} layers x "
+            f"{len(spec.methods)} methods, metrics: {', '.join(spec.metrics) or 'none'}")
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from reportgen.spec import json_schema, reference_markdown
+    from reportgen.spec_reference import json_schema, reference_markdown
 
     sys.stdout.write(reference_markdown() if args.markdown else json_schema() + "\n")
     return 0

@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import fnmatch
-import json
-import logging
-import os
 import re
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,23 +25,15 @@ from pydantic import (
     model_validator,
 )
 
+from reportgen.compute.discovery import IMAGE_SUFFIXES, mask_for, search_images
 from reportgen.compute.verdict_bands import VerdictBands
 from reportgen.errors import SpecError
 
-# The alias and metric-group names of the registries in reportgen.compute.models.layers and
-# reportgen.compute.metrics.registry, spelled out so that reading a spec imports no torch; the
-# tests pin them equal to the registries.
-LAYER_ALIASES = ("encoder_early", "encoder_mid", "encoder_last", "decoder_last", "seg_head")
-METRIC_GROUPS = ("attention", "dice", "localisation", "faithfulness", "sanity")
+# The methods a spec gets when it names none: the four of the original report.
 SEED_METHODS = ("gradcam", "gradcam++", "scorecam", "layercam")
-# Layers the median verdicts leave out unless the spec names them, and why: their ratios
-# say little about what the model attends to.
-NOT_VERDICT_LAYERS = {
-    "encoder_early": "its maps follow edges and texture, so low ratios are expected there",
-    "seg_head": "its maps restate the predicted logits: they show where the prediction is, "
-                "not what led to it",
-}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp")
+# Layers the median verdicts leave out unless the spec names them: their ratios say little
+# about what the model attends to (`reportgen.report.wording` says why, for the reader).
+NOT_VERDICT_LAYERS = ("encoder_early", "seg_head")
 COLORMAPS = ("viridis", "cividis", "inferno", "magma", "plasma", "turbo", "jet")
 
 
@@ -55,6 +42,26 @@ def method_names() -> list[str]:
     from reportgen.compute.cam.methods import METHODS
 
     return list(METHODS)
+
+
+def layer_aliases() -> list[str]:
+    """Every layer alias (the layer resolvers' registry is the source)."""
+    from reportgen.compute.models.layers import ALIASES
+
+    return list(ALIASES)
+
+
+def metric_groups() -> list[str]:
+    """Every metric group a spec may name (the metric registry is the source)."""
+    from reportgen.compute.metrics.registry import GROUPS
+
+    return list(GROUPS)
+
+
+def _metric_groups_described(schema: dict[str, Any]) -> None:
+    """The `metrics` field's description in the generated reference: the registry's groups
+    (filled in when the reference is made, so that reading a spec imports no torch)."""
+    schema["description"] = ", ".join(metric_groups())
 
 
 def architecture_names() -> list[str]:
@@ -429,7 +436,7 @@ def _choice(value: str, valid: Sequence[str], what: str, extra: str = "") -> str
 def _layer_name(value: str) -> str:
     if "." in value or "[" in value or "@" in value:
         return value  # a module path (or list element), checked when the model is built
-    return _choice(value, LAYER_ALIASES, "layer alias",
+    return _choice(value, layer_aliases(), "layer alias",
                    " (or a dotted module path such as encoder._blocks.15)")
 
 
@@ -439,7 +446,7 @@ def _method_name(value: str) -> str:
 
 
 def _metric_name(value: str) -> str:
-    return _choice(value, METRIC_GROUPS, "metric")
+    return _choice(value, metric_groups(), "metric")
 
 
 MethodName = Annotated[str, AfterValidator(_method_name)]
@@ -453,13 +460,13 @@ class Spec(Strict):
     model: ModelSection
     data: DataSection
     target: TargetSection = Field(default_factory=TargetSection)
-    layers: list[LayerName] = Field(default_factory=lambda: list(LAYER_ALIASES), min_length=1,
+    layers: list[LayerName] = Field(default_factory=layer_aliases, min_length=1,
                                     description="layer aliases or dotted module paths")
     methods: list[MethodName] = Field(default_factory=lambda: list(SEED_METHODS), min_length=1,
                                       description="see `reportgen methods`")
     method_options: MethodOptions = Field(default_factory=MethodOptions)
-    metrics: list[MetricName] = Field(default_factory=lambda: list(METRIC_GROUPS),
-                                      description=", ".join(METRIC_GROUPS))
+    metrics: list[MetricName] = Field(default_factory=metric_groups,
+                                      json_schema_extra=_metric_groups_described)
     metric_options: MetricOptions = Field(default_factory=MetricOptions)
     render: RenderSection = Field(default_factory=RenderSection)
     output: OutputSection = Field(default_factory=OutputSection)
@@ -512,27 +519,6 @@ class Spec(Strict):
         if chosen is None:
             chosen = [la for la in self.layers if la not in NOT_VERDICT_LAYERS] or self.layers
         return [la for la in self.layers if la in chosen]
-
-    @property
-    def verdict_note(self) -> str:
-        """A sentence on which layers the median verdicts leave out and why, or on why
-        they rest on layers usually left out ("" when there is nothing to say)."""
-        chosen = self.metric_options.attention.verdict_layers is not None
-        left_out = [la for la in self.layers if la not in self.verdict_layers]
-        if left_out and chosen:
-            return (f"Not counted: {', '.join(left_out)} (left out by "
-                    "metric_options.attention.verdict_layers).")
-        if left_out:
-            return ("Not counted: " + ", ".join(f"{la} ({NOT_VERDICT_LAYERS[la]})"
-                                                for la in left_out)
-                    + "; metric_options.attention.verdict_layers changes this.")
-        usual = [la for la in self.verdict_layers if la in NOT_VERDICT_LAYERS]
-        if usual and not chosen:  # the spec has no other layer
-            return ("Counted only layers usually left out: " + ", ".join(
-                f"{la} ({NOT_VERDICT_LAYERS[la]})" for la in usual)
-                + "; add encoder_mid, encoder_last or decoder_last to the layers for a "
-                "verdict on what the model attends to.")
-        return ""
 
     @property
     def target_index(self) -> int:
@@ -681,17 +667,18 @@ def _model_fields(loc: tuple) -> list[str]:
         if field is None:
             return []
         annotation = field.annotation
-        model = _inner_model(annotation)
+        model = inner_model(annotation)
     if model is None:
         return []
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
+def inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The spec section (a pydantic model) a field's annotation holds, if any."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()) or ():
-        found = _inner_model(arg)
+        found = inner_model(arg)
         if found is not None:
             return found
     return None
@@ -817,158 +804,6 @@ def _resolve_paths(spec: Spec, base: Path) -> Spec:
                                    "runtime": runtime})
 
 
-log = logging.getLogger(__name__)
-# Characters that make a path component a glob pattern (`]` alone is literal).
-GLOB_SYNTAX = re.compile(r"[*?[]")
-BUILD_FOLDERS = ("building", "old")  # a site's staging and replaced copies: .SITE.KIND-PID
-
-
-def find_images(data: DataSection, outputs: Sequence[Path | None] = ()) -> list[Path]:
-    """The images named by `data.images` (glob, folder or list), sorted, limited.
-
-    `outputs` are the folders builds write (output.site, runtime.cache; None for none):
-    no file a glob or folder finds under them, or under a site's staging or replaced copy
-    beside it, is an input, so a build never takes its own figures back. What the search
-    left out or did not follow is logged, one line each.
-    """
-    found, notes = _search_images(data, outputs)
-    for note in notes:
-        log.info("%s", note)
-    return found
-
-
-def _search_images(data: DataSection,
-                   outputs: Sequence[Path | None]) -> tuple[list[Path], list[str]]:
-    """`find_images`' images, and its notes instead of logging them."""
-    notes: list[str] = []
-    if isinstance(data.images, list):
-        found = [Path(p) for p in data.images]
-    else:
-        pattern = Path(data.images)
-        if pattern.is_dir():
-            found = [p for p in pattern.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
-        else:  # a pattern also takes files without a suffix (DICOM files often have none)
-            found = [p for p in _glob(pattern, notes)
-                     if p.suffix.lower() in IMAGE_SUFFIXES or not p.suffix]
-        # files only: a sub-folder named x.png is not an image, nor is notes.txt
-        found = _outside_outputs([p for p in found if p.is_file()], outputs, notes)
-    found = sorted(found, key=lambda p: str(p))
-    return (found[: data.limit] if data.limit else found), notes
-
-
-def _glob(pattern: Path, notes: list[str]) -> list[Path]:
-    """The paths `glob.glob(pattern, recursive=True)` gives, in bounded time.
-
-    `**` searches each real folder once: a symbolic link to a folder already searched (a
-    loop, or a second way into it) is not followed, and named in `notes`. A component with
-    glob characters that exists as written (a folder `study [2024]`) is taken as written.
-    """
-    parts = pattern.parts[1:] if pattern.anchor else pattern.parts
-    current = [Path(pattern.anchor)]
-    for i, part in enumerate(parts):
-        if part == "**":
-            folders = [f for c in current for f in _folders_below(c, notes)]
-            # a last `**` matches files too, as in glob
-            current = folders + ([e for f in folders for e in _matches(f, "*", notes)]
-                                 if i == len(parts) - 1 else [])
-        elif GLOB_SYNTAX.search(part):
-            current = [m for c in current for m in _matches(c, part, notes)]
-        else:
-            current = [c / part for c in current if os.path.lexists(c / part)]
-    return list(dict.fromkeys(current))  # two `**` can reach a path twice
-
-
-def _matches(folder: Path, part: str, notes: list[str]) -> list[Path]:
-    """The entries of `folder` whose names match the pattern `part` (hidden ones only for a
-    pattern starting with a dot, as in glob); the entry named `part` itself when it exists."""
-    if os.path.lexists(folder / part):
-        # a name on disk means itself: `study [2024]` is not the set of characters 2, 0 and 4
-        note = (f"data.images: {folder / part} exists, so {part!r} in the pattern is that "
-                "name, not glob syntax ([[] stands for a literal [ in a pattern)")
-        if note not in notes:
-            notes.append(note)
-        return [folder / part]
-    try:
-        names = sorted(entry.name for entry in os.scandir(folder))
-    except OSError:  # not a folder, or one we may not read: nothing in it matches
-        return []
-    return [folder / name for name in names if fnmatch.fnmatch(name, part)
-            and (part.startswith(".") or not name.startswith("."))]
-
-
-def _folders_below(top: Path, notes: list[str]) -> list[Path]:
-    """`top` and the folders below it but hidden ones (as glob's `**`), each real folder once,
-    breadth first and real folders before links, so a link is what is left unfollowed."""
-    found: list[Path] = []
-    visited: set[tuple[int, int]] = set()
-    queue = deque([top])
-    while queue:
-        folder = queue.popleft()
-        try:
-            status = folder.stat()
-            key = (status.st_dev, status.st_ino)
-            if key in visited:
-                note = _revisit_note(folder)
-                if note not in notes:
-                    notes.append(note)
-                continue
-            visited.add(key)
-            with os.scandir(folder) as entries:
-                below = sorted((entry.is_symlink(), entry.name) for entry in entries
-                               if not entry.name.startswith(".") and entry.is_dir())
-        except OSError:  # gone, unreadable or a dangling link: nothing below it to search
-            continue
-        found.append(folder)
-        queue.extend(folder / name for _, name in below)
-    return found
-
-
-def _revisit_note(link: Path) -> str:
-    """One line on a link to a folder `_folders_below` has searched already."""
-    target = Path(os.path.realpath(link))
-    holder = Path(os.path.realpath(link.parent))
-    what = ("a loop: it leads back to a folder holding it" if target == holder
-            or target in holder.parents else "a second way into a folder already searched")
-    return f"data.images: symbolic link {link} -> {target} is {what}; not followed"
-
-
-def _outside_outputs(found: list[Path], outputs: Sequence[Path | None],
-                     notes: list[str]) -> list[Path]:
-    """`found` without the files under the output folders (see `find_images`), noted."""
-    folders = [Path(os.path.realpath(p)) for p in outputs if p is not None]
-    kept, left = [], dict.fromkeys(folders, 0)
-    for path in found:
-        real = Path(os.path.realpath(path))
-        folder = next((f for f in folders if _written_by_builds(real, f)), None)
-        if folder is None:
-            kept.append(path)
-        else:
-            left[folder] += 1
-    for folder, count in left.items():
-        if count:
-            notes.append(f"data.images: {count} file(s) under the output folder {folder} (or "
-                         "its staging copies beside it) left out: a build never reads its own "
-                         "output as input")
-    return kept
-
-
-def _written_by_builds(real: Path, folder: Path) -> bool:
-    """Whether the resolved `real` lies in the output `folder` or in the copies a build
-    writes or retires beside it (.NAME.building-PID, .NAME.old-PID)."""
-    if folder in real.parents:
-        return True
-    if folder.parent not in real.parents:
-        return False
-    first = real.relative_to(folder.parent).parts[0]
-    return any(fnmatch.fnmatchcase(first, f".{folder.name}.{kind}-*") for kind in BUILD_FOLDERS)
-
-
-def mask_for(data: DataSection, image: Path) -> Path | None:
-    if not data.masks:
-        return None
-    return Path(data.masks.replace("{stem}", image.stem))
-
-
 def _check_files(raw: dict, base: Path, located: _Located) -> list[str]:
     """File problems, from the raw YAML so they are found even when the schema fails."""
     problems: list[str] = []
@@ -1003,7 +838,8 @@ def _check_files(raw: dict, base: Path, located: _Located) -> list[str]:
         if problem:  # said once, at output.site; its inputs are not "the build's own output"
             problems.append(f"{located.where(('output', 'site'))}: {problem}")
             outputs[0] = None
-    searched, notes = _search_images(section, outputs)  # logged once, when a build reads them
+    # logged once, when a build reads them
+    searched, notes = search_images(section.images, section.limit, outputs)
     found = [p for p in searched if p.is_file()]
     where_images = located.where(("data", "images"))
     if not found and isinstance(images, str):
@@ -1046,66 +882,10 @@ def _bracket_hint(section: DataSection, outputs: Sequence[Path | None]) -> str:
     if "[" not in pattern:
         return ""
     escaped = pattern.replace("[", "[[]")
-    literal, _ = _search_images(section.model_copy(update={"images": escaped}), outputs)
+    literal, _ = search_images(escaped, section.limit, outputs)
     hint = ("; [ ] * ? are glob syntax ([abc] matches one character: a, b or c); write [[] "
             "for a literal [")
     if literal:
         hint += (f": with its brackets taken literally, as {escaped}, the pattern matches "
                  f"{len(literal)} image(s), e.g. {literal[0]}")
     return hint
-
-
-def spec_summary(spec: Spec) -> str:
-    n = len(find_images(spec.data, (spec.output.site, spec.runtime.cache)))
-    ckpt = spec.model.checkpoint.name if spec.model.checkpoint else "random weights"
-    return (f"{spec.model.architecture}/{spec.model.encoder} ({ckpt}), {n} images at "
-            f"{spec.model.size[0]}x{spec.model.size[1]}, {len(spec.layers)} layers x "
-            f"{len(spec.methods)} methods, metrics: {', '.join(spec.metrics) or 'none'}")
-
-
-def json_schema() -> str:
-    schema = Spec.model_json_schema(by_alias=True)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "reportgen spec"
-    return json.dumps(schema, indent=2, sort_keys=True)
-
-
-def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "").replace("pathlib.", "")
-    text = re.sub(r"Annotated\[str, AfterValidator\(func=<function \w+ at \w+>\)\]", "str",
-                  text)
-    text = re.sub(r"Optional\[(.*)\]$", r"\1 | None", text)
-    text = text.replace("<class '", "").replace("'>", "").replace("NoneType", "None")
-    for prefix in ("reportgen.spec.", "typing_extensions."):
-        text = text.replace(prefix, "")
-    return text.replace("Union[Literal['imagenet', 'none'], Normalization]",
-                        "Literal['imagenet', 'none'] | Normalization")
-
-
-def reference_markdown() -> str:
-    """The spec reference table (docs/guide.md embeds it; a test keeps them equal)."""
-    lines = ["| key | type | default | description |", "|---|---|---|---|"]
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, info in model.model_fields.items():
-            key = f"{prefix}{info.alias or name}"
-            inner = _inner_model(info.annotation)
-            if info.is_required():
-                default = "required"
-            elif info.default_factory is not None:
-                made = info.default_factory()
-                default = "" if isinstance(made, BaseModel) else json.dumps(made, default=str)
-            else:
-                default = json.dumps(info.default, default=str)
-            described = (info.description or "").replace("|", "\\|")
-            if inner is not None and inner not in (Normalization, Reviewer):
-                text = " ".join((described or inner.__doc__ or "").split())  # one line
-                lines.append(f"| `{key}` | section | | {text} |")
-                walk(inner, key + ".")
-                continue
-            type_text = _type_name(info.annotation).replace("|", "\\|")
-            lines.append(f"| `{key}` | `{type_text}` | {default.replace('|', '/')} | "
-                         f"{described} |")
-
-    walk(Spec, "")
-    return "\n".join(lines) + "\n"

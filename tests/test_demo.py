@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from reportgen.compute.data import load_samples
+from reportgen.compute.discovery import find_images
 from reportgen.compute.metrics import dice
 from reportgen.compute.models import build_model, load_checkpoint
-from reportgen.spec import find_images, load_spec
+from reportgen.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "specs" / "validation.yaml"

@@ -69,12 +69,6 @@ def test_aliases_resolve_on_unetplusplus_for_every_encoder_size(encoder: str):
     _check(_build("UnetPlusPlus", encoder), list(ALIASES))
 
 
-def test_the_spec_knows_every_alias_of_the_registry():
-    from reportgen.spec import LAYER_ALIASES
-
-    assert tuple(ALIASES) == LAYER_ALIASES
-
-
 def test_efficientnet_aliases_follow_the_design_table():
     model = _build("UnetPlusPlus", "efficientnet-b5")
     resolved = resolve_layers(model, list(ALIASES), SIZE)

@@ -20,8 +20,9 @@ from PIL import Image
 
 from reportgen import cli
 from reportgen.compute.data import load_sample, read_image, sample_refs
+from reportgen.compute.discovery import find_images
 from reportgen.errors import DataError, SpecError
-from reportgen.spec import IMAGENET, DataSection, find_images, load_spec
+from reportgen.spec import IMAGENET, DataSection, load_spec
 from tests.helpers import write_images, write_spec
 
 FAST = {"metrics": ["dice"], "layers": ["encoder_last"], "methods": ["gradcam"],

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from reportgen.compute.discovery import find_images
 from reportgen.errors import SpecError
-from reportgen.spec import find_images, json_schema, load_spec
+from reportgen.report.wording import verdict_note
+from reportgen.spec import load_spec
+from reportgen.spec_reference import json_schema, reference_markdown
 from tests.helpers import write_images, write_spec
 
 
@@ -38,18 +41,18 @@ def test_verdicts_leave_out_encoder_early_and_seg_head_unless_told_and_say_why(p
     layers = ["encoder_early", "encoder_last", "decoder_last", "seg_head"]
     spec = load_spec(write_spec(project / "a.yaml", layers=layers))
     assert spec.verdict_layers == ["encoder_last", "decoder_last"]
-    assert spec.verdict_note.startswith("Not counted: encoder_early (its maps follow edges")
-    assert ", seg_head (its maps restate the predicted logits" in spec.verdict_note
+    assert verdict_note(spec).startswith("Not counted: encoder_early (its maps follow edges")
+    assert ", seg_head (its maps restate the predicted logits" in verdict_note(spec)
     spec = load_spec(write_spec(project / "b.yaml", layers=["encoder_early", "seg_head"]))
     assert spec.verdict_layers == ["encoder_early", "seg_head"]  # no other to count
-    assert spec.verdict_note.startswith("Counted only layers usually left out: encoder_early")
+    assert verdict_note(spec).startswith("Counted only layers usually left out: encoder_early")
     chosen = {"attention": {"verdict_layers": ["seg_head", "encoder_early"]}}
     spec = load_spec(write_spec(project / "c.yaml", layers=layers, metric_options=chosen))
     assert spec.verdict_layers == ["encoder_early", "seg_head"]  # in the spec's order
-    assert spec.verdict_note == ("Not counted: encoder_last, decoder_last (left out by "
+    assert verdict_note(spec) == ("Not counted: encoder_last, decoder_last (left out by "
                                  "metric_options.attention.verdict_layers).")
     spec = load_spec(write_spec(project / "d.yaml", layers=["encoder_last"]))
-    assert spec.verdict_note == ""
+    assert verdict_note(spec) == ""
 
 
 def test_images_as_folder_list_and_limit_keep_sorted_order(project: Path):
@@ -295,8 +298,6 @@ def test_spec_files_shipped_with_the_project_validate():
 
 
 def test_guide_embeds_the_generated_spec_reference():
-    from reportgen.spec import reference_markdown
-
     guide = (Path(__file__).parents[1] / "docs" / "guide.md").read_text()
     start, end = "<!-- spec-reference:start -->\n", "<!-- spec-reference:end -->"
     embedded = guide[guide.index(start) + len(start):guide.index(end)]

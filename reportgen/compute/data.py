@@ -45,8 +45,9 @@ import numpy as np
 import torch
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
+from reportgen.compute.discovery import find_images, mask_for
 from reportgen.errors import DataError
-from reportgen.spec import DataSection, Normalization, find_images, mask_for
+from reportgen.spec import DataSection, Normalization
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 TIFF_SUFFIXES = (".tif", ".tiff")
