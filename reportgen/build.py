@@ -26,7 +26,7 @@ import torch
 
 from reportgen import __version__
 from reportgen.cache import GB, RANDOM_METHODS, ResultCache
-from reportgen.compute.cam import CamEngine
+from reportgen.compute.cam import CamEngine, CheckRow
 from reportgen.compute.cam.engine import resolve_device
 from reportgen.compute.cam.scorecam import arithmetic
 from reportgen.compute.data import (
@@ -84,6 +84,7 @@ from reportgen.output import (
     staging_folder,
     swap_in,
 )
+from reportgen.report import wording
 from reportgen.report.results import (
     LayerRow,
     MethodRow,
@@ -92,7 +93,6 @@ from reportgen.report.results import (
     ReportContext,
     SanityRow,
 )
-from reportgen.report.wording import verdict_note
 from reportgen.spec import Spec, parse_spec
 
 if TYPE_CHECKING:
@@ -444,10 +444,7 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
     methods = []
     for name in spec.methods:
         entry = get_method(name)
-        approximate_layers = [layer for layer, method in plan.approximate if method == name]
-        note = (f"approximate at {', '.join(approximate_layers)}: only the "
-                f"{spec.method_options.scorecam.max_channels} highest-variance channels were "
-                "scored" if approximate_layers else "")
+        note = wording.method_note(plan, name)
         methods.append(MethodRow(name, entry.family, entry.cost, entry.reference,
                                  entry.description, bool(note), note))
     bands = spec.metric_options.attention.bands
@@ -481,9 +478,9 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         device=device_name(device), seed=spec.runtime.seed,
         precision=f"{spec.runtime.precision}: {arithmetic(spec.runtime.precision, device)}",
         colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
-        warnings=warnings, bounds=plan.bounds, approximate=plan.approximate,
-        approximate_note=plan.approximate_note,
-        verdict_layers=spec.verdict_layers, verdict_note=verdict_note(spec),
+        warnings=warnings, bounds=wording.bounds(plan), approximate=plan.approximate,
+        approximate_note=wording.approximate_note(plan),
+        verdict_layers=spec.verdict_layers, verdict_note=wording.verdict_note(spec),
         verdict_bands=bands)
 
 
@@ -502,8 +499,7 @@ def _write_pdf(staging: Path, pdf_rel: Path, context: ReportContext, spec_path: 
     from reportgen.render.pdf import write_pdf
 
     pdf_path = staging / pdf_rel
-    write_pdf(staging, pdf_path, context, spec_path, manifest, writer.stats, aggregates,
-              sanity_rows, plot_captions=writer.plot_captions)
+    write_pdf(staging, pdf_path, context, spec_path, manifest, writer.built)
     if options.sign is not None:
         from reportgen.render.pdf_sign import sign_pdf
 
@@ -579,6 +575,14 @@ def check_spec(spec_path: Path, device: str | None = None
                          device=dev, gt_mask=gt, precision=spec.runtime.precision,
                          scorecam_max_channels=score.max_channels,
                          scorecam_chunk=score.chunk_size, scorecam_layers=score.layers or None)
-    return [{"layer": r.layer, "method": r.method, "ok": r.ok, "reason": r.reason,
+    return [{"layer": r.layer, "method": r.method, "ok": r.ok, "reason": _check_reason(r),
              "seconds": r.seconds, "min": r.map_min, "max": r.map_max, "flags": r.flags}
             for r in rows], warnings
+
+
+def _check_reason(row: CheckRow) -> str:
+    """A `reportgen check` row's reason, with why it is approximate where it is."""
+    if row.scored_channels is None:
+        return row.reason
+    return "; ".join(filter(None, [row.reason,
+                                   wording.approximate_cell_reason(row.scored_channels[0])]))

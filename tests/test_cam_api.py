@@ -46,7 +46,8 @@ def test_check_runs_score_cam_as_the_build_does(model, shapes):
     assert skipped.map_min is None and skipped.seconds == 0
     computed = by_layer["decoder_last"]
     assert computed.ok and computed.approximate and computed.flags == ["approximate"]
-    assert "only the 4 highest-variance channels" in computed.reason
+    kept, channels = computed.scored_channels
+    assert kept == 4 < channels
     expected = CamEngine(model, {"decoder_last": LAYERS["decoder_last"]}, ["scorecam"],
                          scorecam_max_channels=4).explain(image[None], PREDICTION)
     maps = expected.maps["decoder_last", "scorecam"]

@@ -96,7 +96,8 @@ def seed_everything(seed: int, device: torch.device) -> list[str]:
 
 @dataclass
 class Plan:
-    """What the spec asks for, resolved against the model and the registries."""
+    """What the spec asks for, resolved against the model and the registries: facts only
+    (`reportgen.report.wording` words them for the reader)."""
 
     spec: Spec
     layers: dict[str, str]  # spec name -> module path
@@ -104,9 +105,11 @@ class Plan:
     scorecam_layers: list[str]
     faithfulness_keys: set[tuple[str, str]]
     sanity_keys: list[tuple[str, str]]
-    bounds: list[str]
+    sanity_methods: list[str]  # the methods the sanity check randomises, in spec order
+    sanity_images: int  # how many of the first images it uses
     approximate: list[tuple[str, str]]  # (layer, method) whose maps are approximations
-    approximate_note: str  # what "≈" means in the report ("" when nothing is approximate)
+    # layer -> (channels scored, channels of the layer) where Score-CAM is approximate
+    scorecam_channels: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def make_plan(spec: Spec, layers: dict[str, str], channels: dict[str, int | None],
@@ -115,42 +118,27 @@ def make_plan(spec: Spec, layers: dict[str, str], channels: dict[str, int | None
     gradient_methods = [m for m in methods if m != "scorecam"]
     score = spec.method_options.scorecam
     scorecam_layers = (score.layers or list(layers)) if "scorecam" in methods else []
-    bounds, approximate = [], []
-    if scorecam_layers and score.max_channels:
+    scorecam_channels = {}
+    if score.max_channels:
         for layer in scorecam_layers:
             k = channels.get(layer)
             if k and score.max_channels < k:
-                approximate.append((layer, "scorecam"))
-                bounds.append(f"Score-CAM at {layer} is approximate: the {score.max_channels} "
-                              f"highest-variance channels of {k} were scored")
-    if "scorecam" in methods and score.layers:
-        bounds.append(f"Score-CAM computed only at: {', '.join(score.layers)}")
+                scorecam_channels[layer] = (score.max_channels, k)
     faith = spec.metric_options.faithfulness
     faith_layers, faith_methods = faith.layers or list(layers), faith.methods or methods
     faithfulness_keys = set()
     if "faithfulness" in spec.metrics:
         faithfulness_keys = {(la, me) for la in faith_layers for me in faith_methods
                              if me != "scorecam" or la in scorecam_layers}
-        bounds.append(f"Deletion/insertion AUC: {faith.steps} steps, {faith.baseline} baseline"
-                      + ("" if faith.layers is None and faith.methods is None else
-                         f", only for layers {', '.join(faith_layers)} x methods "
-                         f"{', '.join(faith_methods)}"))
     sanity = spec.metric_options.sanity
     sanity_methods = sanity.methods or [m for m in methods if METHODS[m].family == "gradient"]
     sanity_keys = []
     if "sanity" in spec.metrics:
         sanity_keys = [(la, me) for la in sanity.layers or list(layers) for me in sanity_methods
                        if me != "scorecam" or la in scorecam_layers]
-        bounds.append(f"Sanity check on the first {min(sanity.images, image_count)} image(s), "
-                      f"{sanity.levels} randomisation levels, methods {', '.join(sanity_methods)}")
-    approximate_note = ""
-    if approximate:
-        at = ", ".join(f"{layer} ({channels.get(layer)} channels)" for layer, _ in approximate)
-        approximate_note = (f"≈ approximate: Score-CAM scored only the {score.max_channels} "
-                            "highest-variance channels (method_options.scorecam.max_channels) "
-                            f"at {at}")
     return Plan(spec, layers, gradient_methods, scorecam_layers, faithfulness_keys, sanity_keys,
-                bounds, approximate, approximate_note)
+                sanity_methods, min(sanity.images, image_count),
+                [(layer, "scorecam") for layer in scorecam_channels], scorecam_channels)
 
 
 def segmentation_target(spec: Spec, region: str | None = None) -> SegmentationTarget:

@@ -50,7 +50,8 @@ class CamResult:
     raw: [N, h, w] maps at layer resolution before the ReLU (adapter methods: input size);
     flags: per image, a list of flag names (see `normalise.FLAG_REASONS`);
     logits: [N, C, H, W] from the single forward pass; regions: [N, H, W] target regions;
-    approximate: keys whose maps are approximations (Score-CAM with max_channels);
+    approximate: keys whose maps are approximations (Score-CAM with max_channels), with
+    scored_channels: per such key, (channels scored, channels of the layer);
     timings: seconds per stage; events: what the engine adapted (e.g. out-of-memory).
     """
 
@@ -60,6 +61,7 @@ class CamResult:
     logits: torch.Tensor | None = None
     regions: torch.Tensor | None = None
     approximate: set[Key] = field(default_factory=set)
+    scored_channels: dict[Key, tuple[int, int]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
 
@@ -399,6 +401,8 @@ class CamEngine:
             max_channels = self.scorecam_max_channels
             if max_channels is not None and max_channels < layer_activations.shape[1]:
                 result.approximate.add((layer, "scorecam"))
+                result.scored_channels[layer, "scorecam"] = (max_channels,
+                                                             layer_activations.shape[1])
 
 
 def compute_cam(
@@ -453,6 +457,7 @@ class CheckRow:
     flags: the map's flags (see `normalise.FLAG_REASONS`), plus "approximate" for a
     Score-CAM map from the highest-variance channels only and "skipped" for a Score-CAM
     cell outside the Score-CAM layers, which is not run (ok, no map).
+    scored_channels: of an approximate map, (channels scored, channels of the layer).
     """
 
     layer: str
@@ -463,6 +468,7 @@ class CheckRow:
     map_min: float | None
     map_max: float | None
     flags: list[str]
+    scored_channels: tuple[int, int] | None = None
 
     @property
     def approximate(self) -> bool:
@@ -529,11 +535,10 @@ def check_methods(
             finite = values[torch.isfinite(values)]
             low = finite.min().item() if finite.numel() else None
             high = finite.max().item() if finite.numel() else None
-            reasons = [FLAG_REASONS[flag] for flag in flags]
-            if (layer_name, method) in result.approximate:
+            reason = "; ".join(FLAG_REASONS[flag] for flag in flags)
+            scored = result.scored_channels.get((layer_name, method))
+            if scored is not None:
                 flags.append(APPROXIMATE)
-                reasons.append(f"approximate: only the {scorecam_max_channels} highest-variance "
-                               "channels are scored (method_options.scorecam.max_channels)")
-            reason = "; ".join(reasons)
-            rows.append(CheckRow(layer_name, method, True, reason, seconds, low, high, flags))
+            rows.append(CheckRow(layer_name, method, True, reason, seconds, low, high, flags,
+                                 scored))
     return rows
