@@ -15,7 +15,7 @@ import platform
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from reportgen import __version__
+from reportgen.build_run import BuildOptions, BuildRun
 from reportgen.cache import GB, RANDOM_METHODS, ResultCache
 from reportgen.compute.cam import CamEngine, CheckRow
 from reportgen.compute.cam.engine import resolve_device
@@ -52,7 +53,7 @@ from reportgen.compute.metrics import (
     write_metrics_csv,
     write_metrics_json,
 )
-from reportgen.compute.models import build_model, load_checkpoint, resolve_layers
+from reportgen.compute.models import LayerInfo, build_model, load_checkpoint, resolve_layers
 from reportgen.compute.models.build import parameter_count
 from reportgen.compute.models.layers import ALIASES
 from reportgen.compute.pipeline import (
@@ -69,10 +70,10 @@ from reportgen.errors import UserError
 from reportgen.hashing import package_versions, sha256_path, write_npz
 from reportgen.manifest import (
     git_commit,
-    relative_location,
     shown_location,
     source_date,
     write_checksums,
+    write_manifest,
 )
 from reportgen.output import (
     check_cache_folder,
@@ -101,18 +102,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 @dataclass
-class BuildOptions:
-    device: str | None = None  # overrides runtime.device
-    single_file: bool = False
-    force: bool = False
-    sign: Path | None = None  # PKCS#12 file: sign the PDF (PAdES)
-    sign_password: str | None = None
-    progress: Callable[[str, int, int], None] | None = None  # (stage, done, total)
-    keep_going: bool = False  # build without unreadable inputs, listing them as excluded
-    cache: bool = True  # reuse and store per-image results (runtime.cache); False: neither
-
-
-@dataclass
 class BuildResult:
     site: Path
     pdf: Path | None
@@ -138,12 +127,6 @@ def versions() -> dict[str, str]:
                                 "timm"))}
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} ({device})"
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
 def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildResult:
     """Build the report of `spec_path`; the output folder is replaced only on success."""
     options = options or BuildOptions()
@@ -167,10 +150,12 @@ def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildRe
     refs, excluded = check_inputs(inputs, m.size, m.in_channels, m.norm,
                                   spec.data.intensity, options.keep_going, **spec.mask_reading)
     with output_lock(site), cpu_threads(spec.runtime.threads):
+        run = BuildRun(spec, spec_path, text, options,
+                       resolve_device(options.device or spec.runtime.device), pdf_rel, refs,
+                       excluded)
         staging = staging_folder(site)
         try:
-            warnings, count = _build_into(staging, spec, text, spec_path, options, pdf_rel,
-                                          refs, excluded)
+            _build_into(staging, run)
             swap_in(staging, site)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -178,8 +163,8 @@ def build(spec_path: str | Path, options: BuildOptions | None = None) -> BuildRe
                 name_in_site(exc, staging, site)
             raise
     shown = spec.output.site  # as the user named it, a link included
-    return BuildResult(shown, shown / pdf_rel if pdf_rel else None, count,
-                       time.perf_counter() - started, warnings)
+    return BuildResult(shown, shown / pdf_rel if pdf_rel else None, len(refs),
+                       time.perf_counter() - started, run.warnings)
 
 
 def _load_model(spec: Spec, clock: Stopwatch, warnings: list[str]):
@@ -200,43 +185,35 @@ def _load_model(spec: Spec, clock: Stopwatch, warnings: list[str]):
     return model, fmt, sha
 
 
-def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: BuildOptions,
-                pdf_rel: Path | None, refs: list[SampleRef],
-                excluded: list[tuple[SampleRef, str]]) -> tuple[list[str], int]:
+def _build_into(staging: Path, run: BuildRun) -> None:
+    """Write the whole report of `run` into the empty folder `staging`."""
     from reportgen.render.site import SiteWriter
 
-    clock = Stopwatch()
-    start_time = datetime.now(UTC)
-    device = resolve_device(options.device or spec.runtime.device)
-    warnings: list[str] = []
-    determinism = seed_everything(spec.runtime.seed, device)
-    model, fmt, sha = _load_model(spec, clock, warnings)
+    spec, clock = run.spec, run.clock
+    run.determinism = seed_everything(spec.runtime.seed, run.device)
+    model, run.checkpoint_format, run.checkpoint_sha = _load_model(spec, clock, run.warnings)
     with clock("model"):
-        resolved, infos, plan = plan_layers(spec, model, len(refs))
-    model = model.to(device).eval()
-    context = _context(spec, text, spec_path, model, fmt, sha, infos, plan, refs, device,
-                       warnings)
-    context.excluded = [(shown_location(ref.path, spec_path.resolve().parent), reason)
-                        for ref, reason in excluded]  # shown as the input hashes are
-    # the manifest locates them relative to the spec, as its other inputs
-    excluded_locations = [(relative_location(ref.path, spec_path.resolve().parent), reason)
-                          for ref, reason in excluded]
-    context.pdf = pdf_rel.as_posix() if pdf_rel is not None else None
-    if pdf_rel is not None:
-        warnings.extend(_unprintable(context, refs))
-    if excluded:
-        warnings.append(f"{len(excluded)} input(s) excluded (--keep-going): see Excluded inputs")
-    writer = SiteWriter(staging, context, [r.id for r in refs],
-                        single_file=options.single_file or spec.output.single_file)
-    cache = _open_cache(spec, options, sha, resolved, device)
-    to_compute = len(refs) if cache is None else cache.missing(refs)
-    pipeline = Pipeline(spec, model, resolved, plan, infos, device, to_compute)
-    done = _compute_and_render(pipeline, refs, spec, clock, options, cache, writer, staging)
-    warnings.extend(aspect_warning(done.stretches))  # before the summary pages and the manifest
+        resolved, infos, run.plan = plan_layers(spec, model, len(run.inputs))
+    model = model.to(run.device).eval()
+    run.versions = versions()
+    context = _context(run, model, infos)
+    if run.pdf is not None:
+        run.warnings.extend(_unprintable(context, run.inputs))
+    if run.excluded:
+        run.warnings.append(f"{len(run.excluded)} input(s) excluded (--keep-going): see "
+                            "Excluded inputs")
+    writer = SiteWriter(staging, context, [r.id for r in run.inputs],
+                        single_file=run.options.single_file or spec.output.single_file)
+    cache = _open_cache(run, resolved)
+    to_compute = len(run.inputs) if cache is None else cache.missing(run.inputs)
+    pipeline = Pipeline(spec, model, resolved, run.plan, infos, run.device, to_compute)
+    done = _compute_and_render(run, pipeline, cache, writer, staging)
+    # before the summary pages and the manifest
+    run.warnings.extend(aspect_warning(done.stretches))
     sanity_rows: list[SanityRow] = []
-    if plan.sanity_keys and done.sanity_samples:
-        sanity_rows = _sanity_check(model, done, plan, spec, device, pipeline.settings, clock,
-                                    options)
+    if run.plan.sanity_keys and done.sanity_samples:
+        sanity_rows = _sanity_check(run, model, done, pipeline.settings)
+    run.events = done.events
     with clock("metrics"):
         aggregates = aggregate(done.rows)
         write_metrics_csv(done.rows, staging / "data" / "metrics.csv")
@@ -246,19 +223,15 @@ def _build_into(staging: Path, spec: Spec, text: str, spec_path: Path, options: 
         context.timings.update({k: round(v, 3) for k, v in clock.totals.items()})
     with clock("render"):
         writer.finish(aggregates, sanity_rows)
-    engine = {"scorecam_compiled": pipeline.scorecam_compiled,
-              "arithmetic": arithmetic(spec.runtime.precision, device),
-              # whose rows of metrics.csv come from approximate maps
-              "approximate": [list(key) for key in plan.approximate]}
-    manifest = _write_manifest(staging, spec, spec_path, refs, sha, fmt, device,
-                               determinism, warnings, clock, start_time, context, pdf_rel,
-                               done.events, engine, excluded_locations)
-    if pdf_rel is not None:
+    run.engine = {"scorecam_compiled": pipeline.scorecam_compiled,
+                  "arithmetic": arithmetic(spec.runtime.precision, run.device),
+                  # whose rows of metrics.csv come from approximate maps
+                  "approximate": [list(key) for key in run.plan.approximate]}
+    manifest = write_manifest(staging, run)
+    if run.pdf is not None:
         with clock("pdf"):
-            _write_pdf(staging, pdf_rel, context, spec_path, manifest, writer, aggregates,
-                       sanity_rows, options)
+            _write_pdf(staging, run, context, manifest, writer, aggregates, sanity_rows)
     write_checksums(staging)
-    return warnings, len(refs)
 
 
 MAPS_COMPRESSION = 1
@@ -276,12 +249,12 @@ def render_workers(spec: Spec) -> int:
     return max(2, min(MAX_RENDER_WORKERS, (os.cpu_count() or 2) // 2))
 
 
-def _computed_batches(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clock: Stopwatch,
-                      options: BuildOptions, cache: ResultCache | None = None,
+def _computed_batches(run: BuildRun, pipeline: Pipeline, cache: ResultCache | None = None,
                       ) -> Iterator[tuple[list[Sample], list[ImageOutput]]]:
     """Load and compute the images batch by batch, in the spec's order, ahead of the
     caller (`reportgen.compute.executors`: a background thread, or Ray workers); with a cache,
     only the images that miss it are computed."""
+    spec, refs, clock = run.spec, run.inputs, run.clock
     m, batch = spec.model, spec.runtime.batch_size
 
     def loaded() -> Iterator[list[Sample]]:
@@ -315,11 +288,11 @@ class ImagesDone:
     sanity_samples: list[tuple[Sample, torch.Tensor]] = field(default_factory=list)
 
 
-def _compute_and_render(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, clock: Stopwatch,
-                        options: BuildOptions, cache: ResultCache | None, writer: SiteWriter,
-                        staging: Path) -> ImagesDone:
+def _compute_and_render(run: BuildRun, pipeline: Pipeline, cache: ResultCache | None,
+                        writer: SiteWriter, staging: Path) -> ImagesDone:
     """Compute the images batch by batch while render workers write each one's maps,
     figures and page; at most `render_workers + 1` images wait, so memory stays bounded."""
+    spec, refs, clock, options = run.spec, run.inputs, run.clock, run.options
     done = ImagesDone()
     committed = 0
     if options.progress:
@@ -346,7 +319,7 @@ def _compute_and_render(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, c
     pending: deque[Future[PreparedImage]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="reportgen-render") as pool:
         try:
-            for part, outputs in _computed_batches(pipeline, refs, spec, clock, options, cache):
+            for part, outputs in _computed_batches(run, pipeline, cache):
                 for sample, output in zip(part, outputs, strict=True):
                     done.rows.extend(output.rows)
                     done.events.extend(output.events)
@@ -365,32 +338,31 @@ def _compute_and_render(pipeline: Pipeline, refs: list[SampleRef], spec: Spec, c
     return done
 
 
-def _sanity_check(model: torch.nn.Module, done: ImagesDone, plan: Plan, spec: Spec,
-                  device: torch.device, settings: MetricSettings, clock: Stopwatch,
-                  options: BuildOptions) -> list[SanityRow]:
+def _sanity_check(run: BuildRun, model: torch.nn.Module, done: ImagesDone,
+                  settings: MetricSettings) -> list[SanityRow]:
     """The sanity check on the first images: its rows for the pages, its per-image values
     added to `done.rows` and its engines' events to `done.events`."""
-    if options.progress:
-        options.progress("sanity check", 0, 1)
-    with clock("sanity"):
-        sanity, rows = _sanity(model, done.sanity_samples, plan, spec, device, settings,
-                               done.events)
+    progress, plan = run.options.progress, run.plan
+    if progress:
+        progress("sanity check", 0, 1)
+    with run.clock("sanity"):
+        sanity, rows = _sanity(run, model, done.sanity_samples, settings, done.events)
         for index, (sample, _) in enumerate(done.sanity_samples):
             inputs = MetricInputs(sample.id, maps={k: torch.zeros(1) for k in plan.sanity_keys},
                                   model=model, sanity=sanity, image_index=index,
                                   settings=settings)
             done.rows.extend(evaluate_image(inputs, ["sanity"]))
-    if options.progress:
-        options.progress("sanity check", 1, 1)
+    if progress:
+        progress("sanity check", 1, 1)
     return rows
 
 
-def _sanity(model, samples: list[tuple[Sample, torch.Tensor]], plan: Plan, spec: Spec,
-            device: torch.device, settings: MetricSettings,
-            events: list[str]) -> tuple[SanityResult, list[SanityRow]]:
+def _sanity(run: BuildRun, model: torch.nn.Module, samples: list[tuple[Sample, torch.Tensor]],
+            settings: MetricSettings, events: list[str]) -> tuple[SanityResult, list[SanityRow]]:
     """Cascading randomisation on the first images; the target region stays the trained
     model's, so every level explains the same pixels. The engines' events are added to
     `events`."""
+    spec, plan = run.spec, run.plan
     images = torch.stack([s.tensor for s, _ in samples])
     fixed = torch.stack([region for _, region in samples])
     layers = sorted({k[0] for k in plan.sanity_keys}, key=list(plan.layers).index)
@@ -401,7 +373,7 @@ def _sanity(model, samples: list[tuple[Sample, torch.Tensor]], plan: Plan, spec:
 
     def explain(candidate: torch.nn.Module) -> dict[tuple[str, str], torch.Tensor]:
         engine = CamEngine(candidate, {la: plan.layers[la] for la in layers}, methods,
-                           device=device, precision=spec.runtime.precision,
+                           device=run.device, precision=spec.runtime.precision,
                            batch_size=fitted["batch_size"],
                            scorecam_max_channels=score.max_channels,
                            scorecam_chunk=fitted["chunk"])
@@ -433,29 +405,11 @@ def sanity_rows(result: SanityResult, keys: Iterable[tuple[str, str]]) -> list[S
     return rows
 
 
-def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, infos, plan,
-             samples: list[SampleRef], device: torch.device,
-             warnings: list[str]) -> ReportContext:
-    from reportgen.compute.cam.methods import get_method
-
-    m = spec.model
-    norm = m.normalize if isinstance(m.normalize, str) else (
-        f"mean {m.normalize.mean}, std {m.normalize.std}")
-    methods = []
-    for name in spec.methods:
-        entry = get_method(name)
-        note = wording.method_note(plan, name)
-        methods.append(MethodRow(name, entry.family, entry.cost, entry.reference,
-                                 entry.description, bool(note), note))
-    bands = spec.metric_options.attention.bands
-    definitions = [MetricDefinition(
-        s.name, s.title,
-        s.formula + (f"; verdict: {bands.text}"
-                     if s.name == "attention_ratio" else ""),
-        s.direction, s.reference, s.group) for s in METRICS.values() if s.group in spec.metrics]
+def _context(run: BuildRun, model: torch.nn.Module, infos: list[LayerInfo]) -> ReportContext:
+    """What the pages show of the build `run` besides the per-image results."""
+    spec, plan, folder = run.spec, run.plan, run.spec_folder
     report = spec.report
-    folder = spec_path.resolve().parent
-    image_dirs = sorted({shown_location(s.path.parent, folder) for s in samples})
+    image_dirs = sorted({shown_location(s.path.parent, folder) for s in run.inputs})
     return ReportContext(
         title=report.title, report_id=report.id, author=report.author,
         # a reproducible build (SOURCE_DATE_EPOCH) is dated by it, like its manifest
@@ -463,25 +417,55 @@ def _context(spec: Spec, text: str, spec_path: Path, model, fmt: str, sha: str, 
         description=report.description, intended_use=report.intended_use,
         limitations=report.limitations,
         reviewers=[(r.name, r.role) for r in report.reviewers],
-        model=ModelCard(m.architecture, m.encoder,
-                        m.checkpoint.name if m.checkpoint else "none (random weights)", sha,
-                        fmt, parameter_count(model), m.size, m.names,
-                        m.names[spec.target_index], m.output_activation, norm),
+        model=_model_card(run, model),
         layers=[LayerRow(i.name, i.path, i.channels, i.stride,
                          ALIASES[i.name].meaning if i.name in ALIASES else "module path")
                 for i in infos],
-        methods=methods, metric_definitions=definitions, image_count=len(samples),
-        image_source=", ".join(image_dirs),
+        methods=_method_rows(spec, plan), metric_definitions=_metric_definitions(spec),
+        image_count=len(run.inputs), image_source=", ".join(image_dirs),
         mask_source=shown_location(Path(spec.data.masks).parent, folder)
         if spec.data.masks else None,
-        target_region=spec.target.region, spec_text=text, spec_name=spec_path.name,
-        device=device_name(device), seed=spec.runtime.seed,
-        precision=f"{spec.runtime.precision}: {arithmetic(spec.runtime.precision, device)}",
-        colormap=spec.render.colormap, alpha=spec.render.alpha, versions=versions(),
-        warnings=warnings, bounds=wording.bounds(plan), approximate=plan.approximate,
+        target_region=spec.target.region, spec_text=run.spec_text,
+        spec_name=run.spec_path.name, device=run.device_label, seed=spec.runtime.seed,
+        precision=f"{spec.runtime.precision}: {arithmetic(spec.runtime.precision, run.device)}",
+        colormap=spec.render.colormap, alpha=spec.render.alpha, versions=run.versions,
+        warnings=run.warnings, bounds=wording.bounds(plan), approximate=plan.approximate,
         approximate_note=wording.approximate_note(plan),
         verdict_layers=spec.verdict_layers, verdict_note=wording.verdict_note(spec),
-        verdict_bands=bands)
+        verdict_bands=spec.metric_options.attention.bands,
+        # shown as the input hashes are
+        excluded=[(shown_location(ref.path, folder), reason) for ref, reason in run.excluded],
+        pdf=run.pdf.as_posix() if run.pdf is not None else None)
+
+
+def _model_card(run: BuildRun, model: torch.nn.Module) -> ModelCard:
+    m, spec = run.spec.model, run.spec
+    norm = m.normalize if isinstance(m.normalize, str) else (
+        f"mean {m.normalize.mean}, std {m.normalize.std}")
+    return ModelCard(m.architecture, m.encoder,
+                     m.checkpoint.name if m.checkpoint else "none (random weights)",
+                     run.checkpoint_sha, run.checkpoint_format, parameter_count(model), m.size,
+                     m.names, m.names[spec.target_index], m.output_activation, norm)
+
+
+def _method_rows(spec: Spec, plan: Plan) -> list[MethodRow]:
+    from reportgen.compute.cam.methods import get_method
+
+    rows = []
+    for name in spec.methods:
+        entry = get_method(name)
+        note = wording.method_note(plan, name)
+        rows.append(MethodRow(name, entry.family, entry.cost, entry.reference,
+                              entry.description, bool(note), note))
+    return rows
+
+
+def _metric_definitions(spec: Spec) -> list[MetricDefinition]:
+    bands = spec.metric_options.attention.bands
+    return [MetricDefinition(
+        s.name, s.title,
+        s.formula + (f"; verdict: {bands.text}" if s.name == "attention_ratio" else ""),
+        s.direction, s.reference, s.group) for s in METRICS.values() if s.group in spec.metrics]
 
 
 def _unprintable(context: ReportContext, refs: list[SampleRef]) -> list[str]:
@@ -493,44 +477,30 @@ def _unprintable(context: ReportContext, refs: list[SampleRef]) -> list[str]:
     return unprintable_text(shown, installed_fonts())
 
 
-def _write_pdf(staging: Path, pdf_rel: Path, context: ReportContext, spec_path: Path,
+def _write_pdf(staging: Path, run: BuildRun, context: ReportContext,
                manifest: dict[str, object], writer: SiteWriter, aggregates,
-               sanity_rows: list[SanityRow], options: BuildOptions) -> None:
+               sanity_rows: list[SanityRow]) -> None:
     from reportgen.render.pdf import write_pdf
 
-    pdf_path = staging / pdf_rel
-    write_pdf(staging, pdf_path, context, spec_path, manifest, writer.built)
-    if options.sign is not None:
+    pdf_path = staging / run.pdf
+    write_pdf(staging, pdf_path, context, run.spec_path, manifest, writer.built)
+    if run.options.sign is not None:
         from reportgen.render.pdf_sign import sign_pdf
 
-        sign_pdf(pdf_path, options.sign, options.sign_password, context)
+        sign_pdf(pdf_path, run.options.sign, run.options.sign_password, context)
 
 
-def _write_manifest(staging: Path, spec: Spec, spec_path: Path, samples: list[SampleRef], sha: str,
-                    fmt: str, device: torch.device, determinism: list[str],
-                    warnings: list[str], clock: Stopwatch, start_time: datetime,
-                    context: ReportContext, pdf_rel: Path | None, events: list[str],
-                    engine: dict[str, object],
-                    excluded: list[tuple[str, str]]) -> dict[str, object]:
-    from reportgen.manifest import write_manifest
-
-    return write_manifest(staging, spec, spec_path, samples, sha, fmt, device_name(device),
-                          determinism, warnings, clock.totals, start_time, context.versions,
-                          pdf_rel.as_posix() if pdf_rel else None, excluded=excluded,
-                          events=events, engine=engine)
-
-
-def _open_cache(spec: Spec, options: BuildOptions, checkpoint_sha: str,
-                resolved: dict[str, str], device: torch.device) -> ResultCache | None:
+def _open_cache(run: BuildRun, resolved: dict[str, str]) -> ResultCache | None:
     """The results cache of this build, or None (`--no-cache`, `runtime.cache: null`, or a
     method that draws random numbers, whose results depend on what was drawn before)."""
+    spec, options, device = run.spec, run.options, run.device
     if not options.cache or spec.runtime.cache is None:
         return None
     random = [m for m in spec.methods if m in RANDOM_METHODS]
     if random:
         log.info("cache off: %s draws random numbers", ", ".join(random))
         return None
-    inputs = {"checkpoint": checkpoint_sha,
+    inputs = {"checkpoint": run.checkpoint_sha,
               "model": spec.model.model_dump(mode="json", exclude={"checkpoint", "trust_pickle"}),
               "intensity": spec.data.intensity, "target": spec.target.model_dump(mode="json"),
               "mask_label": spec.mask_label,

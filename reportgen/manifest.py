@@ -26,13 +26,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from reportgen.compute.data import SampleRef
 from reportgen.hashing import sha256_file
-from reportgen.spec import Spec
+
+if TYPE_CHECKING:
+    from reportgen.build_run import BuildRun
 
 TIME_FIELDS = ("started", "finished", "timings")
 MANIFEST = Path("data/manifest.json")
@@ -110,56 +111,38 @@ def shown_location(path: Path, start: Path) -> str:
     return relative_location(target, base)
 
 
-def write_manifest(site: Path, spec: Spec, spec_path: Path, samples: list[SampleRef], sha: str,
-                   fmt: str, device: str, determinism: list[str], warnings: list[str],
-                   timings: dict[str, float], started: datetime, versions: dict[str, str],
-                   pdf: str | None = None,
-                   excluded: Sequence[tuple[str, str]] = (),
-                   events: Sequence[str] = (),
-                   engine: dict[str, object] | None = None) -> dict[str, object]:
-    """Write `data/manifest.json` and return it.
+def write_manifest(site: Path, run: BuildRun) -> dict[str, object]:
+    """Write `data/manifest.json` of the build `run` and return it.
 
-    `pdf` is the PDF's path relative to the site (written after the manifest, so
-    listed by name only; its hash is in `data/checksums.sha256`). Inputs carry a
+    The PDF (`run.pdf`, relative to the site) is written after the manifest, so it is
+    listed by name only; its hash is in `data/checksums.sha256`. Inputs carry a
     `location`: the spec's relative to the site folder, the others relative to the
     spec's folder, so `reportgen verify` can find and re-hash them later. `excluded`
     lists the inputs a keep-going build left out: (location, reason). `events` are what
     the run adapted to (e.g. a batch halved on out-of-memory: results equal up to float rounding);
     `engine` how the maps were computed (e.g. whether Score-CAM ran compiled).
     """
-    base = spec_path.resolve().parent
-    checkpoint = spec.model.checkpoint
-    inputs = {
-        "spec": {"path": spec_path.name, "sha256": sha256_file(spec_path),
-                 "location": relative_location(spec_path, site)},
-        "checkpoint": {"path": checkpoint.name if checkpoint else None,
-                       "sha256": sha or None, "format": fmt,
-                       "location": relative_location(checkpoint, base) if checkpoint else None},
-        "images": [{"id": s.id, "path": s.path.name, "sha256": sha256_file(s.path),
-                    "location": relative_location(s.path, base),
-                    "mask": s.mask_path.name if s.mask_path else None,
-                    "mask_sha256": sha256_file(s.mask_path) if s.mask_path else None,
-                    "mask_location": relative_location(s.mask_path, base) if s.mask_path else None,
-                    "notes": s.notes} for s in samples],
-    }
     fixed = source_date()
     finished = fixed or datetime.now(UTC)
+    pdf = run.pdf.as_posix() if run.pdf is not None else None
     manifest = {
-        "reportgen": versions.get("reportgen"),
+        "reportgen": run.versions.get("reportgen"),
         "git_commit": git_commit(),
-        "versions": versions,
-        "device": device,
-        "precision": spec.runtime.precision,
-        "seed": spec.runtime.seed,
-        "determinism": determinism,
-        "engine": engine or {},
-        "events": list(events),
-        "inputs": inputs,
-        "warnings": warnings,
-        "excluded": [{"location": location, "reason": reason} for location, reason in excluded],
-        "started": (fixed or started).isoformat(timespec="seconds"),
+        "versions": run.versions,
+        "device": run.device_label,
+        "precision": run.spec.runtime.precision,
+        "seed": run.spec.runtime.seed,
+        "determinism": run.determinism,
+        "engine": run.engine,
+        "events": list(run.events),
+        "inputs": _inputs(site, run),
+        "warnings": run.warnings,
+        "excluded": [{"location": relative_location(ref.path, run.spec_folder),
+                      "reason": reason} for ref, reason in run.excluded],
+        "started": (fixed or run.started).isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds"),
-        "timings": {} if fixed else {k: round(v, 3) for k, v in sorted(timings.items())},
+        "timings": {} if fixed else {k: round(v, 3)
+                                     for k, v in sorted(run.clock.totals.items())},
         "outputs": output_hashes(site, exclude=(pdf,) if pdf else ()),
         "pdf": pdf,
         "checksums": CHECKSUMS.as_posix(),
@@ -168,6 +151,26 @@ def write_manifest(site: Path, spec: Spec, spec_path: Path, samples: list[Sample
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return manifest
+
+
+def _inputs(site: Path, run: BuildRun) -> dict[str, object]:
+    """The manifest's record of the spec, the checkpoint and every image and mask."""
+    base = run.spec_folder
+    checkpoint = run.spec.model.checkpoint
+    return {
+        "spec": {"path": run.spec_path.name, "sha256": sha256_file(run.spec_path),
+                 "location": relative_location(run.spec_path, site)},
+        "checkpoint": {"path": checkpoint.name if checkpoint else None,
+                       "sha256": run.checkpoint_sha or None,
+                       "format": run.checkpoint_format,
+                       "location": relative_location(checkpoint, base) if checkpoint else None},
+        "images": [{"id": s.id, "path": s.path.name, "sha256": sha256_file(s.path),
+                    "location": relative_location(s.path, base),
+                    "mask": s.mask_path.name if s.mask_path else None,
+                    "mask_sha256": sha256_file(s.mask_path) if s.mask_path else None,
+                    "mask_location": relative_location(s.mask_path, base) if s.mask_path else None,
+                    "notes": s.notes} for s in run.inputs],
+    }
 
 
 def checksum_lines(hashes: dict[str, str]) -> str:
