@@ -3,6 +3,7 @@ readable, printable and reproducible."""
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import re
@@ -26,13 +27,12 @@ from reportgen.render.pdf import (
     PAGE_CONTENT_MM,
     VERDICT_MM,
     metric_columns_fitting,
-    metric_tables,
-    read_metric_rows,
+    print_tables,
     split_metric_columns,
 )
 from reportgen.render.pdf_figures import PRINT_URL, SITE_URL, PrintFigures, pixels_for
-from reportgen.render.viewmodel import Definition, Footnotes, value_view, verdict_view
 from reportgen.report.results import ShownValue
+from reportgen.report.views.common import Definition, Footnotes, value_view
 from reportgen.verify import verify_pdf
 from tests.helpers import write_images, write_spec
 from tests.pdf_fixtures import REPORT, build_project
@@ -379,8 +379,9 @@ def test_every_table_column_of_a_dossier_with_every_metric_is_on_the_page(every_
     first = next(i for i, text in enumerate(texts) if "Image img00" in text and "Input" in text)
     last = next(i for i, text in enumerate(texts) if "Image img01" in text and "Input" in text)
     section = [(page, word) for page in range(first, last) for word in pages[page][1]]
-    rows = [row for row in read_metric_rows(site / "data" / "metrics.csv")["img00"]
-            if row["metric"] in ("sanity_spearman", "sanity_ssim")]
+    with (site / "data" / "metrics.csv").open(newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.DictReader(f) if row["image"] == "img00"
+                and row["metric"] in ("sanity_spearman", "sanity_ssim")]
     assert len(rows) == 8  # 2 layers x 2 methods x 2 sanity metrics
     for metric, head in (("sanity_spearman", "correlation"), ("sanity_ssim", "SSIM")):
         (page, column), = [(p, w) for p, w in section if w[0] == head]
@@ -414,25 +415,19 @@ def test_metric_columns_are_split_into_whole_groups_that_fit_the_page():
                          metric_columns_fitting(verdict=False)]
 
 
-def test_an_images_metric_tables_repeat_layer_and_method_and_name_their_groups():
+def test_an_images_metric_tables_cover_its_columns_and_name_their_groups():
+    """The print tables are consecutive slices of the image view's columns: together
+    every column once, each captioned with its metric groups, the verdict in the first."""
     columns = [Definition(m.name, m.title, m.formula, m.direction, m.reference)
                for m in METRICS.values() if m.per_map]
     groups = {m.name: m.group for m in METRICS.values()}
-    values = {name: ShownValue(0.5) for name in groups}
-    del values["sanity_ssim"]
-    verdict = verdict_view("good")
-    measured = [("encoder_last", "gradcam", verdict, values),
-                ("decoder_last", "gradcam", verdict, values)]
-    notes = Footnotes()
-    first, second = metric_tables(measured, columns, groups, notes)
+    first, second = print_tables(columns, groups)
     assert first.caption == "Metrics per layer and method, 1 of 2: attention and localisation"
     assert second.caption == ("Metrics per layer and method, 2 of 2: faithfulness and "
                               "sanity check (cascading randomisation)")
     assert (first.verdict, second.verdict) == (True, False)
-    assert [(r.layer, r.method) for r in second.rows] == [(r.layer, r.method)
-                                                          for r in first.rows]
-    assert [v.text for v in second.rows[0].values] == ["0.500"] * 3 + ["n/a"]
-    assert notes.notes == [(1, "not computed: outside the limits set by the spec")]
+    assert (first.start, first.stop, second.start, second.stop) == (
+        0, first.stop, first.stop, len(columns))
 
 
 def test_characters_no_font_prints_are_named_in_the_warnings_before_they_print_as_boxes(
@@ -510,19 +505,16 @@ def test_the_hash_table_shows_input_paths_as_the_cover_shows_their_folders():
 def test_an_image_section_without_ratios_explains_its_approximate_rows(tmp_path: Path):
     """With localisation only, no grid cell has a ratio to mark; the metric rows of the
     approximate map are marked all the same, so the section says what the mark means."""
-    from reportgen.render.pdf import image_section
-    from reportgen.report.statistics import ImageSummary
+    from reportgen.render.pdf import print_image
+    from reportgen.report.views.image import CellRecord, ImageRecord
     from tests.site_fixtures import make_context
 
     context = make_context()  # approximate: encoder_last x gradcam++
-    rows = [{"layer": layer, "method": method, "metric": "energy_pointing_game",
-             "value": "0.5", "status": "ok", "reason": ""}
-            for layer in ("encoder_last", "decoder_last") for method in ("gradcam", "gradcam++")]
-    summary = ImageSummary("img-000", "a.png", None, False, None, "no ground truth", "n/a",
-                           {(r["layer"], r["method"]): "n/a" for r in rows})
-    section = image_section(context, summary, rows, PrintFigures(tmp_path, tmp_path),
-                            ["encoder_last", "decoder_last"], ["gradcam", "gradcam++"], 0, 1)
-    marked = [(r.layer, r.method) for t in section.metric_tables for r in t.rows
-              if r.approximate]
+    cells = {(layer, method): CellRecord("n/a", {"energy_pointing_game": ShownValue(0.5)},
+                                         [], "")
+             for layer in ("encoder_last", "decoder_last") for method in ("gradcam", "gradcam++")}
+    image = ImageRecord("img-000", "a.png", None, False, None, None, cells, [], (64, 64))
+    section = print_image(context, image, PrintFigures(tmp_path, tmp_path), 0, 1)
+    marked = [(r.layer, r.method) for r in section.view.metric_rows if r.approximate]
     assert marked == [("encoder_last", "gradcam++")]
-    assert section.approximate_note == context.approximate_note
+    assert section.view.page.approximate_note == context.approximate_note

@@ -115,7 +115,7 @@ def test_a_class_name_beyond_the_label_length_is_refused(spec: Path, capsys):
 
 
 def test_long_words_in_free_text_get_a_break_opportunity_every_30_characters():
-    from reportgen.render.viewmodel import markdown
+    from reportgen.report.views.common import markdown
 
     html = str(markdown("see `" + "p/" * 40 + "` and " + "<x>" * 3000 + " end"))
     runs = re.split(r"<wbr>|\s", re.sub(r"</?(p|code)>", " ", html))

@@ -12,32 +12,29 @@ import pytest
 from reportgen.compute.metrics.attention import VerdictBands
 from reportgen.compute.metrics.export import AggregateRow
 from reportgen.render import figures as fig
-from reportgen.render.viewmodel import (
+from reportgen.report.layout import cell_figure_name
+from reportgen.report.results import ShownValue
+from reportgen.report.statistics import CURVE_POINTS, DatasetStats, standardised_ranks
+from reportgen.report.views.common import (
     Footnotes,
     ValueView,
     agreement_shade,
     definitions_for,
-    dice_summary,
     downloads,
     format_number,
-    image_page_view,
-    index_view,
-    layers_view,
     markdown,
     median_verdict,
-    methods_view,
-    metric_tables,
     missing_statistic,
     na_reason_text,
     summarise_verdicts,
-    summary_rows,
     value_view,
     verdict_view,
     worst_verdict,
 )
-from reportgen.report.layout import cell_figure_name
-from reportgen.report.results import ShownValue
-from reportgen.report.statistics import CURVE_POINTS, DatasetStats, standardised_ranks
+from reportgen.report.views.image import image_page_view, image_record
+from reportgen.report.views.layers import layers_view
+from reportgen.report.views.methods import methods_view
+from reportgen.report.views.summary import dice_summary, index_view, metric_tables, summary_rows
 from tests.site_fixtures import (
     LAYERS,
     METHODS,
@@ -187,7 +184,7 @@ def test_image_page_view_draws_placeholders_for_undefined_and_flagged_maps() -> 
         for c in range(2):
             for key in ("overlay", "contours", "top", "heatmap"):
                 figures[cell_figure_name(r, c, key)] = f"{r}{c}{key}.png"
-    view = image_page_view(context, result, figures, 1, 3, "img-000", "img-002")
+    view = image_page_view(context, image_record(result), figures, 1, 3, "img-000", "img-002")
     assert view.position == "Image 2 of 3"
     assert view.previous.href == "img-000.html" and view.next.href == "img-002.html"
     undefined = view.rows[1].cells[1]
@@ -211,8 +208,8 @@ def test_image_page_view_draws_placeholders_for_undefined_and_flagged_maps() -> 
 
 def test_image_page_view_without_ground_truth_says_so() -> None:
     result = make_result(2, ground_truth=False)
-    view = image_page_view(make_context(), result, {"input": "i.png", "prediction": "p.png"},
-                           2, 3, "img-001", None)
+    view = image_page_view(make_context(), image_record(result),
+                           {"input": "i.png", "prediction": "p.png"}, 2, 3, "img-001", None)
     assert view.next is None
     assert view.figures[1].src is None and view.figures[1].placeholder == "No ground truth"
     assert view.dice.missing and "no ground truth" in dict(
@@ -440,8 +437,8 @@ def test_the_headline_names_counted_maps_that_failed_the_sanity_check() -> None:
 def test_the_headline_names_only_maps_it_counted() -> None:
     """A map with no verdict (n/a) is not counted by the median, so it is not named among
     the counted approximate or sanity-failing maps either."""
-    from reportgen.render.viewmodel import SummaryCell, SummaryRow, overall_verdict
     from reportgen.report.results import SanityRow
+    from reportgen.report.views.summary import SummaryCell, SummaryRow, overall_verdict
 
     context = make_context()  # approximate: encoder_last x gradcam++
     na, good = ValueView("n/a", 1, missing=True), ValueView("3.000")
@@ -460,7 +457,7 @@ def test_the_headline_names_only_maps_it_counted() -> None:
 def test_layer_agreement_cites_only_its_own_notes() -> None:
     """The PDF prints the layer matrices without the layer means tables: their notes must
     not be numbered among the tables' (a note citing nothing)."""
-    from reportgen.render.viewmodel import layer_agreement
+    from reportgen.report.views.layers import layer_agreement
 
     notes = Footnotes()
     layer_agreement(make_context(), dataset(3), notes)

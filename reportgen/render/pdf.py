@@ -1,7 +1,6 @@
 """The archival PDF: a print rendering of the report, PDF/A-3u with its evidence attached.
 
-    write_pdf(site, site / "report.pdf", context, spec_path, manifest, stats,
-              aggregates, sanity)
+    write_pdf(site, site / "report.pdf", context, spec_path, manifest, writer.built)
 
 The PDF is drawn by WeasyPrint from print templates of its own
 (`templates/pdf/`, `assets/pdf.css`): cover, table of contents, methods and
@@ -47,9 +46,9 @@ import hashlib
 import io
 import logging
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from importlib import resources
 from itertools import groupby
@@ -63,33 +62,24 @@ from reportgen.errors import UserError
 from reportgen.hashing import sha256_file
 from reportgen.manifest import shown_location
 from reportgen.render.pdf_figures import SITE_URL, PrintFigures
-from reportgen.render.viewmodel import (
-    OUTSIDE_LIMITS,
-    RATIO_METRIC,
-    AuditView,
-    Definition,
-    Footnotes,
-    IndexView,
-    MatrixView,
-    MethodsView,
-    ValueView,
-    VerdictSummary,
-    VerdictView,
-    approximate_at,
-    audit_view,
-    definitions_for,
-    format_count,
-    index_view,
-    layer_agreement,
-    methods_view,
-    summarise_verdicts,
-    value_view,
-    verdict_view,
-)
+from reportgen.render.site import BuiltSite
 from reportgen.report import layout
 from reportgen.report.layout import cell_figure_name
-from reportgen.report.results import AggregateRow, ReportContext, SanityRow, ShownValue
-from reportgen.report.statistics import RANK_SIZE, DatasetStats, ImageSummary
+from reportgen.report.results import ReportContext, ShownValue
+from reportgen.report.statistics import RANK_SIZE
+from reportgen.report.views.audit import AuditView, audit_view
+from reportgen.report.views.common import (
+    Definition,
+    Footnotes,
+    MatrixView,
+    VerdictSummary,
+    format_count,
+    ordered_names,
+)
+from reportgen.report.views.image import ImagePageView, ImageRecord, image_page_view
+from reportgen.report.views.layers import LayerView, layer_agreement, layer_rows
+from reportgen.report.views.methods import MethodsView, methods_view
+from reportgen.report.views.summary import IndexView, index_view
 
 log = logging.getLogger(__name__)
 
@@ -136,51 +126,26 @@ class PrintFigure:
     placeholder: str = ""
 
 
-@dataclass
-class PrintCell:
-    method: str
-    figure: PrintFigure
-    verdict: VerdictView
-    ratio: ValueView
-
-
-@dataclass
-class PrintMetricRow:
-    layer: str
-    method: str
-    verdict: VerdictView
-    values: list[ValueView]
-    approximate: bool = False  # the maps of this layer and method are approximate
-
-
-@dataclass
-class PrintMetricTable:
-    """One of an image's metric tables: whole metric groups side by side, as many as
-    fit the page width; every row starts with its layer and method."""
+@dataclass(frozen=True)
+class PrintTable:
+    """One of an image's metric tables: the metric columns [start, stop) of its view,
+    whole metric groups side by side, as many as fit the page width; every row starts
+    with its layer and method."""
 
     caption: str
-    columns: list[Definition]
+    start: int
+    stop: int
     verdict: bool  # whether the attention-ratio verdict is printed (the first table)
-    rows: list[PrintMetricRow]
 
 
 @dataclass
-class ImageSection:
+class PrintImage:
+    """An image's section of the PDF: the site's view of the image (`ImagePageView`, its
+    figures the print versions) and its metric columns split into tables that fit."""
+
     anchor: str
-    id: str
-    position: str
-    source_name: str
-    mask_name: str
-    dice: ValueView
-    iou: ValueView
-    verdict: VerdictSummary
-    figures: list[PrintFigure]
-    methods: list[str]
-    grid: list[tuple[str, list[PrintCell]]]
-    metric_tables: list[PrintMetricTable]
-    footnotes: list[tuple[int, str]]
-    notes: list[str] = field(default_factory=list)  # conversions of the input (manifest)
-    approximate_note: str = ""  # what "≈" means, when a value of this section is marked
+    view: ImagePageView
+    tables: list[PrintTable]
 
 
 @dataclass
@@ -209,7 +174,7 @@ class PdfView:
     methods: MethodsView
     layer_matrices: list[MatrixView]  # agreement between layers, one per method
     layer_footnotes: list[tuple[int, str]]
-    layers: list[tuple[str, str, str, str, str]]
+    layers: list[LayerView]
     plots: list[PrintFigure]
     audit: AuditView
     input_hashes: list[tuple[str, str, str]]  # (what, file, sha256)
@@ -217,27 +182,16 @@ class PdfView:
     attachments: list[tuple[str, str]]  # (file name, what it is)
     reviewers: list[SignOff]
     decisions: tuple[str, ...]
-    images: Iterator[ImageSection]
+    images: Iterator[PrintImage]
     image_toc: list[tuple[str, str]]  # (anchor, label)
     colorbar: str | None
     colormap: str
-    sections: Callable[[int, int], Iterator[ImageSection]]  # image sections [start, stop)
+    sections: Callable[[int, int], Iterator[PrintImage]]  # image sections [start, stop)
     # What one rendering holds: "all" (the whole dossier in one layout), or a part of
     # a dossier laid out in parts: "front" (cover to the images' introduction),
     # "images" (the sections `images` yields) or "back" (appendices).
     part: str = "all"
     page_refs: dict[str, int] | None = None  # anchor -> page, printed in the contents
-
-
-def read_metric_rows(path: Path) -> dict[str, list[dict[str, str]]]:
-    """The rows of `metrics.csv` grouped by image id (file order kept)."""
-    grouped: dict[str, list[dict[str, str]]] = {}
-    if not path.is_file():
-        return grouped
-    with path.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            grouped.setdefault(row["image"], []).append(row)
-    return grouped
 
 
 def grid_cell_mm(method_count: int) -> float:
@@ -273,96 +227,80 @@ def split_metric_columns(columns: Sequence[Definition], groups: Mapping[str, str
     return tables
 
 
-def metric_tables(measured: Sequence[tuple[str, str, VerdictView, Mapping[str, ShownValue]]],
-                  columns: Sequence[Definition], groups: Mapping[str, str],
-                  notes: Footnotes, approximate: Collection[tuple[str, str]] = ()
-                  ) -> list[PrintMetricTable]:
-    """An image's metric tables, one row per measured (layer, method, verdict, values by
-    metric name) in every table, the (layer, method) in `approximate` marked; n/a reasons
-    are cited in reading order."""
+def print_tables(columns: Sequence[Definition], groups: Mapping[str, str]) -> list[PrintTable]:
+    """An image's metric columns as the stacked tables that print them
+    (`split_metric_columns`), each captioned with its metric groups."""
     split = split_metric_columns(columns, groups)
     tables = []
+    start = 0
     for number, (names, shown) in enumerate(split, 1):
         titles = " and ".join(dict.fromkeys(GROUP_TITLES.get(g, g or "other metrics")
                                             for g in names))
         count = f", {number} of {len(split)}" if len(split) > 1 else ""
-        tables.append(PrintMetricTable(
-            f"Metrics per layer and method{count}: {titles}", list(shown), number == 1,
-            [PrintMetricRow(layer, method, verdict,
-                            [value_view(values.get(d.name), notes, absent=OUTSIDE_LIMITS)
-                             for d in shown],
-                            (layer, method) in approximate)
-             for layer, method, verdict, values in measured]))
+        tables.append(PrintTable(f"Metrics per layer and method{count}: {titles}", start,
+                                 start + len(shown), number == 1))
+        start += len(shown)
     return tables
 
 
-def image_section(context: ReportContext, summary: ImageSummary, rows: Sequence[dict[str, str]],
-                  figures: PrintFigures, layers: Sequence[str], methods: Sequence[str],
-                  position: int, total: int, input_notes: Sequence[str] = ()) -> ImageSection:
-    """The print section of one image, from its summary, its metric rows and its figures;
-    `input_notes` say how the input was converted (e.g. resized, so its aspect changed)."""
-    notes = Footnotes()
-    image_level: dict[str, ShownValue] = {}
-    by_cell: dict[tuple[str, str], dict[str, ShownValue]] = {}
-    for row in rows:
-        shown = ShownValue.of_row(row["value"], row["status"], row["reason"])
-        if row["layer"] or row["method"]:
-            by_cell.setdefault((row["layer"], row["method"]), {})[row["metric"]] = shown
-        else:
-            image_level[row["metric"]] = shown
-    source = summary.source_name
-    main = []
-    for name, caption, alt in (
-            ("input", "Input", f"Input image {source}"),
-            ("ground_truth", "Ground truth", f"Ground-truth mask outlined in magenta on {source}"),
-            ("prediction", "Prediction",
-             f"Predicted {context.model.target_class} mask outlined in white on {source}")):
-        src = figures.get(layout.figure(summary.id, name, "png"), MAIN_FIGURE_MM)
-        placeholder = "" if src else ("No ground truth" if name == "ground_truth"
-                                      else "Figure not drawn")
-        main.append(PrintFigure(src, alt, caption, placeholder))
-
+def print_figures(image: ImageRecord, figures: PrintFigures, layers: Sequence[str],
+                  methods: Sequence[str]) -> dict[str, str]:
+    """An image's figures for print, by the names the image view looks up: the input,
+    ground truth and prediction, and one overlay per grid cell (`GRID_VARIANTS`)."""
+    found: dict[str, str] = {}
+    for name in ("input", "ground_truth", "prediction"):
+        src = figures.get(layout.figure(image.id, name, layout.figure_suffix(name)),
+                          MAIN_FIGURE_MM)
+        if src:
+            found[name] = src
     cell_mm = grid_cell_mm(len(methods))
-    grid = []
-    measured = []
-    for r, layer in enumerate(layers):
-        cells = []
-        for c, method in enumerate(methods):
-            metrics = by_cell.get((layer, method), {})
-            src = None
+    for r in range(len(layers)):
+        for c in range(len(methods)):
             for variant in GRID_VARIANTS:
                 name = cell_figure_name(r, c, variant)
-                src = src or figures.get(
-                    layout.figure(summary.id, name, layout.figure_suffix(name)), cell_mm)
-            ratio = metrics.get(RATIO_METRIC)
-            reason = "not computed" if not metrics else (
-                (ratio.reason if ratio is not None and not ratio.ok else "") or "map not drawn")
-            verdict = verdict_view(summary.verdicts.get((layer, method), "n/a"))
-            cells.append(PrintCell(method, PrintFigure(
-                src, f"{method} map of layer {layer} on {source}, mask contours overlaid",
-                f"{layer} · {method}", "" if src else reason),
-                verdict, value_view(ratio, notes,
-                                    approximate=approximate_at(context, layer, method))))
-            if metrics:
-                measured.append((layer, method, verdict, metrics))
-        grid.append((layer, cells))
-    names = sorted({name for metrics in by_cell.values() for name in metrics})
-    tables = metric_tables(measured, definitions_for(names, context),
-                           {d.name: d.group for d in context.metric_definitions}, notes,
-                           context.approximate)
-    dice = value_view(image_level.get("dice"), notes, absent="no ground truth")
-    iou = value_view(image_level.get("iou"), notes, absent="no ground truth")
-    return ImageSection(
-        anchor=f"image-{summary.id}", id=summary.id, position=f"Image {position + 1} of {total}",
-        source_name=source, mask_name=summary.mask_name or "none", dice=dice, iou=iou,
-        # in spec order, as the site's image page names the worst maps
-        verdict=summarise_verdicts({(la, me): summary.verdicts[la, me] for la in layers
-                                    for me in methods if (la, me) in summary.verdicts},
-                                   context.verdict_layers, context.approximate), figures=main,
-        methods=list(methods), grid=grid,
-        metric_tables=tables, footnotes=notes.notes, notes=list(input_notes),
-        approximate_note=context.approximate_note if any(
-            row.approximate for table in tables for row in table.rows) else "")
+                src = figures.get(layout.figure(image.id, name, layout.figure_suffix(name)),
+                                  cell_mm)
+                if src:
+                    found[name] = src
+                    break
+    return found
+
+
+def read_metric_rows(path: Path) -> dict[str, list[dict[str, str]]]:
+    """The rows of `metrics.csv` grouped by image id (file order kept)."""
+    grouped: dict[str, list[dict[str, str]]] = {}
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                grouped.setdefault(row["image"], []).append(row)
+    return grouped
+
+
+def with_exported_metrics(image: ImageRecord, rows: Sequence[dict[str, str]]) -> ImageRecord:
+    """`image` with every metric value of its exported rows: the sanity check's values
+    per map are measured after the image's page is written, so only the export has
+    them all."""
+    metrics: dict[tuple[str, str], dict[str, ShownValue]] = {}
+    for row in rows:
+        if row["layer"] or row["method"]:
+            metrics.setdefault((row["layer"], row["method"]), {})[row["metric"]] = (
+                ShownValue.of_row(row["value"], row["status"], row["reason"]))
+    cells = {key: replace(cell, metrics={**cell.metrics, **metrics.get(key, {})})
+             for key, cell in image.cells.items()}
+    return replace(image, cells=cells)
+
+
+def print_image(context: ReportContext, image: ImageRecord, figures: PrintFigures,
+                position: int, total: int) -> PrintImage:
+    """The print section of one image: its view, with the print versions of its figures."""
+    layers, methods = ordered_names(context, image.cells)
+    sources = print_figures(image, figures, layers, methods)
+    colorbar = figures.get(layout.COLORBAR, 60.0)
+    if colorbar:
+        sources["colorbar"] = colorbar
+    view = image_page_view(context, image, sources, position, total, None, None)
+    groups = {d.name: d.group for d in context.metric_definitions}
+    return PrintImage(f"image-{image.id}", view, print_tables(view.metric_columns, groups))
 
 
 def _input_hashes(manifest: dict, spec_folder: Path) -> list[tuple[str, str, str]]:
@@ -387,36 +325,50 @@ def _input_hashes(manifest: dict, spec_folder: Path) -> list[tuple[str, str, str
     return rows
 
 
-def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetStats,
-             aggregates: Sequence[AggregateRow], sanity: Sequence[SanityRow],
-             figures: PrintFigures, spec_path: Path,
-             plot_captions: Mapping[str, str] | None = None) -> PdfView:
-    """The PDF's view model; the image sections are produced lazily while rendering."""
+def print_plots(figures: PrintFigures, captions: Mapping[str, str]) -> list[PrintFigure]:
+    """The dataset plots the site drew, in print order; `captions` (plot name -> caption,
+    as the site's) say what a plot cannot show."""
     plots = []
     for name, title in PLOTS:
         src = figures.get(layout.plot(name), PLOT_MM)
         if src:
-            caption = (plot_captions or {}).get(name, "")
+            caption = captions.get(name, "")
             plots.append(PrintFigure(src, f"Plot: {title}",
                                      f"{title}. {caption}" if caption else title))
-    index = index_view(context, stats, aggregates, [], text_headings=4, sanity=sanity)
+    return plots
+
+
+def cover_rows(context: ReportContext) -> list[tuple[str, str]]:
+    """The cover's summary of the report, as (label, value) rows."""
+    card = context.model
+    return [("Report id", context.report_id), ("Author", context.author or "—"),
+            ("Date", context.date),
+            ("Model", f"{card.architecture} / {card.encoder}"),
+            ("Checkpoint", f"{card.checkpoint_name}"),
+            ("Checkpoint SHA-256", card.checkpoint_sha256 or "—"),
+            ("Target", f"{card.target_class} ({context.target_region})"),
+            ("Data", f"{format_count(context.image_count)} images from "
+                     f"{context.image_source or '—'}"),
+            ("Ground truth", context.mask_source or "none"),
+            ("Methods", ", ".join(m.name for m in context.methods)),
+            ("Layers", ", ".join(row.name for row in context.layers))]
+
+
+def pdf_view(folder: Path, context: ReportContext, manifest: dict, site: BuiltSite,
+             figures: PrintFigures, spec_path: Path) -> PdfView:
+    """The PDF's view model, from what the site writer kept (`site`) and the metrics the
+    site in `folder` exported; the image sections are produced lazily while rendering."""
+    stats = site.stats
+    exported = read_metric_rows(folder / layout.METRICS_CSV)
+    images = [with_exported_metrics(image, exported.get(image.id, [])) for image in site.images]
+    index = index_view(context, stats, site.aggregates, [], text_headings=4,
+                       sanity=site.sanity)
     layer_notes = Footnotes()  # the matrices' own: the PDF prints no layer means tables
     layer_matrices = layer_agreement(context, stats, layer_notes)
-    layers = [(row.name, row.path, "—" if row.channels is None else format_count(row.channels),
-               "—" if row.stride is None else f"{row.stride:g}", row.meaning)
-              for row in context.layers]
-    metric_rows = read_metric_rows(site / layout.METRICS_CSV)
-    summaries = list(stats.summaries)
-    input_notes = {image["id"]: list(image.get("notes") or [])
-                   for image in manifest.get("inputs", {}).get("images", [])}
-    layer_names, method_names = list(stats.layers), list(stats.methods)
 
-    def sections(start: int = 0, stop: int | None = None) -> Iterator[ImageSection]:
-        for position in range(start, len(summaries) if stop is None else stop):
-            summary = summaries[position]
-            yield image_section(context, summary, metric_rows.get(summary.id, []), figures,
-                                layer_names, method_names, position, len(summaries),
-                                input_notes.get(summary.id, []))
+    def sections(start: int = 0, stop: int | None = None) -> Iterator[PrintImage]:
+        for position in range(start, len(images) if stop is None else stop):
+            yield print_image(context, images[position], figures, position, len(images))
 
     card = context.model
     timings = manifest.get("timings") or {}
@@ -429,25 +381,14 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
                   card.architecture, card.encoder, *(m.name for m in context.methods)],
         subject=(f"Class-activation-map validation of {card.architecture} / {card.encoder} "
                  f"({card.target_class}) on {format_count(context.image_count)} images"),
-        overall=index.overall,
-        cover_rows=[("Report id", context.report_id), ("Author", context.author or "—"),
-                    ("Date", context.date),
-                    ("Model", f"{card.architecture} / {card.encoder}"),
-                    ("Checkpoint", f"{card.checkpoint_name}"),
-                    ("Checkpoint SHA-256", card.checkpoint_sha256 or "—"),
-                    ("Target", f"{card.target_class} ({context.target_region})"),
-                    ("Data", f"{format_count(context.image_count)} images from "
-                             f"{context.image_source or '—'}"),
-                    ("Ground truth", context.mask_source or "none"),
-                    ("Methods", ", ".join(m.name for m in context.methods)),
-                    ("Layers", ", ".join(row.name for row in context.layers))],
+        overall=index.overall, cover_rows=cover_rows(context),
         warnings=list(context.warnings), bounds=list(context.bounds),
         index=index,
         summary_class="summary compact" if len(index.methods) > COMPACT_SUMMARY_METHODS
         else "summary",
-        methods=methods_view(context, stats, [], sanity, RANK_SIZE),
+        methods=methods_view(context, stats, [], site.sanity, RANK_SIZE),
         layer_matrices=layer_matrices, layer_footnotes=layer_notes.notes,
-        layers=layers, plots=plots,
+        layers=layer_rows(context), plots=print_plots(figures, site.plot_captions),
         audit=audit_view(context, stats),
         input_hashes=_input_hashes(manifest, spec_path.resolve().parent),
         timings=[(stage, f"{seconds:.2f} s") for stage, seconds in sorted(timings.items())],
@@ -457,7 +398,7 @@ def pdf_view(site: Path, context: ReportContext, manifest: dict, stats: DatasetS
                      ("metrics.csv", "every metric of every image, layer and method (Data)")],
         reviewers=reviewers, decisions=DECISIONS,
         images=sections(),
-        image_toc=[(f"image-{s.id}", f"Image {s.id} — {s.source_name}") for s in summaries],
+        image_toc=[(f"image-{s.id}", f"Image {s.id} — {s.source_name}") for s in images],
         colorbar=figures.get(layout.COLORBAR, 60.0),
         colormap=context.colormap,
         sections=sections,
@@ -723,13 +664,11 @@ def _copy_outline(writer: object, reader: object, items: list, offset: int,
 
 
 def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Path,
-              manifest: dict, stats: DatasetStats, aggregates: Sequence[AggregateRow],
-              sanity: Sequence[SanityRow], chunk_images: int | None = None,
-              plot_captions: Mapping[str, str] | None = None) -> Path:
+              manifest: dict, built: BuiltSite, chunk_images: int | None = None) -> Path:
     """Write the PDF/A-3u dossier of the site in `site` to `pdf_path`.
 
-    `plot_captions` (plot name -> caption, as the site's) are printed under the plots:
-    they say what a plot cannot show.
+    `built` is what the site writer kept of the build (`SiteWriter.built`): the image
+    sections render its records with the site's image view.
 
     `manifest` is the content of the site's `data/manifest.json` (already written);
     the spec is attached from `spec_path`, whose bytes must still hash to the
@@ -769,9 +708,8 @@ def write_pdf(site: Path, pdf_path: Path, context: ReportContext, spec_path: Pat
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="reportgen-pdf-") as scratch, _quiet_progress():
         figures = PrintFigures(site, Path(scratch))
-        view = pdf_view(site, context, manifest, stats, aggregates, sanity, figures,
-                        spec_path, plot_captions or {})
-        image_count = len(stats.summaries)
+        view = pdf_view(site, context, manifest, built, figures, spec_path)
+        image_count = len(built.images)
         if image_count > chunk_images:
             _write_in_parts(view, css, figures.roots, pdf_path, image_count, chunk_images,
                             stamp, Path(scratch), write_options)

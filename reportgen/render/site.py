@@ -4,6 +4,7 @@
     for result in results:
         writer.add_image(result)      # images/<id>.html and its figures, now
     files = writer.finish(aggregates, sanity)   # index, methods, layers, audit, plots
+    write_pdf(..., writer.built)                # the PDF renders the same views
 
 `add_image` is `commit_image(prepare_image(result))`: the drawing, encoding and
 writing of an image's files (`prepare_image`) may run on worker threads for several
@@ -34,25 +35,23 @@ from markupsafe import Markup
 from reportgen.output import inside
 from reportgen.render import figures as fig
 from reportgen.render import plots
-from reportgen.render.viewmodel import (
-    NavItem,
-    PlotView,
-    audit_view,
-    cell_problem,
-    gallery_items,
-    href,
-    image_page_view,
-    index_view,
-    layers_view,
-    methods_view,
-    ordered_names,
-    page_view,
-    summarise_verdicts,
-)
 from reportgen.report import layout
 from reportgen.report.layout import cell_figure_name
 from reportgen.report.results import AggregateRow, ImageResult, ReportContext, SanityRow
 from reportgen.report.statistics import RANK_SIZE, DatasetStats
+from reportgen.report.views.audit import audit_view
+from reportgen.report.views.common import (
+    NavItem,
+    PlotView,
+    href,
+    ordered_names,
+    page_view,
+    summarise_verdicts,
+)
+from reportgen.report.views.image import ImageRecord, cell_problem, image_page_view, image_record
+from reportgen.report.views.layers import layers_view
+from reportgen.report.views.methods import methods_view
+from reportgen.report.views.summary import gallery_items, index_view
 
 CELL_SIZE = 320  # longest side of a grid figure, px
 MAIN_SIZE = 512  # longest side of input / ground truth / prediction, px
@@ -75,9 +74,23 @@ class PreparedImage:
     """One image's files written, its summary not yet kept (`SiteWriter.prepare_image`)."""
 
     result: ImageResult
+    record: ImageRecord  # what the views show of it, kept for the PDF
     verdict: str  # the image's median verdict (`summarise_verdicts`)
     ranks: dict  # its maps' standardised ranks (`DatasetStats.map_ranks`)
     single: str | None  # its section of report-single.html, when one is written
+
+
+@dataclasses.dataclass
+class BuiltSite:
+    """What the writer keeps of a build once the site is written, for the PDF: the
+    dataset's summaries, every image's record, the aggregates, the sanity check and the
+    plots' captions."""
+
+    stats: DatasetStats
+    images: list[ImageRecord]
+    aggregates: Sequence[AggregateRow]
+    sanity: Sequence[SanityRow]
+    plot_captions: dict[str, str]
 
 
 def template_environment() -> jinja2.Environment:
@@ -112,6 +125,7 @@ class SiteWriter:
         self.out_dir = Path(out_dir)
         self.context = context
         self.plot_captions: dict[str, str] = {}  # plot name -> caption, once `finish` drew them
+        self.built: BuiltSite | None = None  # once `finish` wrote the site
         self.image_ids = list(image_ids)
         self.single_file = single_file
         self._positions = {image_id: index for index, image_id in enumerate(self.image_ids)}
@@ -122,6 +136,7 @@ class SiteWriter:
         self._lut = fig.colormap_lut(context.colormap)
         layers, methods = ordered_names(context, [])
         self.stats = DatasetStats(layers, methods, context.verdict_bands)
+        self.images: list[ImageRecord] = []  # each added image's record, in commit order
         self._single_parts: IO[str] | None = None
         if single_file:
             self._single_parts = tempfile.TemporaryFile("w+", encoding="utf-8")
@@ -169,7 +184,8 @@ class SiteWriter:
                      if position + 1 < len(self.image_ids) else None)
 
         sources = self._figures(result)
-        view = image_page_view(self.context, result, sources, position, len(self.image_ids),
+        record = image_record(result)
+        view = image_page_view(self.context, record, sources, position, len(self.image_ids),
                                previous, following)
         self._write_text(layout.image_page(result.id),
                          self._render("image.html", view=view, page=view.page))
@@ -177,11 +193,11 @@ class SiteWriter:
         thumb = fig.draw_outline(small, fig.fit_mask(result.prediction, small.shape[:2]),
                                  fig.PREDICTION_COLOUR)
         self._write_bytes(layout.thumb(result.id), fig.encode_jpeg(thumb, 85))
-        single = (self._single_section(result, position, previous, following)
+        single = (self._single_section(result, record, position, previous, following)
                   if self.single_file else None)
         verdict = summarise_verdicts({key: cell.verdict for key, cell in result.cells.items()},
                                      self.context.verdict_layers).median
-        return PreparedImage(result, verdict, DatasetStats.map_ranks(result), single)
+        return PreparedImage(result, record, verdict, DatasetStats.map_ranks(result), single)
 
     def commit_image(self, prepared: PreparedImage) -> None:
         """Keep a prepared image's summary (on the writer's thread).
@@ -190,6 +206,7 @@ class SiteWriter:
         the running sums (agreement, mean curves) and report-single.html follow it.
         """
         self.stats.add(prepared.result, prepared.verdict, prepared.ranks)
+        self.images.append(prepared.record)
         if self._single_parts is not None and prepared.single is not None:
             self._single_parts.write(prepared.single)
 
@@ -239,8 +256,8 @@ class SiteWriter:
                 out += [(cell_figure_name(r, c, key), drawn[key]) for key in keys]
         return out
 
-    def _single_section(self, result: ImageResult, position: int, previous: str | None,
-                        following: str | None) -> str:
+    def _single_section(self, result: ImageResult, record: ImageRecord, position: int,
+                        previous: str | None, following: str | None) -> str:
         """The image's section of report-single.html, figures embedded as JPEG data URIs."""
         sources = {
             name: fig.data_uri(fig.encode_jpeg(image, SINGLE_JPEG_QUALITY), "image/jpeg")
@@ -249,7 +266,7 @@ class SiteWriter:
         }
         sources["colorbar"] = fig.data_uri(fig.encode_png(fig.colour_bar(self._lut)),
                                            "image/png")
-        view = image_page_view(self.context, result, sources, position, len(self.image_ids),
+        view = image_page_view(self.context, record, sources, position, len(self.image_ids),
                                previous, following, root="")
         return self._render("single_image.html", view=view)
 
@@ -259,6 +276,7 @@ class SiteWriter:
         """Write the dataset pages, the plots and report-single.html; return every file."""
         order = self._positions
         self.stats.summaries.sort(key=lambda summary: order[summary.id])
+        self.images.sort(key=lambda record: order[record.id])
         for image_id in self.image_ids:
             if image_id not in self._added:
                 self._write_missing(image_id)
@@ -285,6 +303,7 @@ class SiteWriter:
         for page, view in ((layout.INDEX, index), (layout.METHODS, methods),
                            (layout.LAYERS, layers), (layout.AUDIT, audit)):
             self._write_text(page, self._render(page, view=view, page=view.page))
+        self.built = BuiltSite(self.stats, self.images, aggregates, sanity, self.plot_captions)
         if self._single_parts is not None:
             self._write_single(self._single_parts, drawn, aggregates, sanity)
             self._single_parts = None
