@@ -230,7 +230,7 @@ def _build_into(staging: Path, run: BuildRun) -> None:
     manifest = write_manifest(staging, run)
     if run.pdf is not None:
         with clock("pdf"):
-            _write_pdf(staging, run, context, manifest, writer, aggregates, sanity_rows)
+            _write_pdf(staging, run, context, manifest, writer)
     write_checksums(staging)
 
 
@@ -478,8 +478,7 @@ def _unprintable(context: ReportContext, refs: list[SampleRef]) -> list[str]:
 
 
 def _write_pdf(staging: Path, run: BuildRun, context: ReportContext,
-               manifest: dict[str, object], writer: SiteWriter, aggregates,
-               sanity_rows: list[SanityRow]) -> None:
+               manifest: dict[str, object], writer: SiteWriter) -> None:
     from reportgen.render.pdf import write_pdf
 
     pdf_path = staging / run.pdf

@@ -235,7 +235,6 @@ class Pipeline:
     def process(self, part: list[Sample], clock: Stopwatch) -> list[ImageOutput]:
         if not part:  # every image of the batch came from the cache
             return []
-        spec = self.spec
         images = torch.stack([s.tensor for s in part])
         gt = None
         if all(s.gt_mask is not None for s in part):
@@ -252,9 +251,9 @@ class Pipeline:
         outputs = []
         for i, sample in enumerate(part):
             with clock("metrics"):
-                result, rows, curves = _image_result(
-                    sample, i, results, probability[i], prediction[i], regions[i],
-                    on_device[i], self.model, self.plan, self.settings, spec)
+                result, rows, curves = self._image_result(_Explained.of(
+                    sample, i, results, (probability[i], prediction[i], regions[i]),
+                    on_device[i]))
             events = [event for r in results for event in r.events] if i == 0 else []
             if curves is not None:
                 events += curves.events
@@ -265,81 +264,131 @@ class Pipeline:
                                        [f"{sample.id}: {event}" for event in events]))
         return outputs
 
-
-def _image_result(sample: Sample, i: int, results, probability: torch.Tensor,
-                  prediction: torch.Tensor, region: torch.Tensor, image: torch.Tensor,
-                  model: torch.nn.Module, plan: Plan, settings: MetricSettings,
-                  spec: Spec) -> tuple[ImageResult, list[MetricRow], FaithfulnessCurves | None]:
-    """Page data and metric rows of image i of a batch, and its faithfulness curves when
-    computed; `image` is on the model's device."""
-    maps: dict[tuple[str, str], torch.Tensor] = {}
-    flags: dict[tuple[str, str], list[str]] = {}
-    for result in results:
-        for key, stacked in result.maps.items():
-            maps[key] = stacked[i]
-            flags[key] = list(result.flags[key][i])
-    order = [(la, me) for la in plan.layers for me in spec.methods if (la, me) in maps]
-    defined = {k: maps[k] for k in order if not set(flags[k]) & set(UNDEFINED_FLAGS)}
-    gt = torch.from_numpy(sample.gt_mask) if sample.gt_mask is not None else None
-    groups = [g for g in spec.metrics if g not in ("faithfulness", "sanity")]
-    inputs = MetricInputs(sample.id, maps=defined, prediction=prediction, ground_truth=gt,
-                          image=image, model=model, class_index=spec.target_index,
-                          activation=spec.model.output_activation, target_region=region,
-                          settings=settings)
-    rows = evaluate_image(inputs, groups) if groups else []
-    if not bool(torch.isfinite(probability).all()):
-        # NaN compares false, so the prediction is empty and Dice would read 0: a number
-        # that says nothing about this model; the image-level metrics are invalid instead
-        rows = [MetricRow(r.image, r.layer, r.method, r.metric, None, "invalid",
-                          NON_FINITE_OUTPUT) if not (r.layer or r.method) else r for r in rows]
-    curves: dict[tuple[str, str], dict[str, list[float]]] = {}
-    faith = {k: v for k, v in defined.items() if k in plan.faithfulness_keys}
-    found: FaithfulnessCurves | str | None = None
-    if faith:
-        finputs = MetricInputs(sample.id, maps=faith, prediction=prediction, image=image,
-                               model=model, class_index=spec.target_index,
-            activation=spec.model.output_activation, target_region=region, settings=settings)
-        rows += evaluate_image(finputs, ["faithfulness"])
-        found = finputs.faithfulness
-        if not isinstance(found, str):
+    def _image_result(self, image: _Explained
+                      ) -> tuple[ImageResult, list[MetricRow], FaithfulnessCurves | None]:
+        """Page data and metric rows of one image, and its faithfulness curves when
+        computed."""
+        spec, sample = self.spec, image.sample
+        order = [(la, me) for la in self.plan.layers for me in spec.methods
+                 if (la, me) in image.maps]
+        defined = {k: image.maps[k] for k in order
+                   if not set(image.flags[k]) & set(UNDEFINED_FLAGS)}
+        rows, found = self._metric_rows(image, defined)
+        curves: dict[tuple[str, str], dict[str, list[float]]] = {}
+        if isinstance(found, FaithfulnessCurves):
+            faith = [k for k in defined if k in self.plan.faithfulness_keys]
             for j, key in enumerate(faith):
                 curves[key] = {"deletion": found.deletion[j].tolist(),
                                "insertion": found.insertion[j].tolist()}
-    for key in order:  # undefined maps: every per-map metric is n/a with the reason
-        if key not in defined:
-            reason = "; ".join(FLAG_REASONS.get(f, f) for f in flags[key] if f in UNDEFINED_FLAGS)
-            asked = [*groups, *(["faithfulness"] if key in plan.faithfulness_keys else [])]
+        rows += self._undefined_rows(image, [k for k in order if k not in defined])
+        image_level, cells = self._cells(image, order, defined, rows, curves)
+        result = ImageResult(
+            id=sample.id, source=sample.path, display=sample.display,
+            probability=image.probability.numpy().astype(np.float32),
+            prediction=image.prediction.numpy(), ground_truth=sample.gt_mask,
+            mask_source=sample.mask_path, dice=image_level.get("dice"),
+            iou=image_level.get("iou"), cells=cells, notes=list(sample.notes))
+        return result, rows, found if isinstance(found, FaithfulnessCurves) else None
+
+    def _metric_inputs(self, image: _Explained, maps: dict[tuple[str, str], torch.Tensor],
+                       with_ground_truth: bool = True) -> MetricInputs:
+        spec = self.spec
+        gt = (torch.from_numpy(image.sample.gt_mask)
+              if with_ground_truth and image.sample.gt_mask is not None else None)
+        return MetricInputs(image.sample.id, maps=maps, prediction=image.prediction,
+                            ground_truth=gt, image=image.image, model=self.model,
+                            class_index=spec.target_index,
+                            activation=spec.model.output_activation,
+                            target_region=image.region, settings=self.settings)
+
+    def _metric_rows(self, image: _Explained, defined: dict[tuple[str, str], torch.Tensor]
+                     ) -> tuple[list[MetricRow], FaithfulnessCurves | str | None]:
+        """The metric rows of the defined maps, and the faithfulness curves (or why there
+        are none) when faithfulness is computed for any of them."""
+        groups = [g for g in self.spec.metrics if g not in ("faithfulness", "sanity")]
+        rows = evaluate_image(self._metric_inputs(image, defined), groups) if groups else []
+        if not bool(torch.isfinite(image.probability).all()):
+            # NaN compares false, so the prediction is empty and Dice would read 0: a number
+            # that says nothing about this model; the image-level metrics are invalid instead
+            rows = [MetricRow(r.image, r.layer, r.method, r.metric, None, "invalid",
+                              NON_FINITE_OUTPUT) if not (r.layer or r.method) else r
+                    for r in rows]
+        faith = {k: v for k, v in defined.items() if k in self.plan.faithfulness_keys}
+        if not faith:
+            return rows, None
+        inputs = self._metric_inputs(image, faith, with_ground_truth=False)
+        rows += evaluate_image(inputs, ["faithfulness"])
+        return rows, inputs.faithfulness
+
+    def _undefined_rows(self, image: _Explained,
+                        undefined: list[tuple[str, str]]) -> list[MetricRow]:
+        """Undefined maps: every per-map metric asked of them is n/a, with the reason."""
+        groups = [g for g in self.spec.metrics if g not in ("faithfulness", "sanity")]
+        rows = []
+        for key in undefined:
+            flags = image.flags[key]
+            reason = "; ".join(FLAG_REASONS.get(f, f) for f in flags if f in UNDEFINED_FLAGS)
+            asked = [*groups, *(["faithfulness"] if key in self.plan.faithfulness_keys else [])]
             for spec_metric in METRICS.values():
                 if spec_metric.per_map and spec_metric.group in asked:
-                    rows.append(MetricRow(sample.id, key[0], key[1], spec_metric.name, None,
-                                          "n/a", reason))
-    by_cell: dict[tuple[str, str], dict[str, ShownValue]] = {}
-    image_level: dict[str, ShownValue] = {}
-    for row in rows:
-        shown = ShownValue.of_row(row.value, row.status, row.reason)
-        if row.layer or row.method:
-            by_cell.setdefault((row.layer, row.method), {})[row.metric] = shown
-        else:
-            image_level[row.metric] = shown
-    cells = {}
-    for key in order:
-        metrics = by_cell.get(key, {})
-        ratio = metrics.get("attention_ratio")
-        status = "invalid" if "non_finite" in flags[key] else (
-            "ok" if ratio is not None and ratio.ok else "n/a")
-        cells[key] = Cell(
-            layer=key[0], method=key[1],
-            map=maps[key].numpy().astype(np.float32) if key in defined else None,
-            flags=flags[key], metrics=metrics,
-            verdict=verdict(ratio.value if ratio else None, settings.bands, status=status),
-            curves=curves.get(key, {}))
-    result = ImageResult(
-        id=sample.id, source=sample.path, display=sample.display,
-        probability=probability.numpy().astype(np.float32), prediction=prediction.numpy(),
-        ground_truth=sample.gt_mask, mask_source=sample.mask_path,
-        dice=image_level.get("dice"), iou=image_level.get("iou"), cells=cells,
-        notes=list(sample.notes))
-    return result, rows, found if isinstance(found, FaithfulnessCurves) else None
+                    rows.append(MetricRow(image.sample.id, key[0], key[1], spec_metric.name,
+                                          None, "n/a", reason))
+        return rows
+
+    def _cells(self, image: _Explained, order: list[tuple[str, str]],
+               defined: dict[tuple[str, str], torch.Tensor], rows: list[MetricRow],
+               curves: dict[tuple[str, str], dict[str, list[float]]],
+               ) -> tuple[dict[str, ShownValue], dict[tuple[str, str], Cell]]:
+        """The image-level values and the page's cell of every layer x method."""
+        by_cell: dict[tuple[str, str], dict[str, ShownValue]] = {}
+        image_level: dict[str, ShownValue] = {}
+        for row in rows:
+            shown = ShownValue.of_row(row.value, row.status, row.reason)
+            if row.layer or row.method:
+                by_cell.setdefault((row.layer, row.method), {})[row.metric] = shown
+            else:
+                image_level[row.metric] = shown
+        cells = {}
+        for key in order:
+            metrics = by_cell.get(key, {})
+            ratio = metrics.get("attention_ratio")
+            status = "invalid" if "non_finite" in image.flags[key] else (
+                "ok" if ratio is not None and ratio.ok else "n/a")
+            cells[key] = Cell(
+                layer=key[0], method=key[1],
+                map=image.maps[key].numpy().astype(np.float32) if key in defined else None,
+                flags=image.flags[key], metrics=metrics,
+                verdict=verdict(ratio.value if ratio else None, self.settings.bands,
+                                status=status),
+                curves=curves.get(key, {}))
+        return image_level, cells
+
+
+@dataclass
+class _Explained:
+    """One image of a batch as the engines explained it."""
+
+    sample: Sample
+    maps: dict[tuple[str, str], torch.Tensor]
+    flags: dict[tuple[str, str], list[str]]
+    probability: torch.Tensor
+    prediction: torch.Tensor
+    region: torch.Tensor  # the target region the maps explain
+    image: torch.Tensor  # on the model's device
+
+    @classmethod
+    def of(cls, sample: Sample, i: int, results,
+           predicted: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+           image: torch.Tensor) -> _Explained:
+        """Image i of a batch: its maps and flags from every engine's `results`, and its
+        (probability, prediction, target region)."""
+        maps: dict[tuple[str, str], torch.Tensor] = {}
+        flags: dict[tuple[str, str], list[str]] = {}
+        for result in results:
+            for key, stacked in result.maps.items():
+                maps[key] = stacked[i]
+                flags[key] = list(result.flags[key][i])
+        return cls(sample, maps, flags, *predicted, image)
 
 
 def _map_arrays(results, i: int) -> dict[str, np.ndarray]:
