@@ -524,7 +524,7 @@ def check_spec(spec_path: Path, device: str | None = None
     """Every requested layer x method on the first image (`reportgen check`): one row per
     cell, and the warnings of loading the model (random weights, NaN weights, tensors of
     other modules dropped from a checkpoint), which a build would print too."""
-    from reportgen.compute.cam import check_methods
+    from reportgen.compute.cam import CheckOptions, check_methods
 
     spec, _ = parse_spec(Path(spec_path))
     dev = resolve_device(device or spec.runtime.device)
@@ -541,9 +541,9 @@ def check_spec(spec_path: Path, device: str | None = None
         gt = torch.from_numpy(samples[0].gt_mask)
     score = spec.method_options.scorecam  # exactly what a build would run
     rows = check_methods(model.to(dev), resolved, spec.methods, samples[0].tensor, target,
-                         device=dev, gt_mask=gt, precision=spec.runtime.precision,
-                         scorecam_max_channels=score.max_channels,
-                         scorecam_chunk=score.chunk_size, scorecam_layers=score.layers or None)
+                         device=dev, gt_mask=gt, options=CheckOptions(
+                             spec.runtime.precision, score.max_channels, score.chunk_size,
+                             score.layers or None))
     return [{"layer": r.layer, "method": r.method, "ok": r.ok, "reason": _check_reason(r),
              "seconds": r.seconds, "min": r.map_min, "max": r.map_max, "flags": r.flags}
             for r in rows], warnings

@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.compute.cam import CamEngine, SegmentationTarget, check_methods, compute_cam
+from reportgen.compute.cam import (
+    CamEngine,
+    CheckOptions,
+    SegmentationTarget,
+    check_methods,
+    compute_cam,
+)
 from reportgen.errors import UserError
 from tests.cam_fixtures import LAYERS, synthetic_shapes
 
@@ -34,8 +40,8 @@ def test_check_runs_score_cam_as_the_build_does(model, shapes):
         len(inputs[0])))
     try:
         rows = check_methods(model, layers, ["scorecam"], image, PREDICTION,
-                             scorecam_max_channels=4, scorecam_chunk=2,
-                             scorecam_layers=["decoder_last"])
+                             options=CheckOptions(scorecam_max_channels=4, scorecam_chunk=2,
+                                                  scorecam_layers=["decoder_last"]))
     finally:
         handle.remove()
     assert batch_sizes == [1, 2, 2]
@@ -56,14 +62,16 @@ def test_check_runs_score_cam_as_the_build_does(model, shapes):
 
 def test_check_uses_the_build_precision_for_every_cell(model, shapes):
     rows = check_methods(model, {"decoder_last": LAYERS["decoder_last"]},
-                         ["gradcam", "scorecam"], shapes[0][0], PREDICTION, precision="fp8")
+                         ["gradcam", "scorecam"], shapes[0][0], PREDICTION,
+                         options=CheckOptions(precision="fp8"))
     assert len(rows) == 2
     assert all(not row.ok and "precision 'fp8'" in row.reason for row in rows)
 
 
 def test_exact_score_cam_rows_are_not_marked_approximate(model, shapes):
     rows = check_methods(model, {"decoder_last": LAYERS["decoder_last"]}, ["scorecam"],
-                         shapes[0][0], PREDICTION, scorecam_max_channels=10_000)
+                         shapes[0][0], PREDICTION,
+                         options=CheckOptions(scorecam_max_channels=10_000))
     assert rows[0].ok and not rows[0].approximate and rows[0].flags == []
 
 

@@ -7,7 +7,14 @@ result = engine.explain(images, SegmentationTarget(class_index=0, region="predic
 result.maps["encoder_last", "gradcam"]   # [N, H, W] in [0, 1]
 """
 
-from reportgen.compute.cam.engine import CamEngine, CamResult, CheckRow, check_methods, compute_cam
+from reportgen.compute.cam.engine import (
+    CamEngine,
+    CamResult,
+    CheckOptions,
+    CheckRow,
+    check_methods,
+    compute_cam,
+)
 from reportgen.compute.cam.methods import (
     METHODS,
     MethodEntry,
@@ -23,6 +30,7 @@ __all__ = [
     "METHODS",
     "CamEngine",
     "CamResult",
+    "CheckOptions",
     "CheckRow",
     "MethodEntry",
     "MethodListing",

@@ -10,10 +10,11 @@ the CPU per batch, so memory is bounded by the batch size.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -479,6 +480,20 @@ class CheckRow:
         return SKIPPED in self.flags
 
 
+@dataclass(frozen=True)
+class CheckOptions:
+    """The engine options of a build, so that `check_methods` computes each cell's map as
+    the build will: `precision` for every method; for Score-CAM `scorecam_max_channels`
+    (rows flagged "approximate" where it leaves channels out), `scorecam_chunk` and
+    `scorecam_layers`, the display names of the layers Score-CAM runs at (None: all; the
+    other cells are rows flagged "skipped")."""
+
+    precision: str = "auto"
+    scorecam_max_channels: int | None = None
+    scorecam_chunk: int | None = None
+    scorecam_layers: Collection[str] | None = None
+
+
 def check_methods(
     model: nn.Module,
     layers: LayerSpec,
@@ -487,58 +502,56 @@ def check_methods(
     target: SegmentationTarget,
     device: str | torch.device = "cpu",
     gt_mask: torch.Tensor | None = None,
-    *,
-    precision: str = "auto",
-    scorecam_max_channels: int | None = None,
-    scorecam_chunk: int | None = None,
-    scorecam_layers: Collection[str] | None = None,
+    options: CheckOptions = CheckOptions(),
 ) -> list[CheckRow]:
     """Run every layer x method on one image [C, H, W]; one row each, failures included.
 
     Each cell runs alone, in an engine of its own, so that a failure names its layer and
     method; a row's `seconds` are that cell's alone. A build shares one forward and one
     backward per batch between every gradient method and layer, so the rows' sum
-    overstates what the build will take. The engine options are a build's, so that each
-    cell computes the map the build will: `precision` for every method; for Score-CAM
-    `scorecam_max_channels` (rows flagged "approximate" where it leaves channels out),
-    `scorecam_chunk` and `scorecam_layers`, the display names of the layers Score-CAM
-    runs at (None: all; the other cells are rows flagged "skipped").
+    overstates what the build will take. `options` are the build's engine options.
     """
     rows = []
     masks = None if gt_mask is None else gt_mask[None]
     for layer_name, layer in layers.items():
         for method in methods:
-            if method == "scorecam" and scorecam_layers is not None and (
-                    layer_name not in scorecam_layers):
+            if method == "scorecam" and options.scorecam_layers is not None and (
+                    layer_name not in options.scorecam_layers):
                 rows.append(CheckRow(layer_name, method, True,
                                      "skipped (not in method_options.scorecam.layers)", 0.0,
                                      None, None, [SKIPPED]))
                 continue
-            start = time.perf_counter()
-            # A check reports as a row what a layer x method cannot do: a user error
-            # (layer, target, adapter) or torch refusing the computation; a bug of ours
-            # still raises.
-            try:
-                engine = CamEngine(model, {layer_name: layer}, [method], device=device,
-                                   precision=precision,
-                                   scorecam_max_channels=scorecam_max_channels,
-                                   scorecam_chunk=scorecam_chunk)
-                result = engine.explain(image[None], target, masks)
-            except (UserError, RuntimeError) as error:
-                seconds = time.perf_counter() - start
-                reason = f"{type(error).__name__}: {error}"
-                rows.append(CheckRow(layer_name, method, False, reason, seconds, None, None, []))
-                continue
-            seconds = time.perf_counter() - start
-            values = result.maps[layer_name, method][0]
-            flags = list(result.flags[layer_name, method][0])
-            finite = values[torch.isfinite(values)]
-            low = finite.min().item() if finite.numel() else None
-            high = finite.max().item() if finite.numel() else None
-            reason = "; ".join(FLAG_REASONS[flag] for flag in flags)
-            scored = result.scored_channels.get((layer_name, method))
-            if scored is not None:
-                flags.append(APPROXIMATE)
-            rows.append(CheckRow(layer_name, method, True, reason, seconds, low, high, flags,
-                                 scored))
+            engine_of_cell = functools.partial(
+                CamEngine, model, {layer_name: layer}, [method], device=device,
+                precision=options.precision,
+                scorecam_max_channels=options.scorecam_max_channels,
+                scorecam_chunk=options.scorecam_chunk)
+            rows.append(_check_cell(engine_of_cell, layer_name, method, image[None], target,
+                                    masks))
     return rows
+
+
+def _check_cell(engine_of_cell: Callable[[], CamEngine], layer_name: str, method: str,
+                images: torch.Tensor, target: SegmentationTarget,
+                masks: torch.Tensor | None) -> CheckRow:
+    """The row of one layer x method of `check_methods`, computed by a fresh engine."""
+    start = time.perf_counter()
+    # A check reports as a row what a layer x method cannot do: a user error (layer,
+    # target, adapter) or torch refusing the computation; a bug of ours still raises.
+    try:
+        result = engine_of_cell().explain(images, target, masks)
+    except (UserError, RuntimeError) as error:
+        seconds = time.perf_counter() - start
+        reason = f"{type(error).__name__}: {error}"
+        return CheckRow(layer_name, method, False, reason, seconds, None, None, [])
+    seconds = time.perf_counter() - start
+    values = result.maps[layer_name, method][0]
+    flags = list(result.flags[layer_name, method][0])
+    finite = values[torch.isfinite(values)]
+    low = finite.min().item() if finite.numel() else None
+    high = finite.max().item() if finite.numel() else None
+    reason = "; ".join(FLAG_REASONS[flag] for flag in flags)
+    scored = result.scored_channels.get((layer_name, method))
+    if scored is not None:
+        flags.append(APPROXIMATE)
+    return CheckRow(layer_name, method, True, reason, seconds, low, high, flags, scored)
