@@ -359,6 +359,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_arguments(p: argparse.ArgumentParser) -> None:
+    _spec_arg(p)
+    _device_arg(p)
+    p.add_argument("--single-file", action="store_true",
+                   help="also write one self-contained HTML file")
+    p.add_argument("--force", action="store_true",
+                   help="allow an output folder in a system folder, or one holding files "
+                   "that are not a reportgen site (they are replaced)")
+    p.add_argument("--sign", type=Path, metavar="CERT.p12",
+                   help="sign the PDF (PAdES) with this PKCS#12 key and certificate")
+    p.add_argument("--sign-password",
+                   help=f"password of the PKCS#12 file (or set {SIGN_PASSWORD_ENV})")
+    p.add_argument("--keep-going", action="store_true",
+                   help="build without unreadable images or masks, listing them as excluded "
+                   "inputs (default: refuse them all before computing anything)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither reuse nor store cached maps and metrics (runtime.cache)")
+
+
+def _layers_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", type=Path, help="take the model from this spec")
+    p.add_argument("--architecture", help="smp architecture, e.g. UnetPlusPlus")
+    p.add_argument("--encoder", help="smp encoder, e.g. efficientnet-b5")
+    p.add_argument("--input-size", type=_positive_int, default=256,
+                   help="dry-run size (default: %(default)s)")
+    p.add_argument("--classes", type=_positive_int, default=1,
+                   help="output channels (default: %(default)s)")
+    p.add_argument("--in-channels", type=_positive_int, default=3,
+                   help="input channels (default: %(default)s)")
+    p.add_argument("--all", action="store_true", help="list every module with a 4-D output")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reportgen",
@@ -379,23 +411,8 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("build", _cmd_build, "compute the maps and metrics and write the site and the PDF")
-    _spec_arg(p)
-    _device_arg(p)
-    p.add_argument("--single-file", action="store_true",
-                   help="also write one self-contained HTML file")
-    p.add_argument("--force", action="store_true",
-                   help="allow an output folder in a system folder, or one holding files "
-                   "that are not a reportgen site (they are replaced)")
-    p.add_argument("--sign", type=Path, metavar="CERT.p12",
-                   help="sign the PDF (PAdES) with this PKCS#12 key and certificate")
-    p.add_argument("--sign-password",
-                   help=f"password of the PKCS#12 file (or set {SIGN_PASSWORD_ENV})")
-    p.add_argument("--keep-going", action="store_true",
-                   help="build without unreadable images or masks, listing them as excluded "
-                   "inputs (default: refuse them all before computing anything)")
-    p.add_argument("--no-cache", action="store_true",
-                   help="neither reuse nor store cached maps and metrics (runtime.cache)")
+    _build_arguments(add("build", _cmd_build,
+                         "compute the maps and metrics and write the site and the PDF"))
 
     p = add("verify", _cmd_verify,
             "check a built site (or its PDF) against its manifest and checksums; "
@@ -409,18 +426,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true",
                    help="print the reference table of every key instead (as in docs/guide.md)")
 
-    p = add("layers", _cmd_layers,
-            "list layer aliases (or all modules) with paths, channels and output strides")
-    p.add_argument("--spec", type=Path, help="take the model from this spec")
-    p.add_argument("--architecture", help="smp architecture, e.g. UnetPlusPlus")
-    p.add_argument("--encoder", help="smp encoder, e.g. efficientnet-b5")
-    p.add_argument("--input-size", type=_positive_int, default=256,
-                   help="dry-run size (default: %(default)s)")
-    p.add_argument("--classes", type=_positive_int, default=1,
-                   help="output channels (default: %(default)s)")
-    p.add_argument("--in-channels", type=_positive_int, default=3,
-                   help="input channels (default: %(default)s)")
-    p.add_argument("--all", action="store_true", help="list every module with a 4-D output")
+    _layers_arguments(add("layers", _cmd_layers, "list layer aliases (or all modules) with "
+                          "paths, channels and output strides"))
 
     add("methods", _cmd_methods, "list every CAM method with its family, cost and reference")
 
