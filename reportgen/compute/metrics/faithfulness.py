@@ -123,6 +123,23 @@ def deletion_insertion(score_fn: ScoreFn, image: Tensor, maps: Tensor, steps: in
         show_original = (changed ^ (curve == 0)[:, None]).reshape(-1, 1, height, width)
         return score_fn(torch.where(show_original, image, base)).double()
 
+    batch_size, events = _score_in_chunks(jobs, scored, curves, valid, batch_size)
+    deletion, insertion = curves.unbind()
+    return FaithfulnessCurves(
+        fractions=fractions,
+        deletion=deletion,
+        insertion=insertion,
+        deletion_auc=torch.trapezoid(deletion, fractions, dim=1),
+        insertion_auc=torch.trapezoid(insertion, fractions, dim=1),
+        batch_size=batch_size,
+        events=tuple(events),
+    )
+
+
+def _score_in_chunks(jobs: Tensor, scored: Callable[[Tensor, Tensor, Tensor], Tensor],
+                     curves: Tensor, valid: Tensor, batch_size: int) -> tuple[int, list[str]]:
+    """Score the (map, step, curve) `jobs` into `curves` in chunks of `batch_size`, halving
+    the chunk on a CUDA out-of-memory error; the chunk size that fitted, and the events."""
     events: list[str] = []
     done = 0
     while done < len(jobs):
@@ -143,13 +160,4 @@ def deletion_insertion(score_fn: ScoreFn, image: Tensor, maps: Tensor, steps: in
             continue
         curves[curve, valid[row], step] = scores
         done += len(row)
-    deletion, insertion = curves.unbind()
-    return FaithfulnessCurves(
-        fractions=fractions,
-        deletion=deletion,
-        insertion=insertion,
-        deletion_auc=torch.trapezoid(deletion, fractions, dim=1),
-        insertion_auc=torch.trapezoid(insertion, fractions, dim=1),
-        batch_size=batch_size,
-        events=tuple(events),
-    )
+    return batch_size, events
