@@ -303,6 +303,52 @@ class CamEngine:
         on_device: bool = False,
     ) -> dict[str, object]:
         gradient_methods = self._family("gradient")
+        inputs, logits, activations, regions, gradients = self._forward_backward(
+            images, gt_masks, target, clock)
+        inputs, logits = inputs.detach(), logits.detach()
+        activations = {name: value.detach().float() for name, value in activations.items()}
+        empty = ~regions.flatten(1).any(dim=1)
+
+        raw: dict[Key, torch.Tensor] = {}
+        with clock("gradient_maps"):
+            for layer, layer_activations in activations.items():
+                for entry in gradient_methods:
+                    raw[layer, entry.name] = entry.compute(layer_activations, gradients[layer])
+        gradients.clear()
+        if self._family("score"):
+            with clock("scorecam"):
+                self._score_cam(inputs, activations, target, regions, raw, result)
+        if self._family("adapter"):
+            with clock("adapter"):
+                self._adapter_maps(inputs, target, regions, raw)
+
+        maps, flags = {}, {}
+        with clock("normalise"):
+            for key, value in raw.items():
+                maps[key], flags[key] = normalise(value, tuple(inputs.shape[-2:]), empty)
+        out = "cpu" if not on_device else self.device
+        with clock("to_cpu"):
+            return {
+                "keys": list(raw),
+                "maps": {key: value.to(out) for key, value in maps.items()},
+                "raw": {key: value.float().to(out) for key, value in raw.items()},
+                "flags": flags,
+                "logits": logits.float().to(out),
+                "regions": regions.to(out),
+            }
+
+    def _forward_backward(
+        self,
+        images: torch.Tensor,
+        gt_masks: torch.Tensor | None,
+        target: SegmentationTarget,
+        clock: _Stopwatch,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor,
+               dict[str, torch.Tensor]]:
+        """One forward (and, for the gradient family, one backward) pass: the inputs on the
+        device, the logits, every layer's activations, the target regions and the
+        gradients."""
+        gradient_methods = self._family("gradient")
         # inference_mode(False) + clone: works when the caller is in no_grad/inference mode.
         with torch.inference_mode(False), torch.set_grad_enabled(bool(gradient_methods)):
             inputs = images.to(self.device, torch.float32).clone()
@@ -326,45 +372,21 @@ class CamEngine:
                     if value is None:
                         raise LayerError(f"layer '{name}' does not influence the model output")
                     gradients[name] = value.float()
-        inputs, logits = inputs.detach(), logits.detach()
-        activations = {name: value.detach().float() for name, value in activations.items()}
-        empty = ~regions.flatten(1).any(dim=1)
+        return inputs, logits, activations, regions, gradients
 
-        raw: dict[Key, torch.Tensor] = {}
-        with clock("gradient_maps"):
-            for layer, layer_activations in activations.items():
-                for entry in gradient_methods:
-                    raw[layer, entry.name] = entry.compute(layer_activations, gradients[layer])
-        gradients.clear()
-        if self._family("score"):
-            with clock("scorecam"):
-                self._score_cam(inputs, activations, target, regions, raw, result)
+    def _adapter_maps(self, inputs: torch.Tensor, target: SegmentationTarget,
+                      regions: torch.Tensor, raw: dict[Key, torch.Tensor]) -> None:
+        """The pytorch-grad-cam methods' maps of every layer, added to `raw`."""
         for entry in self._family("adapter"):
-            with clock("adapter"):
-                for layer, module in self.layers.items():
-                    if layer in self.list_elements:
-                        raise UserError(
-                            f"method '{entry.name}' (pytorch-grad-cam) explains a module's "
-                            f"output; layer '{layer}' is an element of a list output: use a "
-                            "gradient method or Score-CAM there")
-                    raw[layer, entry.name] = adapter_maps(
-                        entry, self.model, module, inputs, target, regions,
-                        channels_last=layer in self.nhwc_layers)
-
-        maps, flags = {}, {}
-        with clock("normalise"):
-            for key, value in raw.items():
-                maps[key], flags[key] = normalise(value, tuple(inputs.shape[-2:]), empty)
-        out = "cpu" if not on_device else self.device
-        with clock("to_cpu"):
-            return {
-                "keys": list(raw),
-                "maps": {key: value.to(out) for key, value in maps.items()},
-                "raw": {key: value.float().to(out) for key, value in raw.items()},
-                "flags": flags,
-                "logits": logits.float().to(out),
-                "regions": regions.to(out),
-            }
+            for layer, module in self.layers.items():
+                if layer in self.list_elements:
+                    raise UserError(
+                        f"method '{entry.name}' (pytorch-grad-cam) explains a module's "
+                        f"output; layer '{layer}' is an element of a list output: use a "
+                        "gradient method or Score-CAM there")
+                raw[layer, entry.name] = adapter_maps(
+                    entry, self.model, module, inputs, target, regions,
+                    channels_last=layer in self.nhwc_layers)
 
     def _score_cam(
         self,
