@@ -31,7 +31,13 @@ from reportgen.compute.cam.hooks import (
 )
 from reportgen.compute.cam.methods import MethodEntry, get_method
 from reportgen.compute.cam.normalise import FLAG_REASONS, normalise
-from reportgen.compute.cam.scorecam import auto_chunk, resolve_precision, score_cam, strict_fp32
+from reportgen.compute.cam.scorecam import (
+    ScoreCamSettings,
+    auto_chunk,
+    resolve_precision,
+    score_cam,
+    strict_fp32,
+)
 from reportgen.compute.cam.target import SegmentationTarget, logits_of
 from reportgen.compute.models.layers import ALIASES, PROBE_SIZE, module_of
 from reportgen.compute.models.layers import resolve_layers as resolve_layer_names
@@ -415,11 +421,11 @@ class CamEngine:
                 target,
                 regions,
                 chunk=self.scorecam_chunk,
-                autocast_dtype=self.autocast_dtype,
-                max_channels=self.scorecam_max_channels,
+                settings=ScoreCamSettings(max_channels=self.scorecam_max_channels,
+                                          autocast_dtype=self.autocast_dtype,
+                                          static_shapes=self.scorecam_compile,
+                                          channels_last=self.channels_last),
                 events=result.events,
-                static_shapes=self.scorecam_compile,
-                channels_last=self.channels_last,
             )
             max_channels = self.scorecam_max_channels
             if max_channels is not None and max_channels < layer_activations.shape[1]:

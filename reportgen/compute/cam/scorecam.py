@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +141,19 @@ def auto_chunk(model: nn.Module, image: torch.Tensor, dtype: torch.dtype | None)
     return int(min(MAX_CHUNK, max(1, (0.5 * free - fixed) // per_sample)))
 
 
+@dataclass(frozen=True)
+class ScoreCamSettings:
+    """How Score-CAM scores a layer: only its `max_channels` channels of highest activation
+    variance (None: all; the map is then approximate), the masked forwards under autocast
+    to `autocast_dtype` (None: float32), in the channels-last memory format, and with
+    `static_shapes` every forward of exactly the chunk size (a compiled model)."""
+
+    max_channels: int | None = None
+    autocast_dtype: torch.dtype | None = None
+    static_shapes: bool = False
+    channels_last: bool = False
+
+
 def score_cam(
     model: nn.Module,
     images: torch.Tensor,
@@ -147,30 +161,22 @@ def score_cam(
     target: SegmentationTarget,
     regions: torch.Tensor,
     chunk: int,
-    autocast_dtype: torch.dtype | None = None,
-    max_channels: int | None = None,
+    settings: ScoreCamSettings = ScoreCamSettings(),
     events: list[str] | None = None,
-    static_shapes: bool = False,
-    channels_last: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Raw Score-CAM maps [N, h, w] (before the ReLU) and the chunk size that fitted.
 
     Images with an empty target region get zero maps (the caller flags them). On a
     CUDA out-of-memory error the chunk halves and the work continues. With
-    `static_shapes` every forward gets exactly `chunk` inputs (a short last chunk is
-    padded with repeats of its last pair and the extra scores dropped), so a compiled
-    model is not recompiled for a new batch size.
+    `settings.static_shapes` every forward gets exactly `chunk` inputs (a short last
+    chunk is padded with repeats of its last pair and the extra scores dropped), so a
+    compiled model is not recompiled for a new batch size.
     """
     if chunk < 1:
         raise ValueError(f"Score-CAM chunk must be >= 1, got {chunk}")
     activations = activations.detach().float()
-    n, k = activations.shape[:2]
-    size = tuple(images.shape[-2:])
     valid = regions.flatten(1).any(dim=1).nonzero().flatten()
-    if max_channels is not None and max_channels < k:
-        channels = activations[valid].flatten(2).var(dim=-1).topk(max_channels, dim=1).indices
-    else:
-        channels = torch.arange(k, device=activations.device).expand(len(valid), k)
+    channels = _scored_channels(activations[valid], settings.max_channels)
     kept = channels.shape[1]
     pair_image = valid.repeat_interleave(kept)
     pair_channel = channels.flatten()
@@ -182,22 +188,18 @@ def score_cam(
             pairs = slice(start, start + chunk)
             index, channel = pair_image[pairs], pair_channel[pairs]
             used = len(index)
-            if static_shapes and used < chunk:
+            if settings.static_shapes and used < chunk:
                 index = torch.cat([index, index[-1:].expand(chunk - used)])
                 channel = torch.cat([channel, channel[-1:].expand(chunk - used)])
             try:
-                masks = channel_masks(activations[index, channel], size)
-                masked = images[index] * masks
-                if channels_last:
-                    masked = masked.contiguous(memory_format=torch.channels_last)
-                with _autocast(images.device, autocast_dtype):
-                    logits = logits_of(model(masked))
+                logits = _masked_logits(model, images, activations[index, channel], index,
+                                        settings)
                 scores[pairs] = target.scores(logits, regions[index])[:used]
             except torch.OutOfMemoryError:
                 if chunk == 1:
                     raise
-                masks = masked = logits = None
-            if masks is None:
+                logits = None
+            if logits is None:
                 # Outside the except block, so the failed chunk's tensors are released.
                 chunk //= 2
                 message = f"Score-CAM out of memory; chunk halved to {chunk}"
@@ -208,9 +210,34 @@ def score_cam(
                 continue
             start = pairs.stop
 
-        weights = torch.zeros(n, k, device=activations.device)
-        if len(valid):
-            softmax = torch.softmax(scores.view(len(valid), kept), dim=1)
-            weights[valid[:, None], channels] = softmax
-        raw = (weights[:, :, None, None] * activations).sum(dim=1)
+        raw = _weighted_sum(activations, scores.view(len(valid), kept), valid, channels)
     return raw, chunk
+
+
+def _weighted_sum(activations: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor,
+                  channels: torch.Tensor) -> torch.Tensor:
+    """Σₖ softmax(scores)ₖ · Aₖ per image of `valid` over its scored `channels`; zero maps
+    for the other images (their target region is empty)."""
+    weights = torch.zeros(activations.shape[:2], device=activations.device)
+    if len(valid):
+        weights[valid[:, None], channels] = torch.softmax(scores, dim=1)
+    return (weights[:, :, None, None] * activations).sum(dim=1)
+
+
+def _scored_channels(activations: torch.Tensor, max_channels: int | None) -> torch.Tensor:
+    """The channels [N, kept] of activations [N, K, h, w] that Score-CAM scores: those of
+    highest activation variance when `max_channels` leaves some out, else all."""
+    count, k = activations.shape[:2]
+    if max_channels is not None and max_channels < k:
+        return activations.flatten(2).var(dim=-1).topk(max_channels, dim=1).indices
+    return torch.arange(k, device=activations.device).expand(count, k)
+
+
+def _masked_logits(model: nn.Module, images: torch.Tensor, channel_maps: torch.Tensor,
+                   index: torch.Tensor, settings: ScoreCamSettings) -> torch.Tensor:
+    """The model's logits for images[index], each masked by its channel's map."""
+    masked = images[index] * channel_masks(channel_maps, tuple(images.shape[-2:]))
+    if settings.channels_last:
+        masked = masked.contiguous(memory_format=torch.channels_last)
+    with _autocast(images.device, settings.autocast_dtype):
+        return logits_of(model(masked))
