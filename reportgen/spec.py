@@ -77,7 +77,7 @@ class Strict(BaseModel):
 
 # Lengths of the spec's text fields. A label is printed whole on the cover, in page
 # headers and tables; free text (Markdown) runs on over pages, and its long words get
-# break opportunities (`render.viewmodel.breakable`) so layout time stays linear.
+# break opportunities (`report.views.common.breakable`) so layout time stays linear.
 LABEL_CHARS = 200
 ID_CHARS = 64
 FREE_TEXT_CHARS = 20_000

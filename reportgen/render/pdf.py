@@ -5,9 +5,9 @@
 The PDF is drawn by WeasyPrint from print templates of its own
 (`templates/pdf/`, `assets/pdf.css`): cover, table of contents, methods and
 metric definitions, aggregate tables, one section per image, the audit trail
-and a reviewer sign-off block. Its view model reuses the site's
-(`render.viewmodel`) and its figures are the site's figure files, downsampled for
-print (`render.pdf_figures`), so nothing is computed twice.
+and a reviewer sign-off block. It renders the site's page views (`report.views`),
+adding only print sizes and page breaks, and its figures are the site's figure
+files, downsampled for print (`render.pdf_figures`), so nothing is computed twice.
 
 Standards. The file is PDF/A-3u (ISO 19005-3, Unicode text) because PDF/A-3 is
 the part that allows arbitrary embedded files: the spec exactly as given, the
