@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from reportgen.compute.models import build_model
 from tests.cam_fixtures import one_thread, trained_unetpp
 
 
@@ -23,6 +24,24 @@ def one_torch_thread() -> Iterator[None]:
 def model() -> torch.nn.Module:
     """The briefly trained U-Net++ of `trained_unetpp`."""
     return trained_unetpp()
+
+
+@pytest.fixture(scope="module")
+def trained() -> torch.nn.Module:
+    """A 2-class Unet/resnet18 whose weights differ from a fresh random init (checkpoint
+    round trips)."""
+    torch.manual_seed(0)
+    model = build_model("Unet", "resnet18", classes=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model
+
+
+@pytest.fixture(scope="module")
+def probe() -> torch.Tensor:
+    """One 64 px input to compare two models' outputs on."""
+    return torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.hookimpl(tryfirst=True)

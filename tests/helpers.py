@@ -44,3 +44,10 @@ def write_spec(path: Path, **sections: object) -> Path:
             spec[key] = value
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def fresh_unet():
+    """A fresh 2-class Unet/resnet18, the architecture of the `trained` fixture."""
+    from reportgen.compute.models import build_model
+
+    return build_model("Unet", "resnet18", classes=2)

@@ -15,25 +15,7 @@ from safetensors.torch import save_file
 
 from reportgen.compute.models import build_model, load_checkpoint
 from reportgen.errors import CheckpointError
-
-
-@pytest.fixture(scope="module")
-def trained() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_model("Unet", "resnet18", classes=2)
-    with torch.no_grad():  # distinct from a fresh random init
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    return model
-
-
-@pytest.fixture(scope="module")
-def probe() -> torch.Tensor:
-    return torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-
-
-def fresh() -> torch.nn.Module:
-    return build_model("Unet", "resnet18", classes=2)
+from tests.helpers import fresh_unet
 
 
 def save_plain(model, path):
@@ -84,7 +66,7 @@ FORMATS = [
 def assert_loads_the_trained_model(path, trained, probe, **options) -> str:
     """Load `path` into a fresh model, check it computes what `trained` computes; the
     format name."""
-    model = fresh()
+    model = fresh_unet()
     fmt = load_checkpoint(model, path, **options)
     with torch.no_grad():
         assert torch.equal(model(probe), trained(probe))
@@ -102,7 +84,7 @@ def test_fp16_safetensors_load_into_an_fp32_model(tmp_path, trained, probe):
     path = tmp_path / "half.safetensors"
     save_file({k: v.half().contiguous() if v.is_floating_point() else v.contiguous()
                for k, v in trained.state_dict().items()}, str(path))
-    model = fresh()
+    model = fresh_unet()
     load_checkpoint(model, path)
     assert next(model.parameters()).dtype == torch.float32
     with torch.no_grad():
@@ -113,7 +95,7 @@ def test_whole_model_pickle_needs_explicit_trust(tmp_path, trained, probe):
     path = tmp_path / "whole.pth"
     torch.save(trained, path)
     with pytest.raises(CheckpointError, match="trust_pickle"):
-        load_checkpoint(fresh(), path)
+        load_checkpoint(fresh_unet(), path)
     assert_loads_the_trained_model(path, trained, probe, trust_pickle=True)
 
 
@@ -132,11 +114,11 @@ def test_pickle_carrying_code_never_runs(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Payload(str(marker))}, path)
     with pytest.raises(CheckpointError, match="pickled Python objects"):
-        load_checkpoint(fresh(), path)
+        load_checkpoint(fresh_unet(), path)
     plain = tmp_path / "evil.pkl.pth"
     plain.write_bytes(pickle.dumps(_Payload(str(marker))))
     with pytest.raises(CheckpointError):
-        load_checkpoint(fresh(), plain)
+        load_checkpoint(fresh_unet(), plain)
     assert not marker.exists()
 
 
@@ -146,17 +128,17 @@ def test_truncated_and_foreign_files_are_clear_errors(tmp_path, trained):
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="truncated.pth"):
-        load_checkpoint(fresh(), truncated)
+        load_checkpoint(fresh_unet(), truncated)
     text = tmp_path / "notes.pth"
     text.write_text("these are not weights")
     with pytest.raises(CheckpointError, match="notes.pth"):
-        load_checkpoint(fresh(), text)
+        load_checkpoint(fresh_unet(), text)
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="safetensors"):
-        load_checkpoint(fresh(), broken)
+        load_checkpoint(fresh_unet(), broken)
     with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(fresh(), tmp_path / "absent.pth")
+        load_checkpoint(fresh_unet(), tmp_path / "absent.pth")
 
 
 def mismatch_message(tmp_path, encoder: str, classes: int) -> str:
@@ -211,7 +193,7 @@ def test_mismatch_does_not_suggest_the_model_the_spec_already_names(tmp_path, tr
     path = tmp_path / "extra.pth"
     torch.save(trained.state_dict() | {"loss_fn.pos_weight": torch.tensor([2.0])}, path)
     with pytest.raises(CheckpointError) as info:
-        load_checkpoint(fresh(), path, described_as="Unet / resnet18")
+        load_checkpoint(fresh_unet(), path, described_as="Unet / resnet18")
     message = str(info.value)
     assert "unexpected (first 5): loss_fn.pos_weight" in message
     assert "look like" not in message
@@ -235,21 +217,21 @@ def test_refused_pickle_names_the_object_it_would_build(tmp_path, trained):
     path = tmp_path / "config_object.ckpt"
     torch.save({"state_dict": trained.state_dict(), "hyper_parameters": {"cfg": _Config()}}, path)
     with pytest.raises(CheckpointError, match=r"here `\S*_Config`.*trust_pickle"):
-        load_checkpoint(fresh(), path)
+        load_checkpoint(fresh_unet(), path)
 
 
 def test_empty_checkpoint_is_reported_as_empty(tmp_path):
     for name in ("empty.pth", "empty.safetensors"):
         (tmp_path / name).write_bytes(b"")
         with pytest.raises(CheckpointError, match=rf"{name}: empty file \(0 bytes\)"):
-            load_checkpoint(fresh(), tmp_path / name)
+            load_checkpoint(fresh_unet(), tmp_path / name)
 
 
 def test_files_that_are_not_checkpoints_do_not_suggest_trust_pickle(tmp_path):
     noise = tmp_path / "noise.pth"
     noise.write_bytes(bytes(range(256)) * 16)
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint") as info:
-        load_checkpoint(fresh(), noise)
+        load_checkpoint(fresh_unet(), noise)
     assert "trust_pickle" not in str(info.value)
 
 
@@ -266,7 +248,7 @@ def test_truncated_checkpoint_message_ends_with_a_whole_sentence(tmp_path, train
     data = good.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="half.pth: not a readable") as info:
-        load_checkpoint(fresh(), truncated)
+        load_checkpoint(fresh_unet(), truncated)
     assert str(info.value).endswith(".)")
 
 
@@ -274,7 +256,7 @@ def test_raw_pickle_is_refused_without_torch_warnings(tmp_path, recwarn):
     path = tmp_path / "raw.pth"
     path.write_bytes(pickle.dumps({"w": torch.zeros(1)}, protocol=4))
     with pytest.raises(CheckpointError, match="raw.pth"):
-        load_checkpoint(fresh(), path)
+        load_checkpoint(fresh_unet(), path)
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
 
 
@@ -312,5 +294,5 @@ def test_a_state_dict_pickled_with_protocol_4_loads_with_trust_or_says_how(tmp_p
     torch.save(trained.state_dict(), path, pickle_protocol=4)
     with pytest.raises(CheckpointError, match="safe loader cannot read this pickle.*"
                                               "trust_pickle: true"):
-        load_checkpoint(fresh(), path)
+        load_checkpoint(fresh_unet(), path)
     assert_loads_the_trained_model(path, trained, probe, trust_pickle=True)

@@ -13,26 +13,7 @@ from safetensors.torch import save_file
 from reportgen import cli
 from reportgen.compute.models import build_model, load_checkpoint, resolve_layers
 from reportgen.errors import CheckpointError, LayerError
-from tests.helpers import write_images, write_spec
-
-
-@pytest.fixture(scope="module")
-def trained() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_model("Unet", "resnet18", classes=2)
-    with torch.no_grad():  # distinct from a fresh random init
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    return model
-
-
-@pytest.fixture(scope="module")
-def probe() -> torch.Tensor:
-    return torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-
-
-def fresh() -> torch.nn.Module:
-    return build_model("Unet", "resnet18", classes=2)
+from tests.helpers import fresh_unet, write_images, write_spec
 
 
 def refusal(model: torch.nn.Module, path: Path) -> str:
@@ -52,8 +33,8 @@ def assert_computes_like(model: torch.nn.Module, trained: torch.nn.Module,
 
 def test_a_state_dict_of_a_model_on_the_meta_device_is_refused_as_holding_no_values(tmp_path):
     path = tmp_path / "meta.pth"
-    torch.save(fresh().to("meta").state_dict(), path)
-    message = refusal(fresh(), path)
+    torch.save(fresh_unet().to("meta").state_dict(), path)
+    message = refusal(fresh_unet(), path)
     assert message.startswith(f"{path}: holds meta tensors: no values were saved")
     assert "'encoder.conv1.weight'" in message  # the first offending key
 
@@ -79,7 +60,7 @@ def test_one_meta_tensor_among_real_ones_is_named(tmp_path, trained):
         state["decoder.blocks.0.conv1.0.weight"].shape, device="meta")
     path = tmp_path / "half_saved.pth"
     torch.save(state, path)
-    message = refusal(fresh(), path)
+    message = refusal(fresh_unet(), path)
     assert "holds meta tensors" in message
     assert "1 of 182 tensors" in message and "'decoder.blocks.0.conv1.0.weight'" in message
 
@@ -89,7 +70,7 @@ def test_sparse_tensors_load_as_the_dense_weights_they_hold(tmp_path, trained, p
     path = tmp_path / "sparse.pth"
     torch.save({k: v.to_sparse() if v.dim() == 4 else v
                 for k, v in trained.state_dict().items()}, path)
-    model = fresh()
+    model = fresh_unet()
     load_checkpoint(model, path)
     assert_computes_like(model, trained, probe)
 
@@ -132,7 +113,7 @@ def test_tensors_that_are_not_float_weights_are_refused_naming_the_file_and_key(
         tmp_path, trained, case, convert, fragments):
     path = tmp_path / "weights.pth"
     torch.save(convert(dict(trained.state_dict())), path)
-    message = refusal(fresh(), path)
+    message = refusal(fresh_unet(), path)
     assert message.startswith(f"{path}: "), message
     for fragment in fragments:
         assert fragment in message, (case, message)
@@ -142,7 +123,7 @@ def test_int8_safetensors_are_refused_not_cast_into_meaningless_weights(tmp_path
     path = tmp_path / "int8.safetensors"
     save_file({k: v.contiguous() for k, v in _int8(dict(trained.state_dict())).items()},
               str(path))
-    model = fresh()
+    model = fresh_unet()
     before = model.encoder.conv1.weight.clone()
     message = refusal(model, path)
     assert message.startswith(f"{path}: 31 of 182 tensors are int8 where the model has "
@@ -163,7 +144,7 @@ def test_a_lightning_checkpoint_of_a_doubly_wrapped_model_loads(tmp_path, traine
     state["loss_fn.pos_weight"] = torch.tensor([2.0])
     path = tmp_path / "wrapped.ckpt"
     torch.save({"state_dict": state, "epoch": 3}, path)
-    model, notes = fresh(), []
+    model, notes = fresh_unet(), []
     load_checkpoint(model, path, notes=notes)
     assert_computes_like(model, trained, probe)
     assert notes == ["checkpoint wrapped.ckpt: 1 tensor(s) of modules other than the model "
@@ -174,7 +155,7 @@ def test_a_wrapped_checkpoint_of_other_classes_is_compared_without_its_prefix(tm
     path = tmp_path / "one_class.ckpt"
     state = build_model("Unet", "resnet18", classes=1).state_dict()
     torch.save({"state_dict": {f"model.module.{k}": v for k, v in state.items()}}, path)
-    message = refusal(fresh(), path)
+    message = refusal(fresh_unet(), path)
     assert "0 missing, 0 unexpected, 2 of another shape" in message
     assert "keys compared without the prefix 'model.module.' (every key starts with it)" in message
     assert message.endswith("set model.classes: 1")
@@ -184,7 +165,7 @@ def test_a_prefix_that_is_no_wrapper_is_named_with_how_many_keys_fit_without_it(
         tmp_path, trained):
     path = tmp_path / "distilled.pth"
     torch.save({f"student.{k}": v for k, v in trained.state_dict().items()}, path)
-    message = refusal(fresh(), path)
+    message = refusal(fresh_unet(), path)
     assert ("every key starts with 'student.'; without it, 182 of 182 keys are the model's: "
             "save the state_dict of the model inside") in message
 
@@ -192,9 +173,9 @@ def test_a_prefix_that_is_no_wrapper_is_named_with_how_many_keys_fit_without_it(
 def test_two_wrapped_models_in_one_file_are_refused_not_chosen_between(tmp_path, trained):
     path = tmp_path / "two_models.ckpt"
     state = {f"model.{k}": v for k, v in trained.state_dict().items()}
-    state.update({f"net.module.{k}": v for k, v in fresh().state_dict().items()})
+    state.update({f"net.module.{k}": v for k, v in fresh_unet().state_dict().items()})
     torch.save({"state_dict": state}, path)
-    message = refusal(fresh(), path)
+    message = refusal(fresh_unet(), path)
     assert "two or more copies of the model" in message
     assert "'model.'" in message and "'net.module.'" in message
 
